@@ -85,13 +85,40 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
     if path.stat().st_size == 0:
         raise InputError(f"{name}: the file is empty (0 bytes). Copy or export it again.")
     try:
+        if volume_suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_complete(path)
         image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise InputError(
             f"{name}: cannot be read as an image; it may be truncated or not really a "
             f"{volume_suffix(path)} file ({_first_line(err)}). Export or copy it again."
         ) from None
     return validate_image(image, name, kind)
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise when a NIfTI file holds fewer data bytes than its header promises.
+
+    SimpleITK (ITK's NIfTI reader) zero-fills a truncated NIfTI without any error, which
+    would turn a half-copied file into a silently wrong scan.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.load(str(path)).header
+    expected = int(header.get_data_offset()) + int(
+        np.prod(header.get_data_shape(), dtype=np.int64) * header.get_data_dtype().itemsize
+    )
+    if path.name.lower().endswith(".gz"):
+        actual = 0
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                actual += len(chunk)
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise RuntimeError(f"data truncated: {actual} of {expected} bytes present")
 
 
 def validate_image(image: sitk.Image, name: str, kind: str = "ct") -> Volume:
