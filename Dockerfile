@@ -1,0 +1,31 @@
+# CUDA-capable image: PyPI's Linux torch wheel (pinned in requirements.txt) ships its own
+# CUDA runtime, so only the NVIDIA driver is needed on the host (docker run --gpus all).
+#   serve the app:        docker run --gpus all -p 7860:7860 pengwin-demo
+#   run the watcher:      docker run --gpus all -v /srv/inbox:/inbox -v /srv/outbox:/outbox \
+#                           -v /srv/work:/work pengwin-demo python -m watcher --inbox /inbox \
+#                           --outbox /outbox --work /work --polling
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    nnUNet_raw=/tmp/nnunet/raw \
+    nnUNet_preprocessed=/tmp/nnunet/preprocessed \
+    nnUNet_results=/tmp/nnunet/results
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+RUN useradd --create-home --uid 1000 pengwin && chown -R pengwin /app
+USER pengwin
+
+EXPOSE 7860
+CMD ["python", "app.py"]
