@@ -16,6 +16,7 @@ the thinnest slices, then the lowest series number.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,6 +119,12 @@ class ScanResult:
 # --------------------------------------------------------------------------- reading
 def _read_header(path: Path) -> tuple[Dataset | None, bool]:
     """The header of ``path`` without pixel data, and whether it needed force-reading."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged or foreign files are expected here
+        return _read_header_quiet(path)
+
+
+def _read_header_quiet(path: Path) -> tuple[Dataset | None, bool]:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True), False
     except InvalidDicomError:
