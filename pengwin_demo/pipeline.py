@@ -1,0 +1,568 @@
+"""The one pipeline behind the CLI, the app and the watcher.
+
+load -> Stage 1 (anatomy) -> Stage 2 (ABBC) -> instance recovery -> outputs::
+
+    from pengwin_demo.pipeline import Pipeline
+    result = Pipeline(device="auto").run("ct.nii.gz", "out/", progress=print)
+    result.paths["stl"], result.report["fragments"], result.warnings
+
+Outputs in ``out_dir``: ``labels.nii.gz`` (PENGWIN 0-30 on the input's exact grid),
+``fragments/<label>_<bone>.stl`` (binary STL, LPS mm), ``scene.glb`` (coloured, for
+viewing), ``report.json`` and, on request for DICOM input, ``segmentation.dcm``.
+
+Models are loaded lazily, once per process (:func:`pengwin_demo.models.load_model` caches
+them, and a :class:`Pipeline` keeps its own), and every run holds one process-wide lock,
+so the app and the inbox watcher in one process take turns instead of doubling memory.
+
+Resolution: each model runs on the CT resampled (linear) to the model's own spacing;
+on the CPU a grid larger than ``cpu_max_voxels`` is coarsened further (a warning says
+so). Recovery runs on the ABBC model's grid and the label map goes back onto the input
+grid exactly (nearest neighbour), so ``labels.nii.gz`` overlays the input voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InputError, ModelError
+from .volume import Volume, resample_onto, resample_to_spacing
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Pipeline",
+    "PipelineResult",
+    "STAGES",
+    "get_pipeline",
+    "THICK_SLICE_MM",
+    "MIN_BONE_ML",
+]
+
+ProgressFn = Callable[[str, float], None]
+
+STAGES: dict[str, str] = {
+    "load": "Reading the CT",
+    "anatomy": "Stage 1: finding sacrum and hip bones",
+    "abbc": "Stage 2: fragment cores, boundaries and fracture zones",
+    "recovery": "Separating fragments",
+    "labels": "Writing the label map",
+    "meshes": "Building 3D meshes",
+    "dicom_seg": "Writing DICOM SEG",
+    "report": "Writing the report",
+    "done": "Done",
+}
+"""Stage keys passed to ``progress(stage, fraction)``, with a title for display."""
+
+_STAGE_START = {
+    "load": 0.0, "anatomy": 0.08, "abbc": 0.35, "recovery": 0.65, "labels": 0.78,
+    "meshes": 0.82, "dicom_seg": 0.93, "report": 0.97, "done": 1.0,
+}
+
+THICK_SLICE_MM = 2.5
+"""Slices thicker than this get a warning: thin fracture lines may be missed."""
+
+MIN_BONE_ML = 5.0
+"""Less pelvic bone than this (Stage 1) counts as "no pelvic bone found"."""
+
+DEFAULT_CPU_MAX_VOXELS = 12_000_000
+"""On the CPU, a model's input grid is coarsened until it holds at most this many voxels."""
+
+_RUN_LOCK = threading.Lock()  # one run at a time per process (memory, CPU)
+
+
+@dataclass
+class PipelineResult:
+    """What :meth:`Pipeline.run` produced.
+
+    Attributes
+    ----------
+    out_dir : Path
+        Folder holding every output.
+    labels : Volume
+        PENGWIN label map (uint8 0-30) on the input's exact grid.
+    report : dict
+        The content of ``report.json``.
+    paths : dict
+        ``labels`` (Path), ``stl`` (list of Path), ``glb`` (Path or None when there are no
+        fragments), ``report`` (Path), ``seg`` (Path or None).
+    timings : dict
+        Seconds per stage, and ``total``.
+    warnings : list of str
+        Messages for the user (also in the report).
+    """
+
+    out_dir: Path
+    labels: Volume
+    report: dict[str, Any]
+    paths: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fragments(self) -> list[dict[str, Any]]:
+        """Per-fragment rows of the report (label, bone, volume_ml, centroid, bbox...)."""
+        return self.report.get("fragments", [])
+
+
+class _Stopwatch:
+    def __init__(self, progress: ProgressFn | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._stage: str | None = None
+        self._start = 0.0
+
+    def stage(self, name: str) -> None:
+        self._close()
+        self._stage, self._start = name, time.perf_counter()
+        log.debug("%s", STAGES.get(name, name))
+        if self.progress is not None:
+            self.progress(name, _STAGE_START.get(name, 0.0))
+
+    def _close(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = self.timings.get(self._stage, 0.0) + (
+                time.perf_counter() - self._start
+            )
+            self._stage = None
+
+    def finish(self) -> dict[str, float]:
+        self._close()
+        self.timings["total"] = time.perf_counter() - self._t0
+        if self.progress is not None:
+            self.progress("done", 1.0)
+        return self.timings
+
+
+def _model_info(model: Any, role: str, backend: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"role": role, "backend": backend, "class": type(model).__name__}
+    folder = getattr(model, "folder", None)
+    if folder is not None:
+        folder = Path(folder)
+        info["name"] = folder.name
+        info["configuration"] = getattr(model, "configuration", None)
+        spacing = getattr(model, "target_spacing_zyx_mm", None)
+        info["target_spacing_zyx_mm"] = [float(s) for s in spacing] if spacing else None
+        info["version"] = _folder_version(folder)
+    elif backend == "totalsegmentator":
+        try:
+            from importlib.metadata import version
+
+            info["name"] = "TotalSegmentator total (sacrum, hip_left, hip_right)"
+            info["version"] = version("TotalSegmentator")
+        except Exception:  # pragma: no cover - metadata missing
+            info["version"] = None
+    else:
+        info["name"] = getattr(model, "name", type(model).__name__)
+        info["version"] = getattr(model, "version", None)
+    return info
+
+
+def _folder_version(folder: Path) -> str | None:
+    """A model's version: ``version`` from dataset.json / MODEL_CARD, else checkpoint date."""
+    import json
+
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+        if meta.get("version"):
+            return str(meta["version"])
+    except (OSError, ValueError):
+        pass
+    ckpts = sorted(folder.glob("fold_*/checkpoint_final.pth"))
+    if ckpts:
+        stamp = time.gmtime(ckpts[0].stat().st_mtime)
+        return "checkpoint " + time.strftime("%Y-%m-%dT%H:%MZ", stamp)
+    return None
+
+
+@dataclass
+class _Loaded:
+    """Stand-in for dicom.CTInput when a model object is fed a Volume directly."""
+
+    volume: Volume
+    source_kind: str = "volume"
+    series: Any = None
+    dicom_headers: Any = None
+    warnings: list[str] = field(default_factory=list)
+    name: str = "ct"
+
+
+class Pipeline:
+    """CT -> PENGWIN fragments, meshes, report (and DICOM SEG).
+
+    Parameters
+    ----------
+    device : str
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    anatomy : str or model
+        Stage 1: "bundled" (demo model), "totalsegmentator" (falls back to the bundled model
+        with a warning when its weights are missing), a path to an nnU-Net anatomy model
+        folder or zip, or any object with ``predict(Volume) -> uint8 array`` on that grid.
+    fragments : str or model
+        Stage 2 (ABBC): "bundled", a path to an nnU-Net ABBC model, or an object as above.
+    cpu_max_voxels : int or None
+        On the CPU, coarsen a model's input grid to at most this many voxels (None: never).
+    min_bone_ml : float
+        Less Stage-1 bone than this means "no pelvic bone found".
+    recovery_kwargs : dict, optional
+        Passed to :func:`pengwin_demo.instances.recover_fragments`.
+
+    Notes
+    -----
+    Nothing is loaded until the first :meth:`run` (or :meth:`load_models`); a missing
+    bundled model raises :class:`~pengwin_demo.errors.ModelError` then, with what to do.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        anatomy: Any = "bundled",
+        fragments: Any = "bundled",
+        *,
+        cpu_max_voxels: int | None = DEFAULT_CPU_MAX_VOXELS,
+        min_bone_ml: float = MIN_BONE_ML,
+        recovery_kwargs: dict[str, Any] | None = None,
+    ):
+        self.device = device
+        self.anatomy = anatomy
+        self.fragments = fragments
+        self.cpu_max_voxels = cpu_max_voxels
+        self.min_bone_ml = float(min_bone_ml)
+        self.recovery_kwargs = dict(recovery_kwargs or {})
+        self._models: dict[str, Any] | None = None
+        self._model_warnings: list[str] = []
+        self._load_lock = threading.Lock()
+
+    # -- models -----------------------------------------------------------------------
+    def load_models(self) -> dict[str, Any]:
+        """Load (once) and return ``{"anatomy": model, "abbc": model}``.
+
+        Raises
+        ------
+        ModelError
+            A model is missing, incomplete or of the wrong kind.
+        """
+        with self._load_lock:
+            if self._models is None:
+                self._models = self._load()
+            return self._models
+
+    def _load(self) -> dict[str, Any]:
+        from . import models as M
+
+        warnings: list[str] = []
+        if hasattr(self.anatomy, "predict"):
+            anatomy, backend = self.anatomy, "custom"
+        else:
+            anatomy, warnings = M.anatomy_model(str(self.anatomy), self.device)
+            backend = "totalsegmentator" if isinstance(anatomy, M.TotalSegmentatorAnatomy) else (
+                "bundled" if str(self.anatomy) in ("bundled", "totalsegmentator") else "nnunet"
+            )
+        if hasattr(self.fragments, "predict"):
+            abbc, abbc_backend = self.fragments, "custom"
+        else:
+            path = None if str(self.fragments) == "bundled" else self.fragments
+            abbc = M.abbc_model(path, self.device)
+            abbc_backend = "bundled" if path is None else "nnunet"
+        self._model_warnings = list(warnings)
+        self._info = {
+            "anatomy": _model_info(anatomy, "anatomy", backend),
+            "fragments": _model_info(abbc, "abbc", abbc_backend),
+        }
+        return {"anatomy": anatomy, "abbc": abbc}
+
+    def device_name(self) -> str:
+        """The resolved device ("cpu", "cuda", "cuda:0"...)."""
+        try:
+            from .models import resolve_device
+
+            return str(resolve_device(self.device))
+        except ModelError:
+            raise
+        except Exception:  # pragma: no cover - torch missing
+            return str(self.device)
+
+    # -- the run ----------------------------------------------------------------------
+    def run(
+        self,
+        input_path: str | os.PathLike | Volume,
+        out_dir: str | os.PathLike,
+        *,
+        progress: ProgressFn | None = None,
+        series_uid: str | None = None,
+        dicom_seg: bool = False,
+        mesh_detail: str = "normal",
+    ) -> PipelineResult:
+        """Segment one CT and write every output into ``out_dir``.
+
+        Parameters
+        ----------
+        input_path : path-like or Volume
+            Anything :func:`pengwin_demo.dicom.load_ct` accepts (NIfTI/MHA/NRRD file,
+            DICOM folder, zip, multi-frame DICOM file), or a CT :class:`Volume` (int16 HU).
+        out_dir : path-like
+            Output folder (created; existing outputs of the same names are replaced).
+        progress : callable, optional
+            ``progress(stage, fraction)`` at the start of every stage (keys of
+            :data:`STAGES`; ``fraction`` of the whole run, 0-1) and ``("done", 1.0)``.
+        series_uid : str, optional
+            DICOM SeriesInstanceUID to use instead of the automatic choice.
+        dicom_seg : bool
+            Also write ``segmentation.dcm`` (DICOM input with fragments only; otherwise a
+            warning says why not).
+        mesh_detail : {"fine", "normal", "coarse"}
+            Mesh smoothing/decimation preset (see :mod:`pengwin_demo.meshes`).
+
+        Returns
+        -------
+        PipelineResult
+
+        Raises
+        ------
+        InputError
+            The input cannot be used (message says why and what to do).
+        ModelError
+            A model is missing or unusable.
+        """
+        from .meshes import MESH_DETAILS
+
+        if mesh_detail not in MESH_DETAILS:
+            raise InputError(f"mesh detail must be one of {sorted(MESH_DETAILS)}, got {mesh_detail!r}")
+        out_dir = Path(out_dir)
+        with _RUN_LOCK:
+            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail)
+
+    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail) -> PipelineResult:
+        from .io import write_like
+        from .meshes import fragment_meshes, write_scene_glb, write_stls
+        from .report import build_report, fragment_stats, series_summary, write_report
+
+        clock = _Stopwatch(progress)
+        warnings: list[str] = []
+
+        # -- load ---------------------------------------------------------------------
+        clock.stage("load")
+        ct_input = self._load_input(input_path, series_uid)
+        ct: Volume = ct_input.volume
+        warnings.extend(ct_input.warnings or [])
+        thick = _slice_thickness_mm(ct, ct_input)
+        if thick > THICK_SLICE_MM:
+            warnings.append(
+                f"slices are {thick:.1f} mm thick (more than {THICK_SLICE_MM} mm): thin "
+                "fracture lines may be missed and small fragments merged; a reconstruction "
+                "with thinner slices (1 mm or less) gives better results"
+            )
+        models = self.load_models()
+        warnings.extend(self._model_warnings)
+        device = self.device_name()
+
+        # -- stage 1 ------------------------------------------------------------------
+        clock.stage("anatomy")
+        anatomy_vol, anatomy_grid = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
+        bone_ml = np.count_nonzero(anatomy_vol.array) * anatomy_vol.voxel_volume_mm3 / 1000.0
+
+        labels_grid: Volume
+        recovery_warnings: list[str] = []
+        if bone_ml < self.min_bone_ml:
+            warnings.append(
+                f"no pelvic bone found (Stage 1 found {bone_ml:.1f} mL of sacrum/hip bone); "
+                "check that the scan covers the pelvis. No fragments were produced."
+            )
+            labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
+                                 ct.origin_lps_mm, ct.direction)
+            abbc_grid = None
+        else:
+            # -- stage 2 --------------------------------------------------------------
+            clock.stage("abbc")
+            abbc_vol, abbc_grid = self._predict(models["abbc"], ct, device, "ABBC", warnings)
+            if not anatomy_vol.same_grid(abbc_vol, tol_mm=1e-3):
+                anatomy_vol = resample_onto(anatomy_vol, abbc_vol, "nearest")
+            # -- recovery -------------------------------------------------------------
+            clock.stage("recovery")
+            from .instances import recover_fragments
+
+            rec = recover_fragments(abbc_vol.array, anatomy_vol.array, abbc_vol.spacing_zyx_mm,
+                                    **self.recovery_kwargs)
+            recovery_warnings = list(rec.warnings)
+            labels_grid = abbc_vol.with_array(np.ascontiguousarray(rec.labels, dtype=np.uint8))
+        warnings.extend(recovery_warnings)
+
+        # -- labels on the input grid -------------------------------------------------
+        clock.stage("labels")
+        if labels_grid.same_grid(ct, tol_mm=1e-4):
+            labels = ct.with_array(labels_grid.array)
+        else:
+            labels = ct.with_array(resample_onto(labels_grid, ct, "nearest").array)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Any] = {"labels": write_like(labels.array, ct, out_dir / "labels.nii.gz")}
+        present = [int(v) for v in np.unique(labels.array) if v]
+        if bone_ml >= self.min_bone_ml and not present:
+            warnings.append("pelvic bone was found but no fragment survived recovery")
+
+        # -- meshes -------------------------------------------------------------------
+        clock.stage("meshes")
+        frag_dir = out_dir / "fragments"
+        _clear_old_stls(frag_dir)
+        meshes = fragment_meshes(labels, mesh_detail) if present else {}
+        paths["stl"] = write_stls(meshes, frag_dir) if meshes else []
+        paths["glb"] = write_scene_glb(meshes, out_dir / "scene.glb") if meshes else None
+        if not meshes and (out_dir / "scene.glb").exists():
+            (out_dir / "scene.glb").unlink()
+        paths["seg"] = None
+
+        # -- DICOM SEG ----------------------------------------------------------------
+        fragments = fragment_stats(labels)
+        if dicom_seg:
+            clock.stage("dicom_seg")
+            paths["seg"] = self._write_seg(ct_input, labels, out_dir, warnings)
+
+        # -- report -------------------------------------------------------------------
+        clock.stage("report")
+        stl_rel = {p.name: str(p.relative_to(out_dir)) for p in paths["stl"]}
+        for f in fragments:
+            from .meshes import stl_name
+
+            f["stl"] = stl_rel.get(stl_name(f["label"]))
+        headers = ct_input.dicom_headers or []
+        series = None
+        if ct_input.series is not None or headers:
+            series = series_summary(ct_input.series, headers[0] if headers else None,
+                                    n_slices=len(headers) or None)
+            if series is not None and thick:
+                series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick, 3)
+        inference = {
+            "device": device,
+            "anatomy_spacing_zyx_mm": _grid_spacing(anatomy_grid),
+            "abbc_spacing_zyx_mm": _grid_spacing(abbc_grid),
+            "mesh_detail": mesh_detail,
+            "bone_ml_stage1": round(float(bone_ml), 2),
+        }
+        timings = dict(clock.timings)
+        files = {
+            "labels": "labels.nii.gz",
+            "stl": [str(p.relative_to(out_dir)) for p in paths["stl"]],
+            "glb": "scene.glb" if paths["glb"] else None,
+            "report": "report.json",
+            "seg": paths["seg"].name if paths["seg"] else None,
+        }
+        report = build_report(
+            ct=ct, labels=labels, source_kind=ct_input.source_kind, series=series,
+            fragments=fragments, warnings=warnings, timings_s=timings,
+            models=dict(self._info), inference=inference, files=files,
+        )
+        paths["report"] = out_dir / "report.json"
+        write_report(report, paths["report"])
+        timings = clock.finish()
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        write_report(report, paths["report"])  # with the report stage and total
+        for w in warnings:
+            log.warning("%s", w)
+        return PipelineResult(out_dir, labels, report, paths, timings, warnings)
+
+    # -- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _load_input(input_path, series_uid):
+        if isinstance(input_path, Volume):
+            return _Loaded(input_path)
+        from .dicom import load_ct
+
+        return load_ct(input_path, series_uid=series_uid)
+
+    def _inference_spacing(self, model, ct: Volume, device: str, what: str,
+                           warnings: list[str]) -> tuple[float, float, float] | None:
+        target = getattr(model, "target_spacing_zyx_mm", None)
+        if target is None:
+            return None  # the backend (e.g. TotalSegmentator) resamples by itself
+        spacing = np.asarray(target, dtype=np.float64)
+        extent = np.asarray(ct.shape) * np.asarray(ct.spacing_zyx_mm)
+        n_vox = float(np.prod(np.maximum(np.round(extent / spacing), 1)))
+        limit = self.cpu_max_voxels
+        if device.startswith("cpu") and limit and n_vox > limit:
+            factor = (n_vox / limit) ** (1.0 / 3.0)
+            coarse = spacing * factor
+            warnings.append(
+                f"reduced-resolution CPU run: the {what} model ran at "
+                f"{'x'.join(f'{s:.2f}' for s in coarse)} mm instead of its "
+                f"{'x'.join(f'{s:.2f}' for s in spacing)} mm to keep the CPU time bounded; "
+                "small fragments and thin fracture gaps may be lost. Run on a GPU "
+                "(--device cuda) for full resolution."
+            )
+            spacing = coarse
+        return tuple(float(s) for s in spacing)
+
+    def _predict(self, model, ct: Volume, device: str, what: str, warnings: list[str]):
+        """Run a model on its own grid; return (label Volume on that grid, grid info)."""
+        spacing = self._inference_spacing(model, ct, device, what, warnings)
+        if spacing is None or np.allclose(spacing, ct.spacing_zyx_mm, rtol=1e-3):
+            grid = ct
+        else:
+            grid = resample_to_spacing(ct, spacing, "linear")
+        pred = np.asarray(model.predict(grid))
+        if pred.shape != grid.shape:
+            raise ModelError(
+                f"the {what} model returned shape {pred.shape} for an input of shape {grid.shape}"
+            )
+        return grid.with_array(pred.astype(np.uint8, copy=False)), grid
+
+    @staticmethod
+    def _write_seg(ct_input, labels: Volume, out_dir: Path, warnings: list[str]) -> Path | None:
+        headers = ct_input.dicom_headers or []
+        if not headers:
+            warnings.append("DICOM SEG not written: the input is not a DICOM series")
+            return None
+        if not labels.array.any():
+            warnings.append("DICOM SEG not written: there are no fragments to store")
+            return None
+        from .seg_export import write_dicom_seg
+
+        seg_path, seg_warnings = write_dicom_seg(labels, headers, out_dir / "segmentation.dcm")
+        warnings.extend(seg_warnings)
+        return seg_path
+
+
+def _grid_spacing(grid: Volume | None) -> list[float] | None:
+    return None if grid is None else [round(float(s), 4) for s in grid.spacing_zyx_mm]
+
+
+def _slice_thickness_mm(ct: Volume, ct_input) -> float:
+    """The thickest of: the largest voxel spacing and the DICOM SliceThickness."""
+    thick = max(ct.spacing_zyx_mm)
+    series = getattr(ct_input, "series", None)
+    candidates = [getattr(series, "slice_thickness_mm", None)]
+    headers = getattr(ct_input, "dicom_headers", None) or []
+    if headers:
+        candidates.append(headers[0].get("SliceThickness", None))
+    for c in candidates:
+        try:
+            if c not in (None, "") and float(c) > 0:
+                thick = max(thick, float(c))
+        except (TypeError, ValueError):
+            pass
+    return float(thick)
+
+
+def _clear_old_stls(frag_dir: Path) -> None:
+    if frag_dir.is_dir():
+        for p in frag_dir.glob("*.stl"):
+            p.unlink()
+
+
+_SHARED: dict[tuple, Pipeline] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def get_pipeline(device: str = "auto", anatomy: str = "bundled", fragments: str = "bundled") -> Pipeline:
+    """A process-wide :class:`Pipeline` per configuration (the app and watcher share it)."""
+    key = (str(device), str(anatomy), str(fragments))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Pipeline(device=device, anatomy=anatomy, fragments=fragments)
+        return _SHARED[key]
