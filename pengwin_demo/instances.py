@@ -1,0 +1,491 @@
+"""Instance recovery: ABBC prediction + anatomy map -> PENGWIN fragment labels.
+
+The network predicts four geometric classes (ABBC: 0 background, 1 boundary, 2 core,
+3 border = fracture zone). Fragments are recovered from them by classical steps, all on
+the bounding box of the bone:
+
+1. **Seeds**: 26-connected components of core; components under ``min_seed_vox`` dropped.
+2. **Growth through bone**: every boundary/core voxel goes to the seed whose geodesic wave
+   (physical spacing, border and background impassable) reaches it first
+   (:func:`pengwin_demo.geodesic.grow_labels`). Boundary/core components that no seed
+   reaches (a fragment whose core was missed) become instances of their own when they
+   have at least ``min_seed_vox`` voxels.
+3. **Growth through border**: the remaining bone voxels (border, specks) are assigned the
+   same way with border passable. Bone still unreached becomes its own instance.
+4. **Seeds not separated by border are one fragment**: two instances whose shared surface
+   lies mostly in boundary/core (not border) - a core split in two - are merged. The
+   share is ``open / (open + walled)`` over the face contacts between them, compared
+   with ``merge_open_fraction``; a border wall with a few gaps keeps two fragments apart.
+5. **Anatomy**: each instance takes the bone (sacrum, left hip, right hip) most of its
+   voxels have; an instance with at least ``min_fragment_vox`` voxels in a second bone is
+   split there; an instance with no anatomy at all takes the nearest bone's.
+6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
+   same-bone instance they touch most; within a bone, fragments are ranked by size
+   (largest = lowest label) and beyond ``max_per_bone`` the smallest are merged into
+   their neighbours, with a warning.
+
+Arrays are indexed (z, y, x); ``spacing_zyx_mm`` is in the same order, in mm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cc3d
+import edt
+import numpy as np
+
+from .errors import InputError
+from .geodesic import METHODS, grow_labels
+from .labels import (
+    ABBC_BORDER,
+    ABBC_BOUNDARY,
+    ABBC_CORE,
+    BONES,
+    MAX_FRAGMENTS_PER_BONE,
+    first_label,
+)
+from .volume import bounding_box
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryResult:
+    """Outcome of :func:`recover_fragments`.
+
+    Attributes
+    ----------
+    labels : ndarray of uint8, shape (Z, Y, X)
+        PENGWIN map: 0 background, 1-10 sacrum, 11-20 left hip, 21-30 right hip; the
+        largest fragment of a bone has its lowest label.
+    fragments : list of dict
+        One row per label, in label order: ``label``, ``bone`` (name), ``bone_id``
+        (1 sacrum, 2 left hip, 3 right hip), ``voxels``, ``volume_mm3``, ``seeds``
+        (core components merged into it; 0 when grown from a core-less region).
+    warnings : list of str
+        Things a user should know (no core, fragments merged beyond the limit, bone
+        without anatomy...). Also logged.
+    """
+
+    labels: np.ndarray
+    fragments: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        """Unpack as ``labels, fragments = recover_fragments(...)``."""
+        yield self.labels
+        yield self.fragments
+
+
+def recover_fragments(
+    abbc: np.ndarray,
+    anatomy: np.ndarray,
+    spacing_zyx_mm,
+    *,
+    min_seed_vox: int = 50,
+    min_fragment_vox: int = 1000,
+    merge_open_fraction: float = 0.5,
+    max_per_bone: int = MAX_FRAGMENTS_PER_BONE,
+    method: str = "fast",
+) -> RecoveryResult:
+    """Turn an ABBC map and an anatomy map into labelled PENGWIN fragments.
+
+    Parameters
+    ----------
+    abbc : ndarray of uint8, shape (Z, Y, X)
+        0 background, 1 boundary, 2 core, 3 border (fracture zone).
+    anatomy : ndarray of uint8, shape (Z, Y, X)
+        0 background, 1 sacrum, 2 left hip, 3 right hip; same grid as ``abbc``.
+    spacing_zyx_mm : sequence of 3 float
+        Voxel size along (z, y, x), mm.
+    min_seed_vox : int
+        Core components (and seedless boundary components) smaller than this are not seeds.
+    min_fragment_vox : int
+        Fragments smaller than this merge into the same-bone fragment they touch most;
+        also the least voxels of a second bone that make an instance split by anatomy.
+    merge_open_fraction : float
+        Two instances whose face contacts are at least this share boundary/core on both
+        sides (no border between them) are one fragment.
+    max_per_bone : int
+        At most this many fragments per bone (PENGWIN: 10).
+    method : {"fast", "reference"}
+        Geodesic growth implementation (see :mod:`pengwin_demo.geodesic`).
+
+    Returns
+    -------
+    RecoveryResult
+        ``labels`` (uint8, same shape), ``fragments`` table, ``warnings``; unpacks as
+        ``(labels, fragments)``.
+
+    Raises
+    ------
+    InputError
+        Shapes differ, not 3D, or values outside 0-3.
+    """
+    abbc, anatomy, spacing = _validate(abbc, anatomy, spacing_zyx_mm, method, max_per_bone)
+    warnings: list[str] = []
+    labels = np.zeros(abbc.shape, dtype=np.uint8)
+
+    box = bounding_box(abbc > 0, margin_vox=1)
+    if box is None:
+        _warn(warnings, "the ABBC map has no bone voxels: no fragments")
+        return RecoveryResult(labels, [], warnings)
+    a = abbc[box]
+    an = anatomy[box]
+    bone = a > 0
+
+    # 1. seeds
+    core = cc3d.dust(a == ABBC_CORE, threshold=min_seed_vox, connectivity=26)
+    seeds, n_seeds = cc3d.connected_components(core, connectivity=26, return_N=True)
+    seeds = seeds.astype(np.uint32, copy=False)
+    if n_seeds == 0:
+        _warn(
+            warnings,
+            f"no core component of at least {min_seed_vox} voxels in the ABBC map: no "
+            "fragments can be seeded (is this an ABBC prediction? class 2 is core)",
+        )
+        return RecoveryResult(labels, [], warnings)
+
+    # 2. growth through boundary/core; seedless components become instances
+    passable = (a == ABBC_BOUNDARY) | (a == ABBC_CORE)
+    inst = grow_labels(seeds, passable, spacing, method)
+    orphans = cc3d.dust(passable & (inst == 0), threshold=min_seed_vox, connectivity=6)
+    n_inst = _append_components(inst, orphans, n_seeds, connectivity=6)
+    if n_inst > n_seeds:
+        log.debug("%d boundary/core regions without a core seed", n_inst - n_seeds)
+
+    # 3. growth through border; unreached bone becomes its own instance
+    inst = grow_labels(inst, bone, spacing, method)
+    n_inst = _append_components(inst, bone & (inst == 0), n_inst, connectivity=26)
+
+    seed_count = np.zeros(n_inst + 1, dtype=np.int64)
+    seed_count[1 : n_seeds + 1] = 1
+
+    # bone voxels as flat vectors: the per-instance bookkeeping runs on these only
+    flat = np.flatnonzero(bone)
+    lab = inst.ravel()[flat]
+    anat = an.ravel()[flat]
+
+    # 4. merge instances that meet without border between them
+    votes = _bone_votes(lab, anat, n_inst)
+    vote_bone = _majority_bone(votes)
+    lut = _merge_open_contacts(inst, a, vote_bone, merge_open_fraction)
+    lab, seed_count, n_inst = _apply_lut(lab, lut, seed_count)
+
+    # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
+    votes = _bone_votes(lab, anat, n_inst)
+    lab, votes, seed_count, n_split = _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox)
+    if n_split:
+        log.info("split %d instance(s) that straddle two bones", n_split)
+    n_inst = votes.shape[0] - 1
+    inst_bone = _majority_bone(votes)
+    inst.ravel()[flat] = lab
+    _assign_missing_bones(inst, an, inst_bone, spacing, warnings)
+
+    # 6. small fragments merge into neighbours; rank and cap per bone
+    sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
+    contacts = _pair_counts(inst, connectivity=26)
+    groups = _UnionFind(n_inst + 1)
+    centroids = _centroids(flat, lab, bone.shape, n_inst, spacing)
+    _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_seed_vox)
+    _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, max_per_bone, warnings)
+
+    root = np.array([groups.find(i) for i in range(n_inst + 1)], dtype=np.int64)
+    root[0] = 0
+    root[sizes[root] == 0] = 0  # dropped specks
+    final_sizes = np.bincount(root, weights=sizes, minlength=n_inst + 1).astype(np.int64)
+    final_seeds = np.bincount(root, weights=seed_count, minlength=n_inst + 1).astype(np.int64)
+
+    to_label = np.zeros(n_inst + 1, dtype=np.uint8)
+    fragments = []
+    voxel_mm3 = float(np.prod(spacing))
+    for bone_id, name in BONES.items():
+        members = [r for r in np.unique(root[1:]) if r > 0 and inst_bone[r] == bone_id]
+        members.sort(key=lambda r: (-final_sizes[r], r))
+        for k, r in enumerate(members[:max_per_bone]):
+            to_label[r] = first_label(bone_id) + k
+            fragments.append(
+                {
+                    "label": int(to_label[r]),
+                    "bone": name,
+                    "bone_id": bone_id,
+                    "voxels": int(final_sizes[r]),
+                    "volume_mm3": round(float(final_sizes[r]) * voxel_mm3, 1),
+                    "seeds": int(final_seeds[r]),
+                }
+            )
+    labels_box = np.zeros(bone.shape, dtype=np.uint8)
+    labels_box.ravel()[flat] = to_label[root[lab]]
+    labels[box] = labels_box
+    fragments.sort(key=lambda f: f["label"])
+    return RecoveryResult(labels, fragments, warnings)
+
+
+# -- validation ---------------------------------------------------------------------------
+def _validate(abbc, anatomy, spacing_zyx_mm, method, max_per_bone):
+    abbc = np.asarray(abbc)
+    anatomy = np.asarray(anatomy)
+    if abbc.ndim != 3:
+        raise InputError(f"ABBC map must be a 3D (z, y, x) array, got shape {abbc.shape}")
+    if anatomy.shape != abbc.shape:
+        raise InputError(
+            f"anatomy map shape {anatomy.shape} (z, y, x) differs from the ABBC map's "
+            f"{abbc.shape}: both must be on the same grid. Resample the anatomy map onto "
+            "the ABBC grid (nearest neighbour) first."
+        )
+    for name, arr in (("ABBC", abbc), ("anatomy", anatomy)):
+        if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
+            raise InputError(f"{name} map must hold integer labels, got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() > 3):
+            raise InputError(
+                f"{name} map values range {arr.min()}..{arr.max()}; expected 0-3 "
+                + ("(0 background, 1 boundary, 2 core, 3 border)" if name == "ABBC"
+                   else "(0 background, 1 sacrum, 2 left hip, 3 right hip)")
+            )
+    spacing = tuple(float(s) for s in spacing_zyx_mm)
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(f"spacing_zyx_mm must be 3 positive numbers (mm), got {spacing_zyx_mm}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not 1 <= max_per_bone <= MAX_FRAGMENTS_PER_BONE:
+        raise ValueError(f"max_per_bone must be 1-{MAX_FRAGMENTS_PER_BONE}, got {max_per_bone}")
+    return abbc.astype(np.uint8, copy=False), anatomy.astype(np.uint8, copy=False), spacing
+
+
+def _warn(warnings: list[str], message: str) -> None:
+    log.warning("%s", message)
+    warnings.append(message)
+
+
+# -- instance bookkeeping -----------------------------------------------------------------
+def _append_components(inst: np.ndarray, mask: np.ndarray, n: int, connectivity: int) -> int:
+    """Label the components of ``mask`` as new instances n+1, n+2... in place; new count."""
+    comps, k = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    if k:
+        where = comps > 0
+        inst[where] = comps[where].astype(np.uint32) + np.uint32(n)
+    return n + int(k)
+
+
+def _bone_votes(lab: np.ndarray, anat: np.ndarray, n_inst: int) -> np.ndarray:
+    """(n_inst + 1, 4) voxel counts of anatomy 0-3 per instance."""
+    keys = lab.astype(np.int64) * 4 + anat
+    return np.bincount(keys, minlength=(n_inst + 1) * 4).reshape(n_inst + 1, 4)
+
+
+def _majority_bone(votes: np.ndarray) -> np.ndarray:
+    """Bone 1-3 most voxels of each instance have (0 where none has anatomy)."""
+    bones = np.argmax(votes[:, 1:], axis=1) + 1
+    bones[votes[:, 1:].sum(axis=1) == 0] = 0
+    return bones
+
+
+def _apply_lut(lab, lut, seed_count):
+    """Relabel by ``lut`` (old id -> representative), then compact ids to 1..n."""
+    rep = lut[lab]
+    used = np.unique(np.concatenate([[0], lut[1:]]))
+    compact = np.zeros(lut.shape[0], dtype=np.int64)
+    compact[used] = np.arange(used.size)
+    new_seed = np.bincount(compact[lut], weights=seed_count, minlength=used.size).astype(np.int64)
+    new_seed[0] = 0
+    return compact[rep].astype(np.uint32), new_seed, used.size - 1
+
+
+def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], int]:
+    """Number of neighbouring voxel pairs between every two touching instances."""
+    out: dict[tuple[int, int], int] = {}
+    for (p, q), n in cc3d.contacts(inst, connectivity=connectivity, surface_area=False).items():
+        key = (int(p), int(q)) if p < q else (int(q), int(p))
+        out[key] = out.get(key, 0) + int(n)
+    return out
+
+
+def _merge_open_contacts(inst, a, vote_bone, merge_open_fraction) -> np.ndarray:
+    """LUT merging instances whose face contacts are mostly outside the border class."""
+    n = vote_bone.shape[0]
+    groups = _UnionFind(n)
+    total = _pair_counts(inst, connectivity=6)
+    if total:
+        open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
+        for (p, q), n_total in total.items():
+            share = open_.get((p, q), 0) / n_total
+            same_bone = vote_bone[p] == vote_bone[q] or 0 in (vote_bone[p], vote_bone[q])
+            if share >= merge_open_fraction and same_bone:
+                groups.union(p, q)
+    return np.array([groups.find(i) for i in range(n)], dtype=np.int64)
+
+
+def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
+    """Give the voxels an instance has in a second bone their own instance when they are many."""
+    majority = _majority_bone(votes)
+    n_inst = votes.shape[0] - 1
+    rows = [votes]
+    seeds = [seed_count]
+    n_split = 0
+    for i in range(1, n_inst + 1):
+        for b in (1, 2, 3):
+            if b == majority[i] or votes[i, b] < min_fragment_vox:
+                continue
+            new = n_inst + 1 + n_split
+            lab = lab.copy() if n_split == 0 else lab
+            lab[(lab == i) & (anat == b)] = new
+            row = np.zeros((1, 4), dtype=votes.dtype)
+            row[0, b] = votes[i, b]
+            rows.append(row)
+            rows[0] = rows[0].copy() if n_split == 0 else rows[0]
+            rows[0][i, b] = 0
+            seeds.append(np.zeros(1, dtype=np.int64))
+            n_split += 1
+    if n_split:
+        votes = np.concatenate(rows)
+        seed_count = np.concatenate(seeds)
+        lab = lab.astype(np.uint32, copy=False)
+    return lab, votes, seed_count, n_split
+
+
+def _assign_missing_bones(inst, an, inst_bone, spacing, warnings, step_mm: float = 15.0) -> None:
+    """Instances with no anatomy voxel take the bone nearest to them (in place on inst_bone)."""
+    missing = [i for i in range(1, inst_bone.shape[0]) if inst_bone[i] == 0]
+    if not missing:
+        return
+    if not np.any(an):
+        inst_bone[1:] = 1
+        _warn(
+            warnings,
+            "the anatomy map is empty: the bone of each fragment is unknown; all fragments "
+            "are labelled as sacrum (1-10)",
+        )
+        return
+    stats = cc3d.statistics(inst)
+    boxes = stats["bounding_boxes"]
+    total = 0
+    for i in missing:
+        if i >= len(boxes) or stats["voxel_counts"][i] == 0:
+            inst_bone[i] = 1
+            continue
+        total += int(stats["voxel_counts"][i])
+        margin = [max(1, int(round(step_mm / s))) for s in spacing]
+        while True:
+            box = tuple(
+                slice(max(sl.start - m, 0), min(sl.stop + m, n))
+                for sl, m, n in zip(boxes[i], margin, inst.shape)
+            )
+            sub_an = an[box]
+            whole = all(sl.start == 0 and sl.stop == n for sl, n in zip(box, inst.shape))
+            if np.any(sub_an) or whole:
+                break
+            margin = [2 * m for m in margin]
+        dist = edt.edt(inst[box] != i, anisotropy=spacing, parallel=1)
+        best = min(
+            (float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b)
+        )
+        inst_bone[i] = best[1]
+    _warn(
+        warnings,
+        f"{len(missing)} fragment(s) ({total} voxels) lie outside the anatomy map; each was "
+        "given the bone nearest to it",
+    )
+
+
+def _centroids(flat, lab, shape, n_inst, spacing) -> np.ndarray:
+    """(n_inst + 1, 3) centroid of each instance, (z, y, x) mm."""
+    coords = np.unravel_index(flat, shape)
+    counts = np.maximum(np.bincount(lab, minlength=n_inst + 1), 1)
+    return np.stack(
+        [np.bincount(lab, weights=c * s, minlength=n_inst + 1) / counts for c, s in zip(coords, spacing)],
+        axis=1,
+    )
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, keep: int, other: int) -> int:
+        """Merge ``other``'s group into ``keep``'s; returns the surviving root."""
+        rk, ro = self.find(keep), self.find(other)
+        if rk != ro:
+            self.parent[ro] = rk
+        return rk
+
+
+def _neighbours(root, contacts, groups, inst_bone, same_bone: bool = True):
+    """Groups touching group ``root`` (of the same bone unless told) -> contact count."""
+    out: dict[int, int] = {}
+    for (p, q), n in contacts.items():
+        rp, rq = groups.find(p), groups.find(q)
+        if rp == rq or root not in (rp, rq):
+            continue
+        other = rq if rp == root else rp
+        if not same_bone or inst_bone[other] == inst_bone[root]:
+            out[other] = out.get(other, 0) + n
+    return out
+
+
+def _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_island_vox) -> None:
+    """Merge groups under ``min_fragment_vox`` into the neighbour they touch most.
+
+    A neighbour of the same bone is preferred; failing that, any touching group. Islands
+    (touching nothing) under ``min_island_vox`` are dropped (size set to 0), larger ones kept.
+    """
+    done: set[int] = set()
+    while True:
+        roots = [
+            r for r in range(1, sizes.shape[0])
+            if groups.find(r) == r and 0 < sizes[r] < min_fragment_vox and r not in done
+        ]
+        if not roots:
+            return
+        r = min(roots, key=lambda i: (sizes[i], i))
+        nbrs = _neighbours(r, contacts, groups, inst_bone) or _neighbours(
+            r, contacts, groups, inst_bone, same_bone=False
+        )
+        if nbrs:
+            target = max(nbrs, key=lambda k: (nbrs[k], sizes[k]))
+            groups.union(target, r)
+            sizes[target] += sizes[r]
+            sizes[r] = 0
+        else:  # an island: keep it unless it is a speck
+            if sizes[r] < min_island_vox:
+                sizes[r] = 0
+            done.add(r)
+
+
+def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, max_per_bone, warnings) -> None:
+    """Merge the smallest fragments of a bone into neighbours until at most ``max_per_bone``."""
+    for bone_id, name in BONES.items():
+        n_before = None
+        while True:
+            roots = [
+                r for r in range(1, sizes.shape[0])
+                if groups.find(r) == r and sizes[r] > 0 and inst_bone[r] == bone_id
+            ]
+            if n_before is None:
+                n_before = len(roots)
+            if len(roots) <= max_per_bone:
+                break
+            r = min(roots, key=lambda i: (sizes[i], i))
+            nbrs = _neighbours(r, contacts, groups, inst_bone)
+            if nbrs:
+                target = max(nbrs, key=lambda k: (nbrs[k], sizes[k]))
+            else:  # touches no fragment of its bone: the nearest one by centroid
+                others = [k for k in roots if k != r]
+                target = min(others, key=lambda k: float(np.sum((centroids[k] - centroids[r]) ** 2)))
+            groups.union(target, r)
+            sizes[target] += sizes[r]
+            sizes[r] = 0
+        if n_before is not None and n_before > max_per_bone:
+            _warn(
+                warnings,
+                f"{name}: {n_before} fragments found, more than {max_per_bone}; the "
+                f"{n_before - max_per_bone} smallest were merged into their neighbours",
+            )
