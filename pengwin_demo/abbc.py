@@ -1,0 +1,474 @@
+"""Fragment labels -> ABBC training targets (0 background, 1 boundary, 2 core, 3 border).
+
+The network does not learn fragment ids, which mean nothing from one patient to the next;
+it learns four geometric classes that mean the same in every patient (the MIC-DKFZ
+PENGWIN 2024 winners' idea, as described in the seed article):
+
+* **core**: the medial, deep part of a fragment. Per fragment, on its cropped box, the
+  Euclidean distance to the fragment surface (mm, anisotropic) is smoothed with a
+  Gaussian of ``sigma_vox`` voxels; core is where the negative Laplacian of that field
+  exceeds ``laplacian_threshold`` (a ridge of the distance field) or the distance exceeds
+  ``core_mm``.
+* **boundary**: the rest of the fragment (a shell along its surface).
+* **border**: the *fracture zone*: the part of the boundary shell of a fragment that lies
+  within the border width of a **different fragment of the same bone**. Core in the
+  fracture zone is demoted to boundary so that the cores of two touching fragments are
+  kept apart.
+
+Instance recovery (:mod:`pengwin_demo.instances`) turns the classes back into fragments:
+core components are seeds, they grow through boundary and core, border is a wall.
+
+What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
+
+* The border width is **per pair of fragments** and scales with the thinner of the two:
+  ``w = min(border_mm, border_radius_fraction * min(R_a, R_b))`` where ``R`` is the
+  fragment's largest inscribed radius (its maximum distance to its own surface, mm). A
+  fixed 6 mm zone swallows small and thin fragments whole. The same width on both sides
+  of a fracture keeps the wall centred on it, so growth meets on the true fracture surface.
+* The width never drops below the distance to a 26-neighbour (the norm of the spacing),
+  and every voxel that close to another fragment of the same bone is border whatever its
+  class: the non-border voxels of two same-bone fragments are never 26-adjacent, so the
+  wall cannot leak.
+* Every fragment keeps a core: when the fracture zone (or thinness) leaves it less than
+  ``min_core_vox`` core voxels, the deepest connected part of the fragment becomes core.
+* A fragment keeps **one** core component (its largest): the zone can cut a core in two,
+  and each piece would otherwise become an extra seed, hence an extra fragment.
+* Cores of different fragments never touch (26-connectivity): a core voxel with a core
+  neighbour of another fragment is demoted (in the larger fragment, which can spare it).
+* Components of a fragment under ``stray_vox`` voxels (other than its largest) are label
+  noise: they get no core and do not stretch the crop box.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import cc3d
+import edt
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
+
+log = logging.getLogger(__name__)
+
+# -- defaults (every one is a keyword of abbc_targets; docs/abbc.md gives the measurements)
+BORDER_MM = 2.0
+"""Largest fracture-zone width (mm). The article's 6 mm drowns small fragments in border
+(oracle fragment IoU 0.65 on a real hip); the winners' code used a 3-voxel shell
+(about 2.4 mm at 0.8 mm spacing). 2 mm keeps a wall of 2-3 voxels at typical CT spacing."""
+
+BORDER_RADIUS_FRACTION = 0.5
+"""The fracture-zone width is at most this fraction of the thinner fragment's largest
+inscribed radius, so that no fragment is turned into border through its whole thickness."""
+
+CORE_MM = 6.0
+"""Voxels deeper than this (mm from the fragment surface) are core whatever the Laplacian."""
+
+LAPLACIAN_THRESHOLD = 0.11
+"""Core where -Laplacian of the smoothed distance field exceeds this (mm per voxel^2 of the
+finest axis; the article's value at its near-isotropic training spacing)."""
+
+SIGMA_VOX = 2.0
+"""Gaussian sigma, in voxels of the finest axis (isotropic in mm)."""
+
+MIN_CORE_VOX = 50
+"""A fragment with fewer core voxels gets its deepest connected part as core, up to this
+size (instance recovery drops seeds under 50 voxels)."""
+
+MAX_CORE_FRACTION = 0.5
+"""The guaranteed core never takes more than this fraction of a fragment (at least 1 voxel)."""
+
+STRAY_VOX = 100
+"""Components of a fragment smaller than this, other than its largest, get no core."""
+
+
+def bone_of_labels(values: np.ndarray) -> np.ndarray:
+    """Anatomy id (1 sacrum, 2 left hip, 3 right hip) of PENGWIN labels 1-30 (vectorised)."""
+    return (np.asarray(values, dtype=np.int64) - 1) // 10 + 1
+
+
+def abbc_targets(
+    labels: np.ndarray,
+    spacing_zyx_mm,
+    *,
+    border_mm: float = BORDER_MM,
+    border_radius_fraction: float | None = BORDER_RADIUS_FRACTION,
+    core_mm: float = CORE_MM,
+    laplacian_threshold: float = LAPLACIAN_THRESHOLD,
+    sigma_vox: float = SIGMA_VOX,
+    min_core_vox: int = MIN_CORE_VOX,
+    max_core_fraction: float = MAX_CORE_FRACTION,
+    stray_vox: int = STRAY_VOX,
+    single_core_component: bool = True,
+    border_shell_only: bool = False,
+    parallel: int = 2,
+) -> np.ndarray:
+    """Compute the ABBC map of a PENGWIN fragment label map.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (Z, Y, X)
+        PENGWIN fragment labels: 0 background, 1-10 sacrum, 11-20 left hip, 21-30 right
+        hip. Any integer dtype; values outside 0-30 are an error.
+    spacing_zyx_mm : sequence of 3 float
+        Voxel size along (z, y, x), mm.
+    border_mm : float
+        Largest fracture-zone width, mm (see :data:`BORDER_MM`).
+    border_radius_fraction : float or None
+        The zone between fragments a and b is at most this fraction of the smaller of
+        their largest inscribed radii (mm). None: a fixed ``border_mm`` (the article).
+    core_mm : float
+        Voxels deeper than this (mm) are core.
+    laplacian_threshold : float
+        Core where -Laplacian of the smoothed distance exceeds this (mm / voxel^2 of the
+        finest axis).
+    sigma_vox : float
+        Gaussian sigma in voxels of the finest axis; isotropic in mm.
+    min_core_vox : int
+        Guaranteed core size per fragment (capped by ``max_core_fraction``).
+    max_core_fraction : float
+        The guaranteed core never exceeds this fraction of the fragment (at least 1 voxel).
+    stray_vox : int
+        Fragment components under this size (not the largest) get no core.
+    single_core_component : bool
+        Keep only the largest 26-connected core component of each fragment.
+    border_shell_only : bool
+        False (default): the whole fracture zone is border, the same width on both sides
+        of the fracture. True (the article): only the boundary shell in the zone becomes
+        border and core there is demoted to boundary (the wall is then as thick as the
+        shell, which differs from one side to the other).
+    parallel : int
+        Threads for the distance transforms.
+
+    Returns
+    -------
+    ndarray of uint8, shape (Z, Y, X)
+        0 background, 1 boundary, 2 core, 3 border (see :mod:`pengwin_demo.labels`).
+        Background stays background; every fragment voxel gets 1, 2 or 3.
+    """
+    labels = _check_labels(labels)
+    spacing = _check_spacing(spacing_zyx_mm)
+    if border_mm < 0 or core_mm <= 0 or sigma_vox < 0 or min_core_vox < 1:
+        raise ValueError(
+            "border_mm >= 0, core_mm > 0, sigma_vox >= 0 and min_core_vox >= 1 are required, got "
+            f"{border_mm}, {core_mm}, {sigma_vox}, {min_core_vox}"
+        )
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=31)[1:]) + 1]
+    if not present:
+        return out
+
+    # Distance (mm) of every fragment voxel to its own fragment's surface: the multi-label
+    # EDT treats a change of label as a surface. The volume edge is not a surface (the scan
+    # cut the bone there, the bone goes on).
+    dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
+    dist = dist.astype(np.float32, copy=False)
+
+    boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
+    radius_mm = {lab: float(dist[box][labels[box] == lab].max()) for lab, box in boxes.items()}
+
+    contact_mm = float(np.linalg.norm(spacing))  # farthest 26-neighbour
+    s_ref = float(spacing.min())
+    sigma_axes = sigma_vox * s_ref / spacing  # voxels per axis, isotropic in mm
+    lap_weights = (s_ref / spacing) ** 2  # second differences in units of the finest axis
+
+    widths = _pair_widths(present, radius_mm, border_mm, border_radius_fraction, contact_mm)
+    max_width = max([w for w in widths.values()] + [contact_mm])
+    smooth_margin = np.ceil(4.0 * sigma_axes).astype(int) + 1
+    zone_margin = np.ceil(max_width / spacing).astype(int) + 1
+    margin = np.maximum(smooth_margin, zone_margin)
+
+    zone_args = (boxes, widths, spacing, contact_mm, parallel, border_shell_only)
+    for lab in present:
+        box = _grow_box(boxes[lab], margin, labels.shape)
+        lab_crop = labels[box]
+        frag = lab_crop == lab
+        d = np.where(frag, dist[box], np.float32(0))
+        classes = _core_boundary(d, frag, sigma_axes, lap_weights, laplacian_threshold, core_mm)
+        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+        _finish_core(
+            classes, frag, d, min_core_vox, max_core_fraction, stray_vox, single_core_component
+        )
+        region = out[box]
+        region[frag] = classes[frag]
+
+    # small stray pieces away from their fragment's box: boundary, or border near a fracture
+    for lab, cid, sbox in strays:
+        box = _grow_box(sbox, zone_margin, labels.shape)
+        lab_crop = labels[box]
+        frag = comps[box] == cid
+        classes = np.where(frag, np.uint8(ABBC_BOUNDARY), np.uint8(0))
+        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+        region = out[box]
+        region[frag] = classes[frag]
+    del comps, dist
+
+    _separate_cores(out, labels)
+    return out
+
+
+# -- steps ---------------------------------------------------------------------------------
+def _core_boundary(d, frag, sigma_axes, lap_weights, threshold, core_mm) -> np.ndarray:
+    """Core / boundary inside ``frag`` from its distance field ``d`` (mm, 0 outside)."""
+    smooth = ndimage.gaussian_filter(d, sigma=tuple(sigma_axes), mode="nearest")
+    neg_lap = np.zeros_like(smooth)
+    tmp = np.empty_like(smooth)
+    for axis, weight in enumerate(lap_weights):
+        ndimage.correlate1d(smooth, np.array([-1.0, 2.0, -1.0]) * weight, axis, output=tmp,
+                            mode="nearest")
+        neg_lap += tmp
+    core = frag & ((neg_lap > threshold) | (d > core_mm))
+    classes = np.zeros(frag.shape, dtype=np.uint8)
+    classes[frag] = ABBC_BOUNDARY
+    classes[core] = ABBC_CORE
+    return classes
+
+
+def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm,
+                         parallel, shell_only) -> None:
+    """Fracture zone, in place: all of it -> border; or, with ``shell_only`` (the article),
+    boundary there -> border, core there -> boundary, contact layer -> border."""
+    zone, contact = _fracture_zone(
+        lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm, parallel
+    )
+    if zone is None:
+        return
+    if not shell_only:
+        classes[zone] = ABBC_BORDER
+        return
+    was_core = classes == ABBC_CORE
+    classes[zone & (classes == ABBC_BOUNDARY)] = ABBC_BORDER
+    classes[zone & was_core] = ABBC_BOUNDARY
+    classes[contact] = ABBC_BORDER
+
+
+def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm, parallel):
+    """Voxels of ``frag`` within the pair width of another fragment of the same bone.
+
+    Returns (zone, contact) boolean arrays on the crop, or (None, None) when no other
+    fragment of the bone is near. ``contact`` holds the voxels within ``contact_mm``.
+    """
+    bone = bone_of_labels(lab)
+    zone = contact = None
+    for other, obox in boxes.items():
+        if other == lab or bone_of_labels(other) != bone:
+            continue
+        width = widths[(min(lab, other), max(lab, other))]
+        reach = np.ceil(width / spacing).astype(int) + 1
+        # the part of this crop within ``width`` of the other fragment's box
+        sub = []
+        for ax in range(3):
+            lo = max(obox[ax].start - reach[ax], box[ax].start)
+            hi = min(obox[ax].stop + reach[ax], box[ax].stop)
+            if hi <= lo:
+                break
+            sub.append(slice(lo - box[ax].start, hi - box[ax].start))
+        if len(sub) < 3:
+            continue
+        sub = tuple(sub)
+        other_mask = lab_crop[sub] == other
+        if not other_mask.any() or not frag[sub].any():
+            continue
+        d_other = edt.edt(
+            ~other_mask, anisotropy=tuple(spacing), black_border=False, parallel=parallel
+        )
+        near = frag[sub] & (d_other <= width)
+        if not near.any():
+            continue
+        if zone is None:
+            zone = np.zeros(frag.shape, dtype=bool)
+            contact = np.zeros(frag.shape, dtype=bool)
+        zone[sub] |= near
+        contact[sub] |= frag[sub] & (d_other <= contact_mm)
+    return zone, contact
+
+
+def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox, single) -> None:
+    """One core component per fragment, at least ``min_core_vox`` voxels (capped), in place."""
+    comps, n = cc3d.connected_components(frag, connectivity=26, return_N=True)
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    main = int(np.argmax(sizes))
+    if n > 1:  # strays: no core
+        stray_ids = np.flatnonzero((sizes < stray_vox) & (sizes > 0))
+        stray_ids = stray_ids[stray_ids != main]
+        if stray_ids.size:
+            stray = np.isin(comps, stray_ids)
+            classes[stray & (classes == ABBC_CORE)] = ABBC_BOUNDARY
+
+    core = classes == ABBC_CORE
+    if single and core.any():
+        cc, m = cc3d.connected_components(core, connectivity=26, return_N=True)
+        if m > 1:
+            csizes = np.bincount(cc.ravel())
+            csizes[0] = 0
+            classes[core & (cc != int(np.argmax(csizes)))] = ABBC_BOUNDARY
+            core = classes == ABBC_CORE
+
+    n_frag = int(frag.sum())
+    target = max(1, min(min_core_vox, int(math.floor(max_core_fraction * n_frag))))
+    if int(core.sum()) >= target:
+        return
+    deep = _deepest_region(d, frag, target)
+    classes[core] = ABBC_BOUNDARY if single else ABBC_CORE
+    classes[deep] = ABBC_CORE
+
+
+def _deepest_region(d, frag, target) -> np.ndarray:
+    """The 26-connected region around the deepest voxel of ``frag``, grown by depth.
+
+    The region is {d >= t} connected to the deepest voxel, with the highest threshold t
+    that gives at least ``target`` voxels (or the whole component).
+    """
+    seed = np.unravel_index(int(np.argmax(np.where(frag, d, -1))), d.shape)
+    levels = np.unique(d[frag])[::-1]  # descending
+
+    def region(t):
+        cc = cc3d.connected_components(frag & (d >= t), connectivity=26)
+        return cc == cc[seed]
+
+    lo, hi = 0, levels.size - 1  # region(levels[i]) grows with i
+    if region(levels[hi]).sum() < target:
+        return region(levels[hi])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if region(levels[mid]).sum() >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return region(levels[lo])
+
+
+def _separate_cores(out: np.ndarray, labels: np.ndarray) -> None:
+    """Demote core voxels that touch (26) the core of another fragment, in place."""
+    core = out == ABBC_CORE
+    box = _bbox(core, margin=1)
+    if box is None:
+        return
+    core_lab = np.where(core[box], labels[box], 0).astype(np.uint8)
+    hi = ndimage.maximum_filter(core_lab, size=3, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(core_lab > 0, core_lab, 255).astype(np.uint8), size=3,
+                                mode="constant", cval=255)
+    clash = (core_lab > 0) & ((hi != core_lab) | (lo != core_lab))
+    if not clash.any():
+        return
+    counts = np.bincount(labels[box][core_lab > 0], minlength=31)
+    sizes = np.bincount(labels.ravel(), minlength=31)
+    region = out[box]
+    for lab in np.unique(core_lab[clash]):
+        lab = int(lab)
+        # the clashing voxel stays core only in the smaller fragment (which cannot spare it)
+        neigh = np.unique(np.concatenate([hi[clash & (core_lab == lab)],
+                                          lo[clash & (core_lab == lab)]]))
+        neigh = [int(v) for v in neigh if v not in (0, 255, lab)]
+        smaller_than_all = all(
+            (sizes[lab], lab) < (sizes[o], o) for o in neigh
+        )
+        if smaller_than_all:
+            continue
+        mine = clash & (core_lab == lab)
+        if counts[lab] - int(mine.sum()) <= 0:
+            continue  # would lose its only core; the other side gives way instead
+        region[mine] = ABBC_BOUNDARY
+    # second pass for the voxels that stayed on both sides: demote the larger fragment's
+    core_lab = np.where(region == ABBC_CORE, labels[box], 0).astype(np.uint8)
+    hi = ndimage.maximum_filter(core_lab, size=3, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(core_lab > 0, core_lab, 255).astype(np.uint8), size=3,
+                                mode="constant", cval=255)
+    clash = (core_lab > 0) & ((hi != core_lab) | (lo != core_lab))
+    if clash.any():
+        log.warning(
+            "%d core voxels touch the core of another fragment (fragments too small to keep "
+            "apart)", int(clash.sum())
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _pair_widths(present, radius_mm, border_mm, fraction, contact_mm) -> dict:
+    widths = {}
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            if bone_of_labels(a) != bone_of_labels(b):
+                continue
+            w = float(border_mm)
+            if fraction is not None:
+                w = min(w, fraction * min(radius_mm[a], radius_mm[b]))
+            widths[(a, b)] = max(w, contact_mm)
+    return widths
+
+
+def _fragment_boxes(labels: np.ndarray, present: list[int], stray_vox: int):
+    """Crop box (z, y, x slices) of each fragment, not stretched by its small strays.
+
+    Returns ``(boxes, strays, comps)``: ``boxes[label]`` covers the fragment's components of
+    at least ``stray_vox`` voxels (or its largest); ``strays`` lists ``(label, component id,
+    box)`` for the small components outside that box; ``comps`` is the 26-connected
+    component map of ``labels`` (each component holds one label).
+    """
+    comps = cc3d.connected_components(labels, connectivity=26)
+    stats = cc3d.statistics(comps)
+    counts = stats["voxel_counts"]
+    bbs = stats["bounding_boxes"]
+    comp_label = np.zeros(len(counts), dtype=np.int64)
+    for cid in range(1, len(counts)):
+        if counts[cid] == 0:
+            continue
+        b = bbs[cid]
+        corner = labels[b][comps[b] == cid]
+        comp_label[cid] = int(corner[0])
+    boxes, strays = {}, []
+    for lab in present:
+        ids = np.flatnonzero(comp_label == lab)
+        big = ids[counts[ids] >= stray_vox]
+        if big.size == 0:
+            big = ids[[int(np.argmax(counts[ids]))]]
+        lo = np.min([[s.start for s in bbs[c]] for c in big], axis=0)
+        hi = np.max([[s.stop for s in bbs[c]] for c in big], axis=0)
+        boxes[lab] = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        for c in ids:
+            if c not in big and not _inside(bbs[c], boxes[lab]):
+                strays.append((lab, int(c), bbs[c]))
+    return boxes, strays, comps
+
+
+def _inside(inner, outer) -> bool:
+    return all(o.start <= i.start and i.stop <= o.stop for i, o in zip(inner, outer))
+
+
+def _grow_box(box, margin, shape):
+    return tuple(
+        slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, margin, shape)
+    )
+
+
+def _bbox(mask: np.ndarray, margin: int = 0):
+    from .volume import bounding_box
+
+    return bounding_box(mask, margin_vox=margin)
+
+
+def _check_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InputError(f"fragment labels must be a 3D (z, y, x) array, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise InputError(
+            f"fragment labels must be integers (PENGWIN 0-30), got dtype {labels.dtype}; "
+            "read the file as a label map"
+        )
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 30):
+        raise InputError(
+            f"fragment labels must be PENGWIN labels 0-30, found values {int(labels.min())}.."
+            f"{int(labels.max())}; convert the map to PENGWIN labels first"
+        )
+    return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def _check_spacing(spacing_zyx_mm) -> np.ndarray:
+    spacing = np.asarray(spacing_zyx_mm, dtype=np.float64).ravel()
+    if spacing.size != 3 or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
+        raise InputError(f"spacing_zyx_mm must be 3 positive numbers (z, y, x mm), got {spacing_zyx_mm}")
+    return spacing
