@@ -214,14 +214,17 @@ def plan_grid(
     steps = np.diff(s)
     step = float(np.median(steps))
     span = float(s[-1])
-    n_regular = int(round(span / step)) + 1
-    grid = np.arange(n_regular) * step
     tol = max(0.01, min(0.1, 0.1 * step))
-    regular = n_regular == n and np.abs(s - grid).max() <= tol
-    if regular:
-        step = span / (n - 1) if n > 1 else step
-        n_out = n
-    else:
+    regular = False
+    if int(round(span / step)) + 1 == n:
+        # least-squares line through the positions: robust to jitter at either end
+        fit_step, offset = np.polyfit(np.arange(n, dtype=np.float64), s, 1)
+        if np.abs(s - (offset + fit_step * np.arange(n))).max() <= tol:
+            regular = True
+            step = float(fit_step)
+            origin = origin + offset * normal
+            n_out = n
+    if not regular:
         max_gap = steps.max()
         if max_gap > (max_missing + 1) * step + tol:
             k = int(np.argmax(steps))
@@ -232,15 +235,15 @@ def plan_grid(
                 "(check that the transfer did not drop files)."
             )
         n_out = int(np.floor(span / step + 1e-6)) + 1
-        missing = [(int(k), float(steps[k])) for k in np.flatnonzero(steps > 1.5 * step)]
-        uneven = np.flatnonzero(np.abs(steps - step) > tol)
+        is_gap = steps > 1.5 * step
+        missing = [(int(k), float(steps[k])) for k in np.flatnonzero(is_gap)]
         if missing:
             desc = ", ".join(f"{g:.2f} mm after slice {k}" for k, g in missing[:5])
             warnings.append(
                 f"missing slice(s): {len(missing)} gap(s) ({desc}{', ...' if len(missing) > 5 else ''}); "
                 f"filled by linear interpolation onto a regular {step:.3f} mm grid"
             )
-        if len(uneven) > len(missing):
+        if not missing or np.any(np.abs(steps[~is_gap] - step) > tol):
             warnings.append(
                 f"uneven slice spacing (steps {steps.min():.3f}-{steps.max():.3f} mm); resampled "
                 f"linearly onto a regular {step:.3f} mm grid ({n} slices -> {n_out})"
