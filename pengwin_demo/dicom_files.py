@@ -8,11 +8,13 @@ against the bytes actually written, not only against what the archive's director
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError
@@ -143,12 +145,11 @@ def extract_zip(
                         out.write(chunk)
             except FileExistsError:
                 continue  # the same name twice in one archive: keep the first copy
-            except (zipfile.BadZipFile, OSError, EOFError) as err:
-                if isinstance(err, zipfile.BadZipFile) or "CRC" in str(err) or isinstance(err, EOFError):
-                    raise InputError(
-                        f"{name}: the archive is damaged ({type(err).__name__}); zip the folder again."
-                    ) from None
-                raise
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as err:
+                raise InputError(
+                    f"{name}: the archive is damaged ({type(err).__name__}: {str(err)[:80]}); "
+                    "zip the folder again."
+                ) from None
             except RuntimeError as err:  # encrypted members, unsupported compression
                 raise InputError(f"{name}: cannot unpack a member ({err}); zip the folder again.") from None
             written.append(target)
