@@ -1,0 +1,435 @@
+"""The watcher service: observe the inbox, claim settled items, run them, publish or fail.
+
+One worker runs one job at a time through an injected ``process(input_path, out_dir)``
+callable; by default that is :meth:`pengwin_demo.pipeline.Pipeline.run` on a pipeline
+loaded once. The web app passes its own pipeline so that app requests and inbox jobs
+share one set of models (the pipeline's lock serializes them)::
+
+    from watcher import WatcherConfig, WatcherService
+    service = WatcherService(WatcherConfig(inbox="IN", outbox="OUT"), pipeline=pipeline)
+    service.start()            # background thread + watchdog observer
+    service.recent_jobs()      # list of dicts for the app's table
+    service.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from pengwin_demo.errors import InputError, ModelError
+
+from .arrival import InboxScanner, Item, ScanResult
+from .config import WatcherConfig
+from .jobs import Job, JobStore, iso, write_json_atomic
+
+log = logging.getLogger("watcher")
+
+ProcessFn = Callable[[Path, Path], Any]
+"""``process(input_path, out_dir)``: read the input, write every output into ``out_dir``.
+
+Raise :class:`~pengwin_demo.errors.InputError` for bad input. The return value may have a
+``warnings`` attribute (list of str), copied into the outbox ``job.json``.
+"""
+
+class _DropStopNoise(logging.Filter):
+    """watchdog 7's inotify emitter logs an ERROR when it is stopped mid-read; harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_DropStopNoise())
+
+_MODIFYING_EVENTS = {"created", "modified", "moved", "closed"}
+STATUS_HEARTBEAT_S = 30.0
+
+
+class _InboxEvents(FileSystemEventHandler):
+    def __init__(self, scanner: InboxScanner, wake: threading.Event):
+        self.scanner = scanner
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _MODIFYING_EVENTS:
+            return  # reads (opened/closed_no_write) and removals do not delay arrival
+        path = getattr(event, "dest_path", "") if event.event_type == "moved" else event.src_path
+        if path:
+            self.scanner.note_event(os.fsdecode(path))
+            self.wake.set()
+
+
+class WatcherService:
+    """Inbox -> pipeline -> outbox, exactly once, surviving crashes and bad input.
+
+    Parameters
+    ----------
+    config : WatcherConfig
+    pipeline : object, optional
+        A loaded :class:`pengwin_demo.pipeline.Pipeline` (or anything with the same
+        ``run(input_path, out_dir, *, dicom_seg=...)``) to share, e.g. the app's.
+    process : callable, optional
+        ``process(input_path, out_dir)``; overrides ``pipeline``. Default: a pipeline
+        created on :meth:`start` with ``Pipeline(device=config.device)``.
+    """
+
+    def __init__(self, config: WatcherConfig, pipeline: Any = None, process: ProcessFn | None = None):
+        self.config = config
+        self.store = JobStore(config)
+        self.scanner = InboxScanner(config)
+        self._pipeline = pipeline
+        self._process = process
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer = None
+        self._stuck: dict[str, str] = {}
+        self._current: str | None = None
+        self._last_scan = ScanResult()
+        self._status_written = (None, 0.0)
+        self.counts = {"done": 0, "failed": 0}
+
+    # -- public API -----------------------------------------------------------------
+    def start(self) -> "WatcherService":
+        """Prepare folders, load the pipeline if needed, and run in a background thread."""
+        self._prepare()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="pengwin-watcher", daemon=True)
+        self._thread.start()
+        log.info("watching %s (%s observer, settle %.0f s)", self.config.inbox,
+                 "polling" if self.config.polling else "native", self.config.settle_seconds)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the current job (a pipeline run cannot be interrupted)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._stop_observer()
+
+    def run_forever(self) -> None:
+        """Run in the calling thread until :meth:`stop` is called (e.g. from a signal)."""
+        self._prepare()
+        log.info("watching %s (%s observer, settle %.0f s)", self.config.inbox,
+                 "polling" if self.config.polling else "native", self.config.settle_seconds)
+        try:
+            self._loop()
+        finally:
+            self._stop_observer()
+
+    def run_once(self, timeout: float | None = None) -> dict:
+        """Process everything in the inbox (waiting for each item to settle), then return.
+
+        Items that keep changing keep it waiting; ``timeout`` (s) bounds the wait.
+        Returns counts: ``{"done": n, "failed": m, "left": k}``.
+        """
+        self._prepare()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self._stop.is_set():
+                if self._step():
+                    continue
+                if not self._last_scan.waiting and not self._pending_ready():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                self._wake.wait(self.config.scan_interval)
+                self._wake.clear()
+        finally:
+            self._stop_observer()
+        left = len(self._last_scan.waiting) + len(self._pending_ready())
+        self._write_status(force=True)
+        return {**self.counts, "left": left}
+
+    def recent_jobs(self, limit: int = 20) -> list[dict]:
+        """Most recent jobs of this inbox (every watcher process), newest first.
+
+        Each dict has job_id, state ("running", "done", "failed", "interrupted"), kind,
+        files, received, started, finished (ISO 8601 UTC), seconds, error (one line),
+        warnings and output (the outbox folder). No patient identifiers.
+        """
+        return self.store.recent(limit)
+
+    def status(self) -> dict:
+        """The queue as written to ``<work>/status.json``."""
+        return {
+            "updated": iso(time.time()),
+            "pid": os.getpid(),
+            "inbox_waiting": [vars(w) for w in self._last_scan.waiting],
+            "inbox_ready": len(self._pending_ready()),
+            "running": self.store.running_jobs(),
+            "current": self._current,
+            "counts": dict(self.counts),
+            "recent": self.recent_jobs(20),
+        }
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- loop -----------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.store.prepare()
+        self.store.clean_stale_temp_outputs()
+        self._get_process()
+        self._start_observer()
+
+    def _get_process(self) -> ProcessFn:
+        if self._process is not None:
+            return self._process
+        if self._pipeline is None:
+            from pengwin_demo.pipeline import Pipeline  # loads the models once
+
+            self._pipeline = Pipeline(device=self.config.device)
+        pipeline, dicom_seg = self._pipeline, self.config.dicom_seg
+
+        def process(input_path: Path, out_dir: Path) -> Any:
+            return pipeline.run(input_path, out_dir, dicom_seg=dicom_seg)
+
+        self._process = process
+        return process
+
+    def _start_observer(self) -> None:
+        if self._observer is not None:
+            return
+        handler = _InboxEvents(self.scanner, self._wake)
+        # The scanner walks each item itself on every scan and compares signatures, so
+        # the observer only needs the top level: it wakes the loop when something
+        # arrives, and an event restarts that item's quiet clock. (Watching recursively
+        # would also watch the hidden work area and the trees being moved into it.)
+        if self.config.polling:
+            observer = PollingObserver(timeout=self.config.scan_interval)
+        else:
+            observer = Observer()
+        observer.schedule(handler, str(self.config.inbox), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+            self._observer = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._step():
+                    continue
+            except Exception:  # keep the service alive whatever happens
+                log.exception("watcher step failed; retrying in %.0f s", self.config.scan_interval)
+            self._wake.wait(self.config.scan_interval)
+            self._wake.clear()
+
+    def _pending_ready(self) -> list[Item]:
+        return [i for i in self._last_scan.ready if i.key not in self._stuck]
+
+    def _step(self) -> bool:
+        """Recover one orphan or claim and run one settled item. True if a job ran."""
+        for job in self.store.orphans():
+            if self._stop.is_set():
+                job.release()
+                return False
+            log.info("job %s recovered (its watcher stopped during attempt %s)",
+                     job.job_id, job.meta.get("attempts", 0))
+            self._run_job(job)
+            return True
+        self._last_scan = self.scanner.scan()
+        self._write_status()
+        for item in self._pending_ready():
+            if self._stop.is_set():
+                return False
+            try:
+                job = self.store.claim(item)
+            except OSError as err:
+                self._stuck[item.key] = str(err)
+                log.error("an inbox %s could not be claimed (%s); it is left in place and "
+                          "skipped until the watcher restarts", item.kind, err.strerror or err)
+                continue
+            self.scanner.forget(item.key)
+            if job is None:
+                continue  # another watcher took it
+            self.store.record({"job_id": job.job_id, "state": "received", "kind": item.kind,
+                               "files": job.meta["files"], "received": job.meta["received"]})
+            log.info("job %s received: %s, %d files, %.1f MB (%s)", job.job_id, item.kind,
+                     job.meta["files"], job.meta["bytes"] / 1e6, item.reason)
+            self._run_job(job)
+            return True
+        return False
+
+    # -- one job --------------------------------------------------------------------
+    def _run_job(self, job: Job) -> None:
+        meta = job.meta
+        meta["attempts"] = int(meta.get("attempts", 0)) + 1
+        if self.store.output_dir(job).exists():
+            # published before the previous process died: do not run it again
+            meta["state"] = "done"
+            self.store.record({"job_id": job.job_id, "state": "done",
+                               "output": str(self.store.output_dir(job))})
+            log.info("job %s done (outputs were already complete)", job.job_id)
+            self.store.finish(job)
+            return
+        if meta["attempts"] > self.config.max_attempts:
+            self._fail(job, time.time(), (
+                f"Processing was interrupted {meta['attempts'] - 1} times (the watcher was "
+                "killed or crashed while working on this job, e.g. out of memory).",
+                "Check the watcher's log and the machine's memory, then move the item in "
+                "input/ back into the inbox to try again.",
+            ))
+            return
+        started = time.time()
+        meta.update(state="running", started=iso(started))
+        job.save()
+        self._current = job.job_id
+        self.store.record({"job_id": job.job_id, "state": "running", "kind": meta.get("kind"),
+                           "files": meta.get("files"), "received": meta.get("received"),
+                           "started": meta["started"], "attempt": meta["attempts"]})
+        log.info("job %s started (attempt %d)", job.job_id, meta["attempts"])
+        self._write_status(force=True)
+        tmp = None
+        try:
+            problem = self._precheck(job)
+            if problem:
+                raise InputError(problem)
+            tmp = self.store.temp_output_dir(job)
+            result = self._get_process()(job.input_path, tmp)
+            warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
+            finished = time.time()
+            outbox_meta = {
+                "job_id": job.job_id,
+                "state": "done",
+                "kind": meta.get("kind"),
+                "files": meta.get("files"),
+                "received": meta.get("received"),
+                "started": meta["started"],
+                "finished": iso(finished),
+                "seconds": round(finished - started, 2),
+                "warnings": warnings,
+            }
+            write_json_atomic(tmp / "job.json", outbox_meta)
+            final = self.store.publish(job, tmp)
+        except InputError as err:
+            self._cleanup(tmp)
+            self._fail(job, started, (str(err), _hint_for_input_error()))
+            return
+        except ModelError as err:
+            self._cleanup(tmp)
+            self._fail(job, started, (str(err), "Install or fix the models (see the README), "
+                                      "then move the item in input/ back into the inbox."))
+            return
+        except Exception as err:  # a bug or the environment (disk, memory): keep running
+            self._cleanup(tmp)
+            self._fail(job, started, (
+                f"Unexpected error: {type(err).__name__}: {err}",
+                "This is a bug or a problem of the machine (disk full, memory...). Report it "
+                "with this file; the traceback is below. After fixing, move the item in "
+                "input/ back into the inbox.",
+            ), detail=traceback.format_exc())
+            return
+        finally:
+            self._current = None
+        seconds = round(time.time() - started, 2)
+        self.store.record({"job_id": job.job_id, "state": "done", "finished": iso(time.time()),
+                           "seconds": seconds, "warnings": warnings, "output": str(final)})
+        self.counts["done"] += 1
+        log.info("job %s done in %.1f s%s", job.job_id, seconds,
+                 f" with {len(warnings)} warning(s)" if warnings else "")
+        self.store.finish(job)
+        self._write_status(force=True)
+
+    def _precheck(self, job: Job) -> str | None:
+        kind = job.meta.get("kind")
+        path = job.input_path
+        if kind == "unreadable":
+            names = sorted(p.name for p in path.iterdir())[:10]
+            return (
+                f"{len(list(path.iterdir()))} loose file(s) in the inbox are not DICOM files "
+                f"(e.g. {', '.join(names)}), so they cannot be grouped into a series. Copy DICOM "
+                "series (a folder per series, a zip, or DICOM files), or a .nii.gz/.mha/.nrrd CT."
+            )
+        if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            return (
+                "the folder is empty (nothing arrived within "
+                f"{self.config.empty_grace_seconds:.0f} s). Copy the series into it again, "
+                "or remove it."
+            )
+        return None
+
+    def _cleanup(self, tmp: Path | None) -> None:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _fail(self, job: Job, started: float, what: tuple[str, str], detail: str = "") -> None:
+        message, todo = what
+        finished = time.time()
+        job.meta.update(state="failed", finished=iso(finished),
+                        error=_redact(" ".join(message.split()), job)[:500])
+        text = (
+            f"Job {job.job_id} could not be processed.\n\n"
+            f"What was wrong:\n  {message}\n\n"
+            f"What to do:\n  {todo}\n\n"
+            f"The inputs are unchanged in input/ beside this file. The inbox was "
+            f"{self.config.inbox}.\n"
+            f"Failed at {iso(finished)} after {finished - started:.1f} s "
+            f"(attempt {job.meta.get('attempts')}).\n"
+        )
+        if detail:
+            text += "\n" + detail
+        target = self.store.fail(job, text)
+        seconds = round(finished - started, 2)
+        self.store.record({"job_id": job.job_id, "state": "failed", "finished": iso(finished),
+                           "seconds": seconds, "error": job.meta["error"], "output": str(target)})
+        self.counts["failed"] += 1
+        # the error text may name files (possible identifiers): the log gets only the kind
+        kind = "input" if "Unexpected" not in message else "unexpected"
+        log.warning("job %s failed (%s error) after %.1f s; see %s", job.job_id, kind,
+                    seconds, target / "error.txt")
+        self._write_status(force=True)
+
+    # -- status ---------------------------------------------------------------------
+    def _write_status(self, force: bool = False) -> None:
+        status = self.status()
+        comparable = {k: v for k, v in status.items() if k != "updated"}
+        last, at = self._status_written
+        now = time.monotonic()
+        if not force and comparable == last and now - at < STATUS_HEARTBEAT_S:
+            return
+        try:
+            write_json_atomic(self.store.status_path, status)
+            self._status_written = (comparable, now)
+        except OSError:
+            log.warning("cannot write the status file %s", self.store.status_path)
+
+
+def _redact(text: str, job: Job) -> str:
+    """Replace the job's paths and the inbox entry name (maybe a patient name) in ``text``."""
+    text = text.replace(str(job.dir), "<job>")
+    try:
+        name = job.input_path.name
+    except (InputError, OSError):
+        return text
+    if len(name) < 3:
+        return text
+    return re.sub(r"(?<![\w.])" + re.escape(name) + r"(?![\w])", "<input>", text)
+
+
+def _hint_for_input_error() -> str:
+    return (
+        "Fix the input as the message says (for DICOM: export the complete CT series "
+        "again), then copy it into the inbox again. To retry these inputs unchanged, "
+        "move the item in input/ back into the inbox."
+    )
