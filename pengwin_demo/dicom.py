@@ -101,7 +101,12 @@ class _Scrubber:
                         if len(part) >= 2:
                             tokens.add(part)
         self.pattern = (
-            re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)), re.IGNORECASE)
+            re.compile(
+                r"(?<![A-Za-z0-9])(?:"
+                + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+                + r")(?![A-Za-z0-9])",
+                re.IGNORECASE,
+            )
             if tokens else None
         )
 
