@@ -19,6 +19,7 @@ web viewer, is rotated into glTF's Y-up frame (see :func:`lps_to_gltf_matrix`).
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ MESH_DETAILS: dict[str, MeshDetail] = {
     "coarse": MeshDetail(smooth_iterations=10, target_reduction=0.92),
 }
 """Named presets for ``mesh_detail`` (pipeline, CLI, app)."""
+
+_DECIMATE_LOCK = threading.Lock()
 
 TAUBIN_LAMBDA = 0.5
 TAUBIN_NU = 0.52  # 0 < 1/lambda - 1/nu < 0.1: Taubin's no-shrink condition
@@ -135,11 +138,12 @@ def mask_mesh(
     if settings.target_reduction > 0 and len(mesh.faces) >= settings.min_faces:
         import fast_simplification
 
-        points, tris = fast_simplification.simplify(
-            np.asarray(mesh.vertices, dtype=np.float64),
-            np.asarray(mesh.faces, dtype=np.int32),
-            target_reduction=settings.target_reduction,
-        )
+        with _DECIMATE_LOCK:  # the C++ simplifier keeps its mesh in globals: not thread safe
+            points, tris = fast_simplification.simplify(
+                np.asarray(mesh.vertices, dtype=np.float64),
+                np.asarray(mesh.faces, dtype=np.int32),
+                target_reduction=settings.target_reduction,
+            )
         mesh = trimesh.Trimesh(points, tris, process=False)
     mesh.remove_unreferenced_vertices()
     if len(mesh.faces) and _signed_volume(mesh.vertices, mesh.faces) < 0:

@@ -222,3 +222,18 @@ def test_real_sacrum_fragments_mesh_onto_their_voxels():
         n = np.count_nonzero(vol.array == label)
         if n > 5000:  # big pieces: mesh volume close to the voxel volume
             assert mesh.volume == pytest.approx(n * vol.voxel_volume_mm3, rel=0.05), label
+
+
+def test_threaded_meshing_matches_serial(lps_volume):
+    """The decimator keeps state in C++ globals; threads must not mix fragments up."""
+    many = lps_volume.array.copy()
+    many[30:38, 40:55, 5:15] = 2
+    many[30:38, 5:20, 25:35] = 12
+    vol = lps_volume.with_array(many)
+    serial = fragment_meshes(vol, workers=1)
+    for _ in range(3):
+        threaded = fragment_meshes(vol, workers=2)
+        assert sorted(threaded) == sorted(serial)
+        for label in serial:
+            assert len(threaded[label].faces) == len(serial[label].faces), label
+            np.testing.assert_allclose(threaded[label].bounds, serial[label].bounds, atol=1e-9)

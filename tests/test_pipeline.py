@@ -1,0 +1,307 @@
+"""The pipeline end to end: outputs, geometry round trip, warnings, progress, concurrency.
+
+Models here are *oracles*: objects with the model interface (``predict(Volume)`` and a
+``target_spacing_zyx_mm``) that return the true anatomy / ABBC map of an analytic phantom
+on whatever grid they are given. They stand in for trained networks so that these tests
+check the pipeline itself (loading, grids, recovery, outputs, warnings) exactly; runs with
+the bundled demo models are at the end and skip when the models are not installed.
+"""
+
+import json
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import trimesh
+
+from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.errors import ModelError
+from pengwin_demo.io import read_volume, write_volume
+from pengwin_demo.labels import anatomy_from_fragments
+from pengwin_demo.meshes import stl_name
+from pengwin_demo.pipeline import STAGES, Pipeline
+from pengwin_demo.volume import Volume
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+HAVE_BUNDLED = (MODELS / "anatomy" / "plans.json").is_file() and (MODELS / "abbc" / "plans.json").is_file()
+
+
+# -- an analytic phantom in LPS mm -------------------------------------------------------
+def truth_at(points_lps_mm: np.ndarray) -> np.ndarray:
+    """PENGWIN label (uint8) at LPS points (N, 3): sacrum 1; left hip 11 + 12 split by a
+    4 mm fracture gap at z = 20 mm; right hip 21. +x is the patient's left."""
+    x, y, z = points_lps_mm[:, 0], points_lps_mm[:, 1], points_lps_mm[:, 2]
+    out = np.zeros(len(points_lps_mm), np.uint8)
+    in_y = (y > 0) & (y < 30)
+    out[(np.abs(x) < 15) & in_y & (z > 0) & (z < 40)] = 1
+    left = (x > 22) & (x < 58) & in_y
+    out[left & (z > 0) & (z < 18)] = 11  # the larger piece gets the lower number
+    out[left & (z > 22) & (z < 36)] = 12
+    out[(x < -22) & (x > -58) & in_y & (z > 0) & (z < 40)] = 21
+    return out
+
+
+def truth_on(grid: Volume) -> np.ndarray:
+    idx = np.indices(grid.shape).reshape(3, -1).T
+    return truth_at(grid.index_to_world(idx)).reshape(grid.shape)
+
+
+def phantom_ct(direction=np.eye(3), spacing=(1.5, 1.0, 1.0), extent_zyx_mm=(64.0, 52.0, 140.0)) -> Volume:
+    """CT of the phantom (bone 700 HU, soft tissue 40 HU) on a grid centred on it."""
+    shape = tuple(int(round(e / s)) for e, s in zip(extent_zyx_mm, spacing))
+    half_xyz = (np.asarray(shape[::-1]) - 1) * np.asarray(spacing[::-1]) / 2.0
+    origin = np.array([0.0, 15.0, 20.0]) - np.asarray(direction) @ half_xyz
+    grid = Volume(np.zeros(shape, np.int16), spacing, tuple(origin), direction)
+    ct = np.where(truth_on(grid) > 0, 700, 40).astype(np.int16)
+    return grid.with_array(ct)
+
+
+class OracleAnatomy:
+    """Stage 1 stand-in: the true anatomy on the grid it is given."""
+
+    def __init__(self, spacing=None, empty=False):
+        self.target_spacing_zyx_mm = spacing
+        self.empty = empty
+        self.seen: list[Volume] = []
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        self.seen.append(volume)
+        if self.empty:
+            return np.zeros(volume.shape, np.uint8)
+        return anatomy_from_fragments(truth_on(volume))
+
+
+class OracleABBC(OracleAnatomy):
+    """Stage 2 stand-in: ABBC targets of the truth on the grid it is given."""
+
+    def __init__(self, spacing=None, truth=truth_on):
+        super().__init__(spacing)
+        self.truth = truth
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        self.seen.append(volume)
+        return abbc_targets(self.truth(volume), volume.spacing_zyx_mm)
+
+
+def _write_ras(vol: Volume, path: Path) -> Path:
+    """The same CT stored the RAS way (x, y flipped; positive affine)."""
+    data = np.transpose(vol.array, (2, 1, 0))[::-1, ::-1, :]
+    nx, ny, _ = data.shape
+    sz, sy, sx = vol.spacing_zyx_mm
+    ox, oy, oz = vol.origin_lps_mm
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = [-(ox + (nx - 1) * sx), -(oy + (ny - 1) * sy), oz]
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return path
+
+
+def _oblique() -> np.ndarray:
+    return np.array(sitk.VersorTransform((0.2, 0.3, 1.0), np.deg2rad(20)).GetMatrix()).reshape(3, 3)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+# -- tests ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("storage", ["lps", "ras", "oblique"])
+def test_outputs_and_geometry_for_lps_ras_and_oblique_inputs(tmp_path, storage):
+    if storage == "lps":
+        src = write_volume(phantom_ct(), tmp_path / "ct.nii.gz")
+    elif storage == "ras":
+        src = _write_ras(phantom_ct(), tmp_path / "ct_ras.nii.gz")
+    else:
+        src = write_volume(phantom_ct(_oblique(), extent_zyx_mm=(90.0, 90.0, 160.0)),
+                           tmp_path / "ct_oblique.mha")
+    ct = read_volume(src)
+    events = []
+    # the oracles run on a coarser 2 mm grid, as the CPU models do; labels come back exactly
+    pipe = Pipeline(anatomy=OracleAnatomy((2.0, 2.0, 2.0)), fragments=OracleABBC((2.0, 2.0, 2.0)))
+    result = pipe.run(src, tmp_path / "out", progress=lambda s, f: events.append((s, f)))
+
+    # label map: exactly the input grid, fragments where the truth says
+    labels = read_volume(result.paths["labels"], kind="label")
+    assert labels.same_grid(ct, tol_mm=1e-4)
+    truth = truth_on(ct)
+    assert sorted(int(v) for v in np.unique(labels.array) if v) == [1, 11, 12, 21]
+    for lab in (1, 11, 12, 21):
+        assert _dice(labels.array == lab, truth == lab) > 0.9, lab
+
+    # STL per fragment, in LPS mm on the label surface, outward normals
+    names = sorted(p.name for p in result.paths["stl"])
+    assert names == sorted(stl_name(k) for k in (1, 11, 12, 21))
+    one_voxel = max(ct.spacing_zyx_mm)
+    report = json.loads(result.paths["report"].read_text())
+    for frag in report["fragments"]:
+        mesh = trimesh.load(result.out_dir / frag["stl"])
+        assert mesh.volume > 0
+        box = np.array([frag["bbox_lps_mm"]["min"], frag["bbox_lps_mm"]["max"]])
+        np.testing.assert_allclose(mesh.bounds, box, atol=one_voxel)
+    # the sacrum box is |x| < 15, 0 < y < 30, 0 < z < 40 mm in LPS
+    sacrum = next(f for f in report["fragments"] if f["label"] == 1)
+    np.testing.assert_allclose(sacrum["centroid_lps_mm"], [0, 15, 20], atol=1.5)
+    true_ml = np.count_nonzero(truth == 1) * ct.voxel_volume_mm3 / 1000
+    assert sacrum["volume_ml"] == pytest.approx(true_ml, rel=0.1)
+    assert result.paths["glb"].read_bytes()[:4] == b"glTF"
+
+    # report, progress, timings
+    assert report["input"]["shape_zyx"] == list(ct.shape)
+    assert report["n_fragments"] == 4 and report["bones"]["left_hip"]["fragments"] == 2
+    assert report["inference"]["abbc_spacing_zyx_mm"] == [2.0, 2.0, 2.0]
+    stages = [s for s, _ in events]
+    assert stages == ["load", "anatomy", "abbc", "recovery", "labels", "meshes", "report", "done"]
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert set(STAGES) >= set(stages)
+    for key in ("load", "anatomy", "abbc", "recovery", "meshes", "total"):
+        assert result.timings[key] >= 0 and key in report["timings_s"]
+    assert result.warnings == report["warnings"] == []
+
+
+def test_no_pelvic_bone_finishes_cleanly(tmp_path):
+    src = write_volume(phantom_ct(), tmp_path / "ct.nii.gz")
+    abbc = OracleABBC()
+    result = Pipeline(anatomy=OracleAnatomy(empty=True), fragments=abbc).run(src, tmp_path / "out")
+    assert any("no pelvic bone found" in w for w in result.warnings)
+    assert abbc.seen == []  # Stage 2 is skipped
+    labels = read_volume(result.paths["labels"], kind="label")
+    assert not labels.array.any() and labels.same_grid(read_volume(src))
+    assert result.paths["stl"] == [] and result.paths["glb"] is None
+    assert json.loads(result.paths["report"].read_text())["n_fragments"] == 0
+
+
+def test_thick_slices_and_reduced_resolution_warnings(tmp_path):
+    src = write_volume(phantom_ct(spacing=(3.0, 1.0, 1.0)), tmp_path / "thick.nii.gz")
+    anatomy = OracleAnatomy((1.0, 1.0, 1.0))
+    pipe = Pipeline(device="cpu", anatomy=anatomy, fragments=OracleABBC((1.0, 1.0, 1.0)),
+                    cpu_max_voxels=200_000)
+    result = pipe.run(src, tmp_path / "out")
+    text = "\n".join(result.warnings)
+    assert "slices are 3.0 mm thick" in text
+    assert "reduced-resolution CPU run" in text
+    # the grid the model saw really was coarsened to the voxel budget
+    assert np.prod(anatomy.seen[0].shape) <= 200_000 * 1.05
+    assert min(anatomy.seen[0].spacing_zyx_mm) > 1.0
+    assert read_volume(result.paths["labels"], kind="label").same_grid(read_volume(src))
+
+
+def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
+    def twelve_pieces(grid: Volume) -> np.ndarray:
+        pts = grid.index_to_world(np.indices(grid.shape).reshape(3, -1).T)
+        x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+        out = np.zeros(len(pts), np.uint8)
+        for k in range(12):  # 12 separate 12 mm cubes of the right hip
+            x0 = -66 + (k % 6) * 22
+            z0 = 2 + (k // 6) * 24
+            inside = (x > x0) & (x < x0 + 12) & (y > 5) & (y < 17) & (z > z0) & (z < z0 + 12)
+            out[inside] = 21 + min(k, 9)
+        return out.reshape(grid.shape)
+
+    grid = phantom_ct()
+    ct = grid.with_array(np.where(twelve_pieces(grid) > 0, 700, 40).astype(np.int16))
+    src = write_volume(ct, tmp_path / "ct.nii.gz")
+
+    class Anatomy(OracleAnatomy):
+        def predict(self, volume):
+            return anatomy_from_fragments(twelve_pieces(volume))
+
+    result = Pipeline(anatomy=Anatomy(), fragments=OracleABBC(truth=twelve_pieces)).run(src, tmp_path / "out")
+    assert any("12 fragments found, more than 10" in w for w in result.warnings)
+    assert result.report["bones"]["right_hip"]["fragments"] == 10
+
+
+def test_dicom_input_with_dicom_seg(tmp_path):
+    import dicom_factory as fac
+    import highdicom as hd
+
+    dss = fac.make_series(n_slices=30, rows=56, columns=128, pixel_spacing_rc_mm=(1.0, 1.1),
+                          spacing_z_mm=2.0, origin_lps_mm=(-70.0, -13.0, -9.0))
+    fac.write_files(dss, tmp_path / "dicom")
+    pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC())
+    result = pipe.run(tmp_path / "dicom", tmp_path / "out", dicom_seg=True, mesh_detail="coarse")
+    seg = hd.seg.segread(result.paths["seg"])
+    assert seg.number_of_segments == len(result.fragments) == 4
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == dss[0].SeriesInstanceUID
+    report = result.report
+    assert report["series"]["series_instance_uid"] == dss[0].SeriesInstanceUID
+    assert report["series"]["n_slices"] == 30
+    assert report["files"]["seg"] == "segmentation.dcm"
+    text = result.paths["report"].read_text()
+    assert fac.PATIENT_NAME.split("^")[0] not in text and fac.PATIENT_ID not in text
+
+
+def test_dicom_seg_for_volume_input_is_skipped_with_a_warning(tmp_path):
+    src = write_volume(phantom_ct(), tmp_path / "ct.nii.gz")
+    result = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC()).run(
+        src, tmp_path / "out", dicom_seg=True)
+    assert result.paths["seg"] is None
+    assert any("DICOM SEG not written" in w for w in result.warnings)
+
+
+def test_concurrent_runs_are_serialized(tmp_path):
+    src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
+    pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC())
+    events: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def worker(name):
+        try:
+            pipe.run(src, tmp_path / name, progress=lambda s, f: events.append((name, s)))
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    owners = [name for name, _ in events]
+    first = owners[0]
+    n_first = owners.count(first)
+    assert owners[:n_first] == [first] * n_first  # one run finished before the other began
+    assert (tmp_path / "a" / "labels.nii.gz").exists() and (tmp_path / "b" / "labels.nii.gz").exists()
+
+
+def test_missing_model_is_a_clear_model_error(tmp_path):
+    src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
+    with pytest.raises(ModelError, match="model not found"):
+        Pipeline(anatomy=OracleAnatomy(), fragments=tmp_path / "no_such_model").run(src, tmp_path / "out")
+
+
+def test_bad_mesh_detail_is_refused(tmp_path):
+    from pengwin_demo.errors import InputError
+
+    with pytest.raises(InputError, match="mesh detail"):
+        Pipeline().run(tmp_path / "x.nii.gz", tmp_path / "out", mesh_detail="ultra")
+
+
+# -- with the bundled demo models ----------------------------------------------------------
+needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason="bundled demo models not installed in models/")
+
+
+@needs_models
+@pytest.mark.skipif(not (DATA / "dicom_ct_siemens").exists(),
+                    reason="real test data ../shared/data/dicom_ct_siemens not present")
+def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys):
+    from pengwin_demo.__main__ import main
+
+    rc = main(["segment", str(DATA / "dicom_ct_siemens"), "-o", str(tmp_path / "out"),
+               "--device", "cpu", "--dicom-seg", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "no pelvic bone found" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["n_fragments"] == 0
+    assert any("no pelvic bone found" in w for w in report["warnings"])
+    assert any("slices are 3.0 mm thick" in w for w in report["warnings"])
+    assert report["series"]["manufacturer"] == "SIEMENS"
+    labels = read_volume(tmp_path / "out" / "labels.nii.gz", kind="label")
+    assert labels.shape == (20, 512, 512) and not labels.array.any()
