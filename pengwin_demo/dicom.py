@@ -34,10 +34,8 @@ from .dicom_series import (
     SliceHeader,
     choose_series,
     group_series,
-    normal_of,
     orientation_name,
     scan_files,
-    sop_class_of,
 )
 from .errors import InputError
 from .io import read_volume, volume_suffix
@@ -45,7 +43,7 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CTInput", "SeriesInfo", "load_ct", "MIN_SLICES"]
+__all__ = ["CTInput", "SeriesInfo", "describe", "load_ct", "MIN_SLICES"]
 
 
 @dataclass
@@ -381,6 +379,3 @@ def describe(ct: CTInput) -> str:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
 
-
-# re-exported for callers that classify series themselves
-__all__ += ["describe", "normal_of", "sop_class_of"]

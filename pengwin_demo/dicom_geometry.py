@@ -118,9 +118,7 @@ def duplicate_groups(sorted_positions_mm: np.ndarray, tol_mm: float = DUPLICATE_
     if s.size < 2:
         return []
     new_group = np.concatenate([[True], np.diff(s) > tol_mm])
-    ids = np.cumsum(new_group) - 1
     groups = np.split(np.arange(s.size), np.flatnonzero(new_group)[1:])
-    del ids
     return [g for g in groups if g.size > 1]
 
 

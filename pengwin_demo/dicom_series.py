@@ -15,7 +15,6 @@ the thinnest slices, then the lowest series number.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,6 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from .errors import InputError
 
-log = logging.getLogger(__name__)
 
 MIN_SLICES = 10
 """A series with fewer slices is not a volume we can segment (scout, key images, test)."""
@@ -42,7 +40,8 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
 _SCOUT_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM", "SURVIEW", "PILOT")
-_DOSE_WORDS = ("DOSE", "SCREEN SAVE", "PATIENT PROTOCOL")
+_DOSE_WORDS = ("DOSE REPORT", "DOSE INFO", "DOSE SUMMARY", "PATIENT PROTOCOL", "SCREEN SAVE", "SCREENSAVE")
+"""Phrases of dose screens and protocol pages (a plain "Low Dose Pelvis" CT is not one)."""
 
 
 @dataclass
@@ -112,6 +111,7 @@ class ScanResult:
     skipped_not_dicom: int = 0
     skipped_dicomdir: int = 0
     skipped_no_image: int = 0
+    skipped_copies: int = 0
     forced: int = 0
     non_image_series: dict[str, Dataset] = field(default_factory=dict)
 
@@ -174,6 +174,13 @@ def _num(value, default: float | None) -> float | None:
     except (TypeError, ValueError):
         return default
     return v if np.isfinite(v) else default
+
+
+def _optional_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _int(value, default: int) -> int:
@@ -271,8 +278,7 @@ def scan_files(files: list[Path]) -> ScanResult:
             continue
         sop = str(ds.get("SOPInstanceUID", "") or "")
         if sop and sop in seen_sop:
-            result.skipped_no_image += 0  # an exact copy of a file already read
-            log.debug("skipping a second copy of an instance")
+            result.skipped_copies += 1  # a second copy of an instance already read
             continue
         if sop:
             seen_sop.add(sop)
@@ -324,14 +330,11 @@ def group_series(slices: list[SliceHeader]) -> list[SeriesInfo]:
     for uid, members in groups.items():
         members.sort(key=lambda s: (s.instance_number, str(s.path)))
         ds = members[0].dataset
-        orients = {_orientation_key(s) for s in members}
-        if len(orients) > 1:
-            # name the orientation of the majority, flagged mixed
-            counts: dict[tuple, int] = {}
-            for s in members:
-                counts[_orientation_key(s)] = counts.get(_orientation_key(s), 0) + 1
+        counts: dict[tuple, int] = {}
+        for s in members:
+            counts[_orientation_key(s)] = counts.get(_orientation_key(s), 0) + 1
+        if len(counts) > 1:  # name the orientation of the majority, flagged mixed
             major = max(counts, key=counts.get)
-            orient = "mixed"
             rep = next(s for s in members if _orientation_key(s) == major)
             orient = f"mixed ({orientation_name(rep.orientation)} majority)"
         else:
@@ -343,7 +346,7 @@ def group_series(slices: list[SliceHeader]) -> list[SeriesInfo]:
             modality=str(ds.get("Modality", "") or "").strip().upper(),
             n_slices=len(members),
             slice_thickness_mm=float(np.median(thick)) if thick else None,
-            series_number=_int(ds.get("SeriesNumber"), None) if ds.get("SeriesNumber") not in (None, "") else None,  # type: ignore[arg-type]
+            series_number=_optional_int(ds.get("SeriesNumber")),
             image_type=_upper_words(ds.get("ImageType")),
             orientation=orient,
             rows=members[0].rows,
@@ -367,7 +370,7 @@ def assess(series: SeriesInfo, min_slices: int = MIN_SLICES) -> SeriesInfo:
         problems.append("localizer/scout")
     if sop.startswith(SECONDARY_CAPTURE_PREFIX) or "SECONDARY" in words[:1]:
         problems.append("secondary capture")
-    if sop.startswith(SR_PREFIX) or any(w in desc for w in _DOSE_WORDS) or "SCREEN SAVE" in " ".join(words):
+    if sop.startswith(SR_PREFIX) or any(w in desc or w in " ".join(words) for w in _DOSE_WORDS):
         problems.append("dose report / screen capture")
     if series.orientation == "unknown":
         problems.append("no slice position/orientation")

@@ -245,3 +245,17 @@ def test_gantry_tilt_ge_style_tilted_planes_table_steps(tmp_path):
     inside = ndimage.binary_erosion(v.array != FILL_HU, iterations=2)
     assert inside.sum() > 0.6 * 18 * 48 * 40
     assert np.abs(v.array - world_field(v))[inside].max() <= 2.0
+
+
+def test_low_dose_ct_is_not_mistaken_for_a_dose_report(tmp_path):
+    dss = fac.make_series(n_slices=12, description="Low Dose Pelvis 1.0")
+    ct = load_ct(_write(tmp_path, dss))
+    assert ct.series.preferred and ct.warnings == []
+
+
+def test_truncated_pixel_data_names_the_file(tmp_path):
+    dss = fac.make_series(n_slices=12)
+    paths = fac.write_files(dss, tmp_path / "in")
+    paths[4].write_bytes(paths[4].read_bytes()[:-1000])
+    with pytest.raises(InputError, match=r"IM00004\.dcm: pixel data cannot be decoded"):
+        load_ct(tmp_path / "in")
