@@ -109,6 +109,21 @@ def test_config_sources_and_validation(tmp_path):
         load_config({"inbox": "a", "outbox": "b"}, environ={"PENGWIN_WATCHER_SETTLE_SECONDS": "soon"})
 
 
+def test_work_area_on_another_filesystem_is_refused(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to test a cross-device work area")
+    inbox, outbox = make_dirs(tmp_path)
+    work = shm / f"pengwin-watcher-test-{os.getpid()}"
+    try:
+        cfg = WatcherConfig(inbox=inbox, outbox=outbox, work=work)
+        with pytest.raises(InputError, match="another filesystem"):
+            WatcherService(cfg, process=convert_process).run_once(timeout=1)
+        assert [p.name for p in inbox.iterdir()] == []  # the probe is cleaned up
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # -- arrival -----------------------------------------------------------------------
 @pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
 def test_slow_copy_is_not_picked_up_early(tmp_path, polling):
@@ -336,7 +351,6 @@ def test_two_watcher_processes_on_one_inbox(tmp_path):
     pids = {json.loads((j / "report.json").read_text())["pid"] for j in outputs(outbox)}
     assert pids <= {p.pid for p in procs}
     assert not list((inbox / ".pengwin-work" / "jobs").iterdir())
-    assert all(log.count("received") + log.count("done") >= 0 for log in logs)
     assert sum(log.count(" done in ") for log in logs) == len(sizes)
 
 

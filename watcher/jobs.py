@@ -149,14 +149,29 @@ class JobStore:
             )
         for d in (self.jobs_dir, self.trash_dir, self.failed_dir, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        if os.stat(cfg.inbox).st_dev != os.stat(self.jobs_dir).st_dev:
-            raise InputError(
-                f"the work area {self.work} is on another filesystem than the inbox "
-                f"{cfg.inbox}; claiming a series must be an atomic rename. Put --work on "
-                "the same share as the inbox (the default, <inbox>/.pengwin-work, is)."
-            )
+        self._check_rename(cfg.inbox, self.jobs_dir, "work area", "--work")
         for leftover in self.trash_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+
+    @staticmethod
+    def _check_rename(src_dir: Path, dst_dir: Path, what: str, flag: str) -> None:
+        """Claims and publishing are renames: try one (a different mount fails with EXDEV)."""
+        probe = src_dir / f".pengwin-rename-probe-{os.getpid()}-{secrets.token_hex(3)}"
+        target = dst_dir / (probe.name + ".moved")
+        probe.mkdir()
+        try:
+            os.rename(probe, target)
+        except OSError as err:
+            shutil.rmtree(probe, ignore_errors=True)
+            if err.errno == errno.EXDEV:
+                raise InputError(
+                    f"the {what} {dst_dir} is on another filesystem or mount than {src_dir}; "
+                    f"moving a series there would not be one atomic step. Put {flag} on the "
+                    "same share and mount as the inbox (the default, <inbox>/.pengwin-work, is; "
+                    "in Docker mount one parent folder rather than separate volumes)."
+                ) from None
+            raise
+        shutil.rmtree(target, ignore_errors=True)
 
     @contextmanager
     def claim_lock(self) -> Iterator[None]:

@@ -80,8 +80,9 @@ class WatcherService:
         A loaded :class:`pengwin_demo.pipeline.Pipeline` (or anything with the same
         ``run(input_path, out_dir, *, dicom_seg=...)``) to share, e.g. the app's.
     process : callable, optional
-        ``process(input_path, out_dir)``; overrides ``pipeline``. Default: a pipeline
-        created on :meth:`start` with ``Pipeline(device=config.device)``.
+        ``process(input_path, out_dir)``; overrides ``pipeline``. Default: the
+        process-wide ``pengwin_demo.pipeline.get_pipeline(device=config.device)``, its
+        models loaded on :meth:`start` (a :class:`ModelError` is raised there).
     """
 
     def __init__(self, config: WatcherConfig, pipeline: Any = None, process: ProcessFn | None = None):
@@ -96,6 +97,7 @@ class WatcherService:
         self._observer = None
         self._stuck: dict[str, str] = {}
         self._current: str | None = None
+        self._stage: str | None = None
         self._last_scan = ScanResult()
         self._status_written = (None, 0.0)
         self.counts = {"done": 0, "failed": 0}
@@ -157,11 +159,20 @@ class WatcherService:
     def recent_jobs(self, limit: int = 20) -> list[dict]:
         """Most recent jobs of this inbox (every watcher process), newest first.
 
-        Each dict has job_id, state ("running", "done", "failed", "interrupted"), kind,
-        files, received, started, finished (ISO 8601 UTC), seconds, error (one line),
-        warnings and output (the outbox folder). No patient identifiers.
+        Each dict has job_id, state ("received", "running", "done", "failed"), kind
+        ("folder", "zip", "volume", "files", "unreadable"), files, received, started,
+        finished (ISO 8601 UTC), seconds, error (one line), warnings, output (the outbox
+        folder, or the failed folder) and stage (the pipeline stage of the job this
+        process is running, else None). No patient identifiers.
         """
-        return self.store.recent(limit)
+        jobs = self.store.recent(limit)
+        current, stage = self._current, self._stage
+        for job in jobs:
+            job["stage"] = stage if current is not None and job["job_id"] == current else None
+        return jobs
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        self._stage = stage
 
     def status(self) -> dict:
         """The queue as written to ``<work>/status.json``."""
@@ -191,13 +202,16 @@ class WatcherService:
         if self._process is not None:
             return self._process
         if self._pipeline is None:
-            from pengwin_demo.pipeline import Pipeline  # loads the models once
+            # the process-wide pipeline (the app gets the same one from get_pipeline);
+            # load the models now so that a missing model stops the service at start-up
+            from pengwin_demo.pipeline import get_pipeline
 
-            self._pipeline = Pipeline(device=self.config.device)
+            self._pipeline = get_pipeline(device=self.config.device)
+            self._pipeline.load_models()
         pipeline, dicom_seg = self._pipeline, self.config.dicom_seg
 
         def process(input_path: Path, out_dir: Path) -> Any:
-            return pipeline.run(input_path, out_dir, dicom_seg=dicom_seg)
+            return pipeline.run(input_path, out_dir, dicom_seg=dicom_seg, progress=self._on_progress)
 
         self._process = process
         return process
@@ -342,6 +356,7 @@ class WatcherService:
             return
         finally:
             self._current = None
+            self._stage = None
         seconds = round(time.time() - started, 2)
         self.store.record({"job_id": job.job_id, "state": "done", "finished": iso(time.time()),
                            "seconds": seconds, "warnings": warnings, "output": str(final)})
