@@ -457,6 +457,13 @@ def choose_series(
     if not chosen.preferred:
         warnings.append(f"no axial ORIGINAL/PRIMARY CT series; using a {chosen.reason} one")
     chosen.reason = ", ".join(why)
+    for s in pool[1:]:
+        if s.n_slices < chosen.n_slices:
+            s.reason = f"usable; fewer slices ({s.n_slices})"
+        elif s.slice_thickness_mm != chosen.slice_thickness_mm:
+            s.reason = f"usable; thicker slices ({s.slice_thickness_mm} mm)"
+        else:
+            s.reason = "usable; same slice count and thickness, higher series number"
     return chosen, warnings
 
 

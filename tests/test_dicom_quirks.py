@@ -192,6 +192,8 @@ def test_series_choice_in_a_whole_study(tmp_path):
     assert "localizer" in seen["Topogram 0.6"].reason
     assert "secondary capture" in seen["Dose Report"].reason
     assert not seen["Bone MPR"].preferred  # derived, though it has the most slices
+    assert seen["Pelvis 2.0 Br40"].reason == "usable; fewer slices (15)"
+    assert seen["Pelvis MPR"].reason == "usable; thicker slices (3.0 mm)"
     assert np.array_equal(ct.volume.array, fac.expected_hu(thin))
 
 
