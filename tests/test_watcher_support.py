@@ -33,3 +33,49 @@ def convert_process(input_path: Path, out_dir: Path) -> SimpleNamespace:
               "warnings": ct.warnings, "pid": os.getpid()}
     (Path(out_dir) / "report.json").write_text(json.dumps(report))
     return SimpleNamespace(warnings=list(ct.warnings))
+
+
+# -- the real pipeline with oracle models ------------------------------------------
+class OracleModel:
+    """A stand-in model that "predicts" a phantom's ground truth on any grid it is given.
+
+    The pipeline accepts any object with ``predict(Volume) -> uint8 array``; with these
+    the whole real pipeline (DICOM loading, resampling, recovery, meshes, report, outputs)
+    runs without trained weights, and its labels can be compared with the truth.
+    """
+
+    def __init__(self, truth, name: str):
+        self.truth = truth
+        self.name = name
+
+    def predict(self, ct):
+        from pengwin_demo.volume import resample_onto
+
+        return resample_onto(self.truth, ct, "nearest").array
+
+
+_ORACLE_CACHE: dict = {}
+
+
+def oracle_case(seed: int):
+    """(ct, fragment labels, Pipeline with oracle models) for phantom ``seed`` (cached)."""
+    if seed not in _ORACLE_CACHE:
+        from pengwin_demo.abbc import abbc_targets
+        from pengwin_demo.labels import anatomy_from_fragments
+        from pengwin_demo.phantom import make_phantom
+        from pengwin_demo.pipeline import Pipeline
+
+        ct, labels = make_phantom(seed, size="small")
+        anatomy = labels.with_array(anatomy_from_fragments(labels.array))
+        abbc = labels.with_array(abbc_targets(labels.array, labels.spacing_zyx_mm))
+        pipeline = Pipeline(device="cpu", anatomy=OracleModel(anatomy, "oracle-anatomy"),
+                            fragments=OracleModel(abbc, "oracle-abbc"))
+        _ORACLE_CACHE[seed] = (ct, labels, pipeline)
+    return _ORACLE_CACHE[seed]
+
+
+def oracle_pipeline_process(input_path: Path, out_dir: Path):
+    """``process`` for ``python -m watcher --process``: the real pipeline, oracle models of
+    phantom ``$WATCHER_TEST_PHANTOM_SEED``."""
+    _ct, _labels, pipeline = oracle_case(int(os.environ["WATCHER_TEST_PHANTOM_SEED"]))
+    return pipeline.run(input_path, out_dir)
