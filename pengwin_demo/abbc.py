@@ -31,8 +31,10 @@ What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
   wall cannot leak.
 * Every fragment keeps a core: when the fracture zone (or thinness) leaves it less than
   ``min_core_vox`` core voxels, the deepest connected part of the fragment becomes core.
-* A fragment keeps **one** core component (its largest): the zone can cut a core in two,
-  and each piece would otherwise become an extra seed, hence an extra fragment.
+* A fragment keeps **one** core component where possible: splinters of core that the zone
+  cuts off (under ``extra_core_min_vox``) are demoted, so they cannot become extra seeds;
+  a large second core stays (it is deep bone; recovery merges two seeds that meet without
+  border between them).
 * Cores of different fragments never touch (26-connectivity): a core voxel with a core
   neighbour of another fragment is demoted (in the larger fragment, which can spare it).
 * Components of a fragment under ``stray_vox`` voxels (other than its largest) are label
@@ -102,7 +104,7 @@ def abbc_targets(
     min_core_vox: int = MIN_CORE_VOX,
     max_core_fraction: float = MAX_CORE_FRACTION,
     stray_vox: int = STRAY_VOX,
-    single_core_component: bool = True,
+    extra_core_min_vox: int | None = MIN_CORE_VOX,
     border_shell_only: bool = False,
     parallel: int = 2,
 ) -> np.ndarray:
@@ -133,8 +135,12 @@ def abbc_targets(
         The guaranteed core never exceeds this fraction of the fragment (at least 1 voxel).
     stray_vox : int
         Fragment components under this size (not the largest) get no core.
-    single_core_component : bool
-        Keep only the largest 26-connected core component of each fragment.
+    extra_core_min_vox : int or None
+        Core components of a fragment other than its largest are demoted to boundary when
+        smaller than this (splinters the fracture zone cut off, which would only be noise
+        or extra seeds); larger ones stay core, because demoting deep bone would teach the
+        network contradictory targets (recovery merges seeds that meet without border).
+        None keeps every component (the article).
     border_shell_only : bool
         False (default): the whole fracture zone is border, the same width on both sides
         of the fracture. True (the article): only the boundary shell in the zone becomes
@@ -170,18 +176,17 @@ def abbc_targets(
     boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
     radius_mm = {lab: float(dist[box][labels[box] == lab].max()) for lab, box in boxes.items()}
 
-    contact_mm = float(np.linalg.norm(spacing))  # farthest 26-neighbour
     s_ref = float(spacing.min())
     sigma_axes = sigma_vox * s_ref / spacing  # voxels per axis, isotropic in mm
     lap_weights = (s_ref / spacing) ** 2  # second differences in units of the finest axis
 
-    widths = _pair_widths(present, radius_mm, border_mm, border_radius_fraction, contact_mm)
-    max_width = max([w for w in widths.values()] + [contact_mm])
+    widths = _pair_widths(present, radius_mm, border_mm, border_radius_fraction)
+    max_width = max([w for w in widths.values()] + [float(spacing.max())])
     smooth_margin = np.ceil(4.0 * sigma_axes).astype(int) + 1
     zone_margin = np.ceil(max_width / spacing).astype(int) + 1
     margin = np.maximum(smooth_margin, zone_margin)
 
-    zone_args = (boxes, widths, spacing, contact_mm, parallel, border_shell_only)
+    zone_args = (boxes, widths, spacing, parallel, border_shell_only)
     for lab in present:
         box = _grow_box(boxes[lab], margin, labels.shape)
         lab_crop = labels[box]
@@ -190,7 +195,7 @@ def abbc_targets(
         classes = _core_boundary(d, frag, sigma_axes, lap_weights, laplacian_threshold, core_mm)
         _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
         _finish_core(
-            classes, frag, d, min_core_vox, max_core_fraction, stray_vox, single_core_component
+            classes, frag, d, min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox
         )
         region = out[box]
         region[frag] = classes[frag]
@@ -227,12 +232,12 @@ def _core_boundary(d, frag, sigma_axes, lap_weights, threshold, core_mm) -> np.n
     return classes
 
 
-def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm,
-                         parallel, shell_only) -> None:
+def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spacing, parallel,
+                         shell_only) -> None:
     """Fracture zone, in place: all of it -> border; or, with ``shell_only`` (the article),
     boundary there -> border, core there -> boundary, contact layer -> border."""
     zone, contact = _fracture_zone(
-        lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm, parallel
+        lab, lab_crop, frag, box, boxes, widths, spacing, parallel
     )
     if zone is None:
         return
@@ -245,11 +250,12 @@ def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spaci
     classes[contact] = ABBC_BORDER
 
 
-def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm, parallel):
+def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel):
     """Voxels of ``frag`` within the pair width of another fragment of the same bone.
 
     Returns (zone, contact) boolean arrays on the crop, or (None, None) when no other
-    fragment of the bone is near. ``contact`` holds the voxels within ``contact_mm``.
+    fragment of the bone is near. ``contact`` holds the voxels 26-adjacent to another
+    fragment of the bone (always in the zone, whatever the width).
     """
     bone = bone_of_labels(lab)
     zone = contact = None
@@ -275,71 +281,85 @@ def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, contact_mm,
         d_other = edt.edt(
             ~other_mask, anisotropy=tuple(spacing), black_border=False, parallel=parallel
         )
-        near = frag[sub] & (d_other <= width)
+        touch = frag[sub] & (
+            ndimage.maximum_filter(other_mask.view(np.uint8), size=3, mode="constant") > 0
+        )
+        near = (frag[sub] & (d_other <= width)) | touch
         if not near.any():
             continue
         if zone is None:
             zone = np.zeros(frag.shape, dtype=bool)
             contact = np.zeros(frag.shape, dtype=bool)
         zone[sub] |= near
-        contact[sub] |= frag[sub] & (d_other <= contact_mm)
+        contact[sub] |= touch
     return zone, contact
 
 
-def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox, single) -> None:
-    """One core component per fragment, at least ``min_core_vox`` voxels (capped), in place."""
+def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox,
+                 extra_core_min_vox) -> None:
+    """Clean up and guarantee the core of one fragment, in place.
+
+    Strays get no core; core components other than the largest are demoted when smaller
+    than ``extra_core_min_vox`` (None: keep all); a fragment left with fewer than
+    ``min_core_vox`` core voxels (capped by ``max_core_fraction``) gets its deepest
+    connected part as its only core.
+    """
     comps, n = cc3d.connected_components(frag, connectivity=26, return_N=True)
-    sizes = np.bincount(comps.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    main = int(np.argmax(sizes))
     if n > 1:  # strays: no core
+        sizes = np.bincount(comps.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        main = int(np.argmax(sizes))
         stray_ids = np.flatnonzero((sizes < stray_vox) & (sizes > 0))
         stray_ids = stray_ids[stray_ids != main]
         if stray_ids.size:
-            stray = np.isin(comps, stray_ids)
-            classes[stray & (classes == ABBC_CORE)] = ABBC_BOUNDARY
+            classes[np.isin(comps, stray_ids) & (classes == ABBC_CORE)] = ABBC_BOUNDARY
 
     core = classes == ABBC_CORE
-    if single and core.any():
+    if extra_core_min_vox is not None and core.any():
         cc, m = cc3d.connected_components(core, connectivity=26, return_N=True)
         if m > 1:
             csizes = np.bincount(cc.ravel())
             csizes[0] = 0
-            classes[core & (cc != int(np.argmax(csizes)))] = ABBC_BOUNDARY
+            keep = csizes >= extra_core_min_vox
+            keep[int(np.argmax(csizes))] = True
+            keep[0] = False
+            classes[core & ~keep[cc]] = ABBC_BOUNDARY
             core = classes == ABBC_CORE
 
     n_frag = int(frag.sum())
     target = max(1, min(min_core_vox, int(math.floor(max_core_fraction * n_frag))))
-    if int(core.sum()) >= target:
+    if int(np.count_nonzero(core)) >= target:
         return
-    deep = _deepest_region(d, frag, target)
-    classes[core] = ABBC_BOUNDARY if single else ABBC_CORE
-    classes[deep] = ABBC_CORE
+    classes[core] = ABBC_BOUNDARY
+    classes[_deepest_region(d, frag, target)] = ABBC_CORE
 
 
 def _deepest_region(d, frag, target) -> np.ndarray:
-    """The 26-connected region around the deepest voxel of ``frag``, grown by depth.
+    """``target`` voxels of ``frag`` around its deepest voxel, 26-connected.
 
-    The region is {d >= t} connected to the deepest voxel, with the highest threshold t
-    that gives at least ``target`` voxels (or the whole component).
+    Grown breadth-first (26-neighbourhood, inside ``frag``) from the deepest voxel; the
+    last ring is filled deepest first, so the region has exactly ``target`` voxels (or
+    the whole component when it is smaller).
     """
     seed = np.unravel_index(int(np.argmax(np.where(frag, d, -1))), d.shape)
-    levels = np.unique(d[frag])[::-1]  # descending
-
-    def region(t):
-        cc = cc3d.connected_components(frag & (d >= t), connectivity=26)
-        return cc == cc[seed]
-
-    lo, hi = 0, levels.size - 1  # region(levels[i]) grows with i
-    if region(levels[hi]).sum() < target:
-        return region(levels[hi])
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if region(levels[mid]).sum() >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return region(levels[lo])
+    region = np.zeros(d.shape, dtype=bool)
+    region[seed] = True
+    ball = np.ones((3, 3, 3), dtype=bool)
+    count = 1
+    while count < target:
+        grown = ndimage.binary_dilation(region, structure=ball, mask=frag)
+        ring = grown & ~region
+        n_ring = int(np.count_nonzero(ring))
+        if n_ring == 0:
+            break
+        if count + n_ring > target:
+            idx = np.flatnonzero(ring)
+            order = np.argsort(-d.ravel()[idx], kind="stable")
+            region.ravel()[idx[order[: target - count]]] = True
+            break
+        region = grown
+        count += n_ring
+    return region
 
 
 def _separate_cores(out: np.ndarray, labels: np.ndarray) -> None:
@@ -387,7 +407,7 @@ def _separate_cores(out: np.ndarray, labels: np.ndarray) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _pair_widths(present, radius_mm, border_mm, fraction, contact_mm) -> dict:
+def _pair_widths(present, radius_mm, border_mm, fraction) -> dict:
     widths = {}
     for i, a in enumerate(present):
         for b in present[i + 1:]:
@@ -396,7 +416,7 @@ def _pair_widths(present, radius_mm, border_mm, fraction, contact_mm) -> dict:
             w = float(border_mm)
             if fraction is not None:
                 w = min(w, fraction * min(radius_mm[a], radius_mm[b]))
-            widths[(a, b)] = max(w, contact_mm)
+            widths[(a, b)] = w
     return widths
 
 

@@ -1,0 +1,193 @@
+"""Invariant checks for ABBC maps, shared by the tests/test_abbc*.py files, and tests that
+the checks themselves catch broken maps.
+
+Each check raises AssertionError with a message naming the fragment and what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cc3d
+import edt
+import numpy as np
+
+from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SACRUM = DATA / "real_fracture_sacrum" / "fragments.nii.gz"
+
+
+def bone(label: int) -> int:
+    return (int(label) - 1) // 10 + 1
+
+
+def check_partition(labels: np.ndarray, abbc: np.ndarray) -> None:
+    """Four classes, background stays background, every fragment voxel is classified."""
+    assert abbc.dtype == np.uint8 and abbc.shape == labels.shape
+    assert int(abbc.max(initial=0)) <= 3
+    assert np.array_equal(abbc == 0, labels == 0), "background and fragments must keep their extent"
+
+
+def check_core_per_fragment(labels: np.ndarray, abbc: np.ndarray) -> None:
+    for lab in np.unique(labels[labels > 0]):
+        n_core = int(np.count_nonzero(abbc[labels == lab] == ABBC_CORE))
+        assert n_core >= 1, f"fragment {lab} has no core voxel"
+
+
+def check_cores_apart(labels: np.ndarray, abbc: np.ndarray) -> None:
+    """No 26-connected core component spans two fragments."""
+    cc = cc3d.connected_components(abbc == ABBC_CORE, connectivity=26)
+    core = cc > 0
+    pairs = np.unique(np.stack([cc[core], labels[core]]), axis=1)
+    comp_ids, n_labels = np.unique(pairs[0], return_counts=True)
+    bad = comp_ids[n_labels > 1]
+    assert bad.size == 0, f"core components {bad.tolist()} span two fragments"
+
+
+def check_border_near_same_bone(labels, abbc, spacing, max_width_mm) -> None:
+    """Border voxels lie within ``max_width_mm`` of another fragment of the same bone
+    (or are 26-adjacent to one)."""
+    contact_mm = float(np.linalg.norm(spacing))
+    allowed = max(max_width_mm, contact_mm) + 1e-4
+    present = [int(v) for v in np.unique(labels[labels > 0])]
+    for lab in present:
+        frag = labels == lab
+        border = frag & (abbc == ABBC_BORDER)
+        if not border.any():
+            continue
+        others = np.isin(labels, [o for o in present if o != lab and bone(o) == bone(lab)])
+        assert others.any(), f"fragment {lab} has border but no other fragment in its bone"
+        d = edt.edt(~others, anisotropy=tuple(spacing), black_border=False)
+        worst = float(d[border].max())
+        assert worst <= allowed, f"fragment {lab}: border {worst:.2f} mm from the next fragment"
+
+
+def check_walls(labels, abbc) -> None:
+    """Non-border voxels of two fragments of the same bone are never 26-adjacent."""
+    open_ = (abbc == ABBC_BOUNDARY) | (abbc == ABBC_CORE)
+    lab = np.where(open_, labels, 0).astype(np.int16)
+    z, y, x = lab.shape
+    padded = np.zeros((z + 2, y + 2, x + 2), dtype=np.int16)
+    padded[1:-1, 1:-1, 1:-1] = lab
+    centre = padded[1:-1, 1:-1, 1:-1]
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if (dz, dy, dx) <= (0, 0, 0):
+                    continue
+                nb = padded[1 + dz : z + 1 + dz, 1 + dy : y + 1 + dy, 1 + dx : x + 1 + dx]
+                both = (centre > 0) & (nb > 0) & (centre != nb)
+                if both.any():
+                    same_bone = (centre[both] - 1) // 10 == (nb[both] - 1) // 10
+                    assert not same_bone.any(), (
+                        f"open (boundary/core) voxels of fragments {np.unique(centre[both][same_bone])} "
+                        "touch another fragment of their bone without border"
+                    )
+
+
+def check_all(labels, abbc, spacing, max_width_mm=2.0) -> None:
+    check_partition(labels, abbc)
+    check_core_per_fragment(labels, abbc)
+    check_cores_apart(labels, abbc)
+    check_border_near_same_bone(labels, abbc, spacing, max_width_mm)
+    check_walls(labels, abbc)
+
+
+def core_components(labels, abbc, lab) -> int:
+    core = (labels == lab) & (abbc == ABBC_CORE)
+    return int(cc3d.connected_components(core, connectivity=26, return_N=True)[1])
+
+
+def merge_small_fragments(labels: np.ndarray, min_vox: int) -> np.ndarray:
+    """Merge ground-truth fragments under ``min_vox`` into their nearest fragment.
+
+    Nearest: the fragment of the same bone that most of the small fragment's voxels are
+    closest to (Euclidean, voxel units); smallest first. Returns a new uint8 map.
+    """
+    from scipy import ndimage
+
+    out = labels.astype(np.uint8, copy=True)
+    while True:
+        ids, counts = np.unique(out[out > 0], return_counts=True)
+        small = sorted((int(c), int(i)) for i, c in zip(ids, counts) if c < min_vox)
+        if not small:
+            return out
+        merged = False
+        for _, lab in small:
+            same = [int(o) for o in ids if o != lab and bone(o) == bone(lab)]
+            if not same:
+                continue
+            others = np.isin(out, same)
+            _, idx = ndimage.distance_transform_edt(~others, return_indices=True)
+            near = out[tuple(ix[out == lab] for ix in idx)]
+            out[out == lab] = np.bincount(near).argmax()
+            merged = True
+            break
+        if not merged:
+            return out
+
+
+def best_ious(gt: np.ndarray, pred: np.ndarray) -> dict[int, float]:
+    """Per ground-truth fragment: the highest IoU with any predicted fragment."""
+    res = {}
+    pred_sizes = np.bincount(pred.ravel().astype(np.int64))
+    for g in np.unique(gt[gt > 0]):
+        m = gt == g
+        cand, inter = np.unique(pred[m], return_counts=True)
+        best = 0.0
+        for c, n in zip(cand, inter):
+            if c == 0:
+                continue
+            best = max(best, n / (m.sum() + pred_sizes[c] - n))
+        res[int(g)] = float(best)
+    return res
+
+
+# -- the checks must catch broken maps (otherwise the invariant tests prove nothing) --------
+def _two_slabs():
+    labels = np.zeros((10, 10, 20), dtype=np.uint8)
+    labels[2:8, 2:8, 2:10] = 1
+    labels[2:8, 2:8, 10:18] = 2
+    abbc = np.where(labels > 0, ABBC_BOUNDARY, 0).astype(np.uint8)
+    abbc[4:6, 4:6, 4:6] = ABBC_CORE
+    abbc[4:6, 4:6, 14:16] = ABBC_CORE
+    abbc[2:8, 2:8, 9:11] = ABBC_BORDER
+    return labels, abbc
+
+
+def test_checks_accept_a_correct_map():
+    labels, abbc = _two_slabs()
+    check_all(labels, abbc, (1.0, 1.0, 1.0), max_width_mm=1.0)
+
+
+def test_checks_catch_background_changed_and_missing_core():
+    import pytest
+
+    labels, abbc = _two_slabs()
+    broken = abbc.copy()
+    broken[0, 0, 0] = ABBC_BOUNDARY
+    with pytest.raises(AssertionError):
+        check_partition(labels, broken)
+    broken = abbc.copy()
+    broken[4:6, 4:6, 14:16] = ABBC_BOUNDARY
+    with pytest.raises(AssertionError, match="fragment 2 has no core"):
+        check_core_per_fragment(labels, broken)
+
+
+def test_checks_catch_touching_cores_far_border_and_open_walls():
+    import pytest
+
+    labels, abbc = _two_slabs()
+    broken = abbc.copy()
+    broken[4:6, 4:6, 5:15] = ABBC_CORE
+    with pytest.raises(AssertionError, match="span two fragments"):
+        check_cores_apart(labels, broken)
+    broken = abbc.copy()
+    broken[2:8, 2:8, 3] = ABBC_BORDER  # 6 mm from fragment 2
+    with pytest.raises(AssertionError, match="fragment 1: border"):
+        check_border_near_same_bone(labels, broken, (1.0, 1.0, 1.0), 2.0)
+    broken = abbc.copy()
+    broken[4, 4, 9:11] = ABBC_BOUNDARY
+    with pytest.raises(AssertionError, match="without border"):
+        check_walls(labels, broken)
