@@ -87,6 +87,7 @@ def recover_fragments(
     min_seed_vox: int = 50,
     min_fragment_vox: int = 1000,
     merge_open_fraction: float = 0.5,
+    sibling_open_fraction: float = 0.2,
     max_per_bone: int = MAX_FRAGMENTS_PER_BONE,
     method: str = "fast",
 ) -> RecoveryResult:
@@ -108,6 +109,8 @@ def recover_fragments(
     merge_open_fraction : float
         Two instances whose face contacts are at least this share boundary/core on both
         sides (no border between them) are one fragment.
+    sibling_open_fraction : float
+        The same for two seeds cut from one core component by the erosion (see ``_seeds``).
     max_per_bone : int
         At most this many fragments per bone (PENGWIN: 10).
     method : {"fast", "reference"}
@@ -137,9 +140,7 @@ def recover_fragments(
     bone = a > 0
 
     # 1. seeds
-    core = cc3d.dust(a == ABBC_CORE, threshold=min_seed_vox, connectivity=26)
-    seeds, n_seeds = cc3d.connected_components(core, connectivity=26, return_N=True)
-    seeds = seeds.astype(np.uint32, copy=False)
+    seeds, n_seeds, core_of_seed = _seeds(a == ABBC_CORE, min_seed_vox)
     if n_seeds == 0:
         _warn(
             warnings,
@@ -171,7 +172,12 @@ def recover_fragments(
     # 4. merge instances that meet without border between them
     votes = _bone_votes(lab, anat, n_inst)
     vote_bone = _majority_bone(votes)
-    lut = _merge_open_contacts(inst, a, vote_bone, merge_open_fraction)
+    big = votes.sum(axis=1) >= min_fragment_vox
+    sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
+    sibling_of[: n_seeds + 1] = core_of_seed
+    lut = _merge_open_contacts(
+        inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+    )
     lab, seed_count, n_inst = _apply_lut(lab, lut, seed_count)
 
     # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
@@ -182,11 +188,11 @@ def recover_fragments(
     n_inst = votes.shape[0] - 1
     inst_bone = _majority_bone(votes)
     inst.ravel()[flat] = lab
-    _assign_missing_bones(inst, an, inst_bone, spacing, warnings)
-
-    # 6. small fragments merge into neighbours; rank and cap per bone
     sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
     contacts = _pair_counts(inst, connectivity=26)
+    _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
+
+    # 6. small fragments merge into neighbours; rank and cap per bone
     groups = _UnionFind(n_inst + 1)
     centroids = _centroids(flat, lab, bone.shape, n_inst, spacing)
     _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_seed_vox)
@@ -259,6 +265,48 @@ def _warn(warnings: list[str], message: str) -> None:
     warnings.append(message)
 
 
+# -- seeds -------------------------------------------------------------------------------
+def _seeds(core: np.ndarray, min_seed_vox: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Seed ids (uint32) from the core mask, their number, and each one's core component.
+
+    Seeds are the 26-connected core components of at least ``min_seed_vox`` voxels, with
+    one refinement against thin core bridges (a spurious blob of core across a fracture
+    joins two fragments' cores into one component): where a component, eroded by one voxel
+    (6-neighbourhood), falls apart into several pieces of at least ``min_seed_vox``,
+    those pieces are the seeds and the rest of the component is grown into like boundary.
+    Components whose erosion leaves no such piece (thin cores) are seeds as they are.
+    The third value maps seed id -> core component id (index 0 unused), so that pieces of
+    one component can be told apart from seeds of different components.
+    """
+    core = cc3d.dust(core, threshold=min_seed_vox, connectivity=26)
+    comps, n = cc3d.connected_components(core, connectivity=26, return_N=True)
+    if n == 0:
+        return comps.astype(np.uint32), 0, np.zeros(1, dtype=np.int64)
+    eroded = edt.edt(core, black_border=False, parallel=1) > 1.0
+    eroded = cc3d.dust(eroded, threshold=min_seed_vox, connectivity=26)
+    pieces, n_pieces = cc3d.connected_components(eroded, connectivity=26, return_N=True)
+    if n_pieces == 0:
+        return comps.astype(np.uint32, copy=False), int(n), np.arange(n + 1)
+    where = pieces > 0
+    parent = np.zeros(n_pieces + 1, dtype=np.int64)
+    parent[pieces[where]] = comps[where]
+    per_comp = np.bincount(parent[1:], minlength=n + 1)
+    split = np.flatnonzero(per_comp >= 2)
+    if split.size == 0:
+        return comps.astype(np.uint32, copy=False), int(n), np.arange(n + 1)
+    whole = np.setdiff1d(np.arange(1, n + 1), split)
+    seeds = np.zeros(core.shape, dtype=np.uint32)
+    lut = np.zeros(n + 1, dtype=np.uint32)
+    lut[whole] = np.arange(1, whole.size + 1, dtype=np.uint32)
+    seeds[core] = lut[comps[core]]
+    piece_lut = np.zeros(n_pieces + 1, dtype=np.uint32)
+    split_pieces = np.flatnonzero(np.isin(parent, split))
+    piece_lut[split_pieces] = np.arange(1, split_pieces.size + 1, dtype=np.uint32) + whole.size
+    seeds[where] = np.maximum(seeds[where], piece_lut[pieces[where]])
+    core_of_seed = np.concatenate([[0], whole, parent[split_pieces]]).astype(np.int64)
+    return seeds, int(whole.size + split_pieces.size), core_of_seed
+
+
 # -- instance bookkeeping -----------------------------------------------------------------
 def _append_components(inst: np.ndarray, mask: np.ndarray, n: int, connectivity: int) -> int:
     """Label the components of ``mask`` as new instances n+1, n+2... in place; new count."""
@@ -302,17 +350,31 @@ def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], i
     return out
 
 
-def _merge_open_contacts(inst, a, vote_bone, merge_open_fraction) -> np.ndarray:
-    """LUT merging instances whose face contacts are mostly outside the border class."""
+def _merge_open_contacts(
+    inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+) -> np.ndarray:
+    """LUT merging big instances whose face contacts are mostly outside the border class.
+
+    Seeds cut from one core component (``sibling_of`` equal and nonzero) were one core
+    until the erosion split it, so they need less evidence: ``sibling_open_fraction``.
+
+    Only instances of at least ``min_fragment_vox`` (``big``) are merged here: a small one
+    (a spurious core speck, say) could otherwise bridge two fragments across their wall;
+    small instances join the neighbour they touch most later, one neighbour only.
+    """
     n = vote_bone.shape[0]
     groups = _UnionFind(n)
     total = _pair_counts(inst, connectivity=6)
     if total:
         open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
         for (p, q), n_total in total.items():
+            if not (big[p] and big[q]):
+                continue
             share = open_.get((p, q), 0) / n_total
+            siblings = sibling_of[p] != 0 and sibling_of[p] == sibling_of[q]
+            needed = sibling_open_fraction if siblings else merge_open_fraction
             same_bone = vote_bone[p] == vote_bone[q] or 0 in (vote_bone[p], vote_bone[q])
-            if share >= merge_open_fraction and same_bone:
+            if share >= needed and same_bone:
                 groups.union(p, q)
     return np.array([groups.find(i) for i in range(n)], dtype=np.int64)
 
@@ -345,9 +407,17 @@ def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
     return lab, votes, seed_count, n_split
 
 
-def _assign_missing_bones(inst, an, inst_bone, spacing, warnings, step_mm: float = 15.0) -> None:
-    """Instances with no anatomy voxel take the bone nearest to them (in place on inst_bone)."""
-    missing = [i for i in range(1, inst_bone.shape[0]) if inst_bone[i] == 0]
+def _assign_missing_bones(
+    inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings, step_mm: float = 15.0
+) -> None:
+    """Give instances without any anatomy voxel a bone (in place on ``inst_bone``).
+
+    A small one (under ``min_fragment_vox``) takes the bone of the neighbour it touches
+    most; the others, and small ones touching nothing, the bone with the nearest anatomy
+    voxel (searched in growing boxes). A warning is given when a fragment of at least
+    ``min_fragment_vox`` voxels had no anatomy.
+    """
+    missing = [i for i in range(1, inst_bone.shape[0]) if inst_bone[i] == 0 and sizes[i] > 0]
     if not missing:
         return
     if not np.any(an):
@@ -358,14 +428,21 @@ def _assign_missing_bones(inst, an, inst_bone, spacing, warnings, step_mm: float
             "are labelled as sacrum (1-10)",
         )
         return
-    stats = cc3d.statistics(inst)
-    boxes = stats["bounding_boxes"]
-    total = 0
+    touch: dict[int, dict[int, int]] = {}
+    for (p, q), n in contacts.items():
+        touch.setdefault(p, {})[q] = n
+        touch.setdefault(q, {})[p] = n
+    far = []
     for i in missing:
-        if i >= len(boxes) or stats["voxel_counts"][i] == 0:
-            inst_bone[i] = 1
-            continue
-        total += int(stats["voxel_counts"][i])
+        nbrs = {k: n for k, n in touch.get(i, {}).items() if inst_bone[k] > 0}
+        if sizes[i] < min_fragment_vox and nbrs:
+            inst_bone[i] = inst_bone[max(nbrs, key=nbrs.get)]
+        else:
+            far.append(i)
+    if not far:
+        return
+    boxes = cc3d.statistics(inst)["bounding_boxes"]
+    for i in far:
         margin = [max(1, int(round(step_mm / s))) for s in spacing]
         while True:
             box = tuple(
@@ -378,15 +455,15 @@ def _assign_missing_bones(inst, an, inst_bone, spacing, warnings, step_mm: float
                 break
             margin = [2 * m for m in margin]
         dist = edt.edt(inst[box] != i, anisotropy=spacing, parallel=1)
-        best = min(
-            (float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b)
-        )
+        best = min((float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b))
         inst_bone[i] = best[1]
-    _warn(
-        warnings,
-        f"{len(missing)} fragment(s) ({total} voxels) lie outside the anatomy map; each was "
-        "given the bone nearest to it",
-    )
+    big = [i for i in far if sizes[i] >= min_fragment_vox]
+    if big:
+        _warn(
+            warnings,
+            f"{len(big)} fragment(s) ({int(sizes[big].sum())} voxels) lie outside the anatomy "
+            "map; each was given the bone nearest to it",
+        )
 
 
 def _centroids(flat, lab, shape, n_inst, spacing) -> np.ndarray:
