@@ -35,6 +35,7 @@ from .dicom_series import (
     choose_series,
     group_series,
     orientation_name,
+    quiet_pydicom,
     scan_files,
 )
 from .errors import InputError
@@ -84,7 +85,12 @@ class _Scrubber:
 
     def __init__(self, datasets: list[pydicom.Dataset]):
         tokens: set[str] = set()
+        seen: set[tuple] = set()
         for ds in datasets:
+            ident = tuple(str(ds.get(k, "")) for k in ("PatientName", "PatientID", "AccessionNumber"))
+            if ident in seen:
+                continue
+            seen.add(ident)
             for key in ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthName",
                         "PatientMotherBirthName", "OtherPatientNames", "AccessionNumber"):
                 value = ds.get(key)
@@ -251,12 +257,13 @@ def _load_dicom(
             f"{scan.skipped_no_image} without pixel data). Give a NIfTI/MHA/NRRD volume, a "
             "folder of DICOM CT images, or a zip of one."
         )
-    scrub = _Scrubber([s.dataset for s in scan.slices[:: max(1, len(scan.slices) // 50)]]
-                      + [scan.slices[-1].dataset] + list(scan.non_image_series.values()))
-    try:
-        result = _build(scan, series_uid, min_slices, max_missing, scrub)
-    except InputError as err:
-        raise InputError(scrub(str(err))) from None
+    with quiet_pydicom():  # pydicom quotes invalid values (a patient name too) in its logs
+        unique = {id(s.dataset): s.dataset for s in scan.slices}
+        scrub = _Scrubber(list(unique.values()) + list(scan.non_image_series.values()))
+        try:
+            result = _build(scan, series_uid, min_slices, max_missing, scrub)
+        except InputError as err:
+            raise InputError(scrub(str(err))) from None
     for w in result.warnings:
         log.warning("%s", w)
     return result
@@ -267,6 +274,8 @@ def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
     if scan.skipped_not_dicom or scan.skipped_dicomdir:
         log.info("ignored %d non-DICOM file(s) and %d DICOMDIR index(es)", scan.skipped_not_dicom,
                  scan.skipped_dicomdir)
+    if scan.skipped_damaged:
+        warnings.append(f"{scan.skipped_damaged} DICOM file(s) with unreadable header values were ignored")
     if scan.forced:
         warnings.append(f"{scan.forced} file(s) lacked the DICOM preamble and were force-read")
     series_seen = group_series(scan.slices)

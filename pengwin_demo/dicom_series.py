@@ -15,7 +15,10 @@ the thinnest slices, then the lowest series number.
 
 from __future__ import annotations
 
+import logging
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -112,19 +115,42 @@ class ScanResult:
     skipped_dicomdir: int = 0
     skipped_no_image: int = 0
     skipped_copies: int = 0
+    skipped_damaged: int = 0
     forced: int = 0
     non_image_series: dict[str, Dataset] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- quiet
+_quiet_state = threading.local()
+
+
+class _DropWhileQuiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet_state, "depth", 0)
+
+
+logging.getLogger("pydicom").addFilter(_DropWhileQuiet())
+
+
+@contextmanager
+def quiet_pydicom():
+    """Silence pydicom's logger (this thread) and Python warnings while reading headers.
+
+    pydicom reports invalid values by quoting them, and an invalid PatientName would be
+    quoted into the logs; damaged and foreign files are expected here anyway.
+    """
+    _quiet_state.depth = getattr(_quiet_state, "depth", 0) + 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _quiet_state.depth -= 1
 
 
 # --------------------------------------------------------------------------- reading
 def _read_header(path: Path) -> tuple[Dataset | None, bool]:
     """The header of ``path`` without pixel data, and whether it needed force-reading."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # damaged or foreign files are expected here
-        return _read_header_quiet(path)
-
-
-def _read_header_quiet(path: Path) -> tuple[Dataset | None, bool]:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True), False
     except InvalidDicomError:
@@ -256,6 +282,11 @@ def slices_from_header(path: Path, ds: Dataset, forced: bool) -> list[SliceHeade
 
 def scan_files(files: list[Path]) -> ScanResult:
     """Read the header of every file; keep image frames, count and skip the rest."""
+    with quiet_pydicom():
+        return _scan_files(files)
+
+
+def _scan_files(files: list[Path]) -> ScanResult:
     result = ScanResult(slices=[], n_files=len(files))
     seen_sop: set[str] = set()
     for path in files:
@@ -282,8 +313,13 @@ def scan_files(files: list[Path]) -> ScanResult:
             continue
         if sop:
             seen_sop.add(sop)
+        try:
+            frames = slices_from_header(path, ds, forced)
+        except Exception:  # noqa: BLE001 - values pydicom cannot convert
+            result.skipped_damaged += 1
+            continue
         result.forced += int(forced)
-        result.slices.extend(slices_from_header(path, ds, forced))
+        result.slices.extend(frames)
     return result
 
 

@@ -131,3 +131,23 @@ def test_convert_cli_refusal_is_one_clear_paragraph(tmp_path, capsys):
     assert err.startswith("error: no usable CT series") and "fewer than the minimum" in err
     assert not (tmp_path / "o.nii.gz").exists()
     assert main(["convert", str(tmp_path / "in"), str(tmp_path / "o.png")]) == 2
+
+
+def test_invalid_header_values_are_read_quietly(tmp_path, caplog, capsys):
+    """Malformed values load; pydicom's complaints (which quote values) stay out of the logs."""
+    from pydicom.dataelem import DataElement
+
+    caplog.set_level(logging.DEBUG)
+    dss = fac.make_series(n_slices=12)
+    for ds in dss:
+        ds[0x00100010] = DataElement(0x00100010, "LO", "Doe^Jane" + "x" * 70)  # PN too long
+        ds[0x00200013] = DataElement(0x00200013, "LO", "1.5x")  # not an IS
+    fac.write_files(dss, tmp_path / "in", preamble=False)  # implicit VR: read back as PN / IS
+    caplog.clear()
+    capsys.readouterr()
+    ct = load_ct(tmp_path / "in")
+    assert ct.volume.shape == (12, 48, 40)
+    out = capsys.readouterr()
+    everything = caplog.text + out.out + out.err + " ".join(ct.warnings)
+    assert "1.5x" not in everything and "Invalid value" not in everything
+    _assert_clean(everything)
