@@ -289,6 +289,8 @@ def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
         ))
     for s in series_seen:
         s.description = scrub(s.description)
+        if s is not chosen:
+            s.slices = []  # keep only the chosen series' headers in memory
     log.info("series chosen: %s (%s)", chosen.series_uid, chosen.reason)
 
     slices = _pick_stack(chosen, min_slices, warnings)
