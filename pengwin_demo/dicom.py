@@ -251,6 +251,11 @@ def _load_dicom(
         raise InputError(f"{label}: contains no files. Put the DICOM series (or a zip of it) there.")
     scan = scan_files(files)
     if not scan.slices:
+        volumes = [f for f in files if volume_suffix(f) in (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd")]
+        if len(volumes) == 1 and series_uid is None:  # a zipped (or foldered) NIfTI/MHA/NRRD
+            volume = read_volume(volumes[0], kind="ct")
+            stem = volumes[0].name[: -len(volume_suffix(volumes[0]))]
+            return CTInput(volume=volume, source_kind="volume-file", name=_safe_name(stem))
         raise InputError(
             f"{label}: no DICOM images found among {scan.n_files} file(s) "
             f"({scan.skipped_not_dicom} not DICOM, {scan.skipped_dicomdir} DICOMDIR, "

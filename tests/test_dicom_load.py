@@ -208,3 +208,13 @@ def test_real_siemens_jpeg2000_matches_simpleitk():
     assert ct.series.description == "CT Body 3.0"
     assert ct.dicom_headers[0].file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert ct.warnings == []
+
+
+def test_zip_holding_one_volume_file(tmp_path):
+    arr = np.full((3, 4, 5), -1000, dtype=np.int16)
+    arr[1] = 700
+    vol = Volume(arr, (2.5, 0.8, 0.8), (1.0, 2.0, 3.0))
+    write_volume(vol, tmp_path / "src" / "pelvis.mha")
+    ct = load_ct(fac.zip_folder(tmp_path / "src", tmp_path / "upload.zip"))
+    assert ct.source_kind == "volume-file" and ct.name == "pelvis"
+    assert ct.volume.same_grid(vol) and np.array_equal(ct.volume.array, arr)
