@@ -155,7 +155,7 @@ def fragment_meshes(
     labels: Volume,
     detail: str | MeshDetail = "normal",
     label_ids: list[int] | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> dict[int, trimesh.Trimesh]:
     """One mesh per label of a label map, in LPS mm.
 
@@ -167,8 +167,9 @@ def fragment_meshes(
         Smoothing/decimation preset (see :data:`MESH_DETAILS`).
     label_ids : list of int, optional
         Only these labels (default: every nonzero label present).
-    workers : int, optional
-        Threads (marching cubes and decimation release the GIL); default ``min(2, cpus)``.
+    workers : int
+        Threads. Default 1: marching cubes and Taubin mostly hold the GIL and the
+        decimator is not thread safe (serialized), so threads gained nothing on 2 cores.
 
     Returns
     -------
@@ -190,7 +191,7 @@ def fragment_meshes(
         offset = tuple(s.start for s in box)
         return lab, mask_mesh(mask, affine, detail, offset)
 
-    n_workers = workers or min(2, os.cpu_count() or 1)
+    n_workers = max(1, int(workers))
     # largest first so the pool stays busy
     jobs.sort(key=lambda j: -np.prod([s.stop - s.start for s in j[1]]))
     if n_workers > 1 and len(jobs) > 1:

@@ -69,8 +69,15 @@ _STAGE_START = {
 THICK_SLICE_MM = 2.5
 """Slices thicker than this get a warning: thin fracture lines may be missed."""
 
-MIN_BONE_ML = 5.0
-"""Less pelvic bone than this (Stage 1) counts as "no pelvic bone found"."""
+MIN_BONE_ML = 20.0
+"""Less pelvic bone than this (Stage 1 voxels that are also bone-dense, see
+:data:`BONE_HU`) counts as "no pelvic bone found". A scan that covers even part of the
+pelvis holds hundreds of mL; a false Stage-1 hit on a vertebra or rib holds little."""
+
+BONE_HU = 150.0
+"""Stage-1 voxels count as bone for the "no pelvic bone" check only at or above this HU
+(cortical bone is 500-2000 HU, cancellous 150-400), so a model that marks soft tissue
+outside its training domain does not start Stage 2."""
 
 DEFAULT_CPU_MAX_VOXELS = 12_000_000
 """On the CPU, a model's input grid is coarsened until it holds at most this many voxels."""
@@ -367,13 +374,16 @@ class Pipeline:
         # -- stage 1 ------------------------------------------------------------------
         clock.stage("anatomy")
         anatomy_vol, anatomy_grid = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
-        bone_ml = np.count_nonzero(anatomy_vol.array) * anatomy_vol.voxel_volume_mm3 / 1000.0
+        dense = np.count_nonzero((anatomy_vol.array > 0) & (anatomy_grid.array >= BONE_HU))
+        bone_ml = dense * anatomy_vol.voxel_volume_mm3 / 1000.0
+        stage1_voxels = int(np.count_nonzero(anatomy_vol.array))
 
         labels_grid: Volume
         recovery_warnings: list[str] = []
         if bone_ml < self.min_bone_ml:
             warnings.append(
-                f"no pelvic bone found (Stage 1 found {bone_ml:.1f} mL of sacrum/hip bone); "
+                f"no pelvic bone found (Stage 1 found {bone_ml:.1f} mL of sacrum/hip bone, "
+                f"less than {self.min_bone_ml:g} mL); "
                 "check that the scan covers the pelvis. No fragments were produced."
             )
             labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
@@ -444,6 +454,7 @@ class Pipeline:
             "abbc_spacing_zyx_mm": _grid_spacing(abbc_grid),
             "mesh_detail": mesh_detail,
             "bone_ml_stage1": round(float(bone_ml), 2),
+            "stage1_voxels": stage1_voxels,
         }
         timings = dict(clock.timings)
         files = {

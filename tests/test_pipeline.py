@@ -197,10 +197,10 @@ def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
         pts = grid.index_to_world(np.indices(grid.shape).reshape(3, -1).T)
         x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
         out = np.zeros(len(pts), np.uint8)
-        for k in range(12):  # 12 separate 12 mm cubes of the right hip
+        for k in range(12):  # 12 separate 14 mm cubes of the right hip
             x0 = -66 + (k % 6) * 22
-            z0 = 2 + (k // 6) * 24
-            inside = (x > x0) & (x < x0 + 12) & (y > 5) & (y < 17) & (z > z0) & (z < z0 + 12)
+            z0 = 0 + (k // 6) * 24
+            inside = (x > x0) & (x < x0 + 14) & (y > 5) & (y < 19) & (z > z0) & (z < z0 + 14)
             out[inside] = 21 + min(k, 9)
         return out.reshape(grid.shape)
 
