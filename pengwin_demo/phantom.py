@@ -32,14 +32,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cc3d
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from .io import write_volume
 from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .phantom_anatomy import AnatomyParams, Structure, build_structures, sample_anatomy
+from .phantom_anatomy import AnatomyParams, build_structures, sample_anatomy
 from .phantom_fractures import (
     FRAGMENT_COUNT_PROBABILITIES,
     FracturePlan,
@@ -47,7 +46,18 @@ from .phantom_fractures import (
     plan_fractures,
     sample_fragment_counts,
 )
-from .phantom_sdf import Canvas, rotation_matrix
+from .phantom_render import (
+    Grid,
+    Group,
+    box_in_grid,
+    clean_labels,
+    evaluate,
+    make_texture,
+    rank_labels,
+    render_group,
+    resample_to_ct,
+)
+from .phantom_sdf import rotation_matrix
 from .phantom_tissue import soft_tissue
 from .volume import Volume
 
@@ -117,39 +127,6 @@ class Phantom:
         }
 
 
-# -- canonical grids ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Grid:
-    array: np.ndarray  # (z, y, x) float32
-    origin_mm: np.ndarray  # canonical (x, y, z) of voxel (0, 0, 0)
-    res_mm: float
-
-    def to_sitk(self) -> sitk.Image:
-        img = sitk.GetImageFromArray(self.array)
-        img.SetSpacing((self.res_mm,) * 3)
-        img.SetOrigin(tuple(float(o) for o in self.origin_mm))
-        return img
-
-    def points(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3) canonical (x, y, z) mm and (N, 3) (z, y, x) indices of ``mask`` voxels."""
-        idx = np.argwhere(mask)
-        pts = (self.origin_mm + self.res_mm * idx[:, ::-1]).astype(np.float32)
-        return pts, idx
-
-
-def _evaluate(structure: Structure, res_mm: float, clip_mm: np.ndarray | None = None) -> _Grid:
-    """Distance field of ``structure`` on a canonical grid (box clipped to ``clip_mm``)."""
-    box = np.array(structure.box_mm, float)
-    if clip_mm is not None:
-        box = np.array([np.maximum(box[0], clip_mm[0]), np.minimum(box[1], clip_mm[1])])
-        box[1] = np.maximum(box[1], box[0] + res_mm)
-    cv = Canvas(box, res_mm)
-    structure.paint(cv)
-    return _Grid(cv.array, cv.origin_mm, res_mm)
-
-
 # -- pose and grid ------------------------------------------------------------------
 
 
@@ -169,7 +146,7 @@ def _transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:3, :3].T + m[:3, 3]
 
 
-def _sample_grid(rng, cfg: SizeConfig, size: str, bone_lo: np.ndarray, bone_hi: np.ndarray):
+def _sample_grid(rng, cfg: SizeConfig, bone_lo: np.ndarray, bone_hi: np.ndarray):
     """Spacing, shape, origin and direction of the CT around the labelled bones (world mm)."""
     extent = bone_hi - bone_lo
     centre = (bone_lo + bone_hi) / 2
@@ -204,161 +181,6 @@ def _sample_grid(rng, cfg: SizeConfig, size: str, bone_lo: np.ndarray, bone_hi: 
 
 
 # -- rendering ----------------------------------------------------------------------
-
-
-def _resample(grid: _Grid, world_to_canon: np.ndarray, geom: Volume, start_zyx, shape_zyx,
-              default: float) -> np.ndarray:
-    """Linear resampling of a canonical grid onto a box of the CT grid (z, y, x, float32)."""
-    ref = sitk.Image([int(s) for s in shape_zyx[::-1]], sitk.sitkFloat32)
-    ref.SetSpacing(geom.spacing_zyx_mm[::-1])
-    ref.SetOrigin(tuple(geom.index_to_world(np.array(start_zyx, float))[0]))
-    ref.SetDirection(tuple(geom.direction.ravel()))
-    tf = sitk.AffineTransform(3)
-    tf.SetMatrix(tuple(world_to_canon[:3, :3].ravel()))
-    tf.SetTranslation(tuple(world_to_canon[:3, 3]))
-    out = sitk.Resample(grid.to_sitk(), ref, tf, sitk.sitkLinear, float(default), sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
-
-
-def _box_in_grid(geom: Volume, shape_zyx, canon_to_world: np.ndarray, box_mm: np.ndarray,
-                 margin_vox: int = 2):
-    """Index box (start, stop) on the CT grid covering a canonical box after ``canon_to_world``."""
-    lo, hi = box_mm
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    idx = geom.world_to_index(_transform_points(canon_to_world, corners))
-    start = np.maximum(np.floor(idx.min(axis=0)).astype(int) - margin_vox, 0)
-    stop = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1 + margin_vox, shape_zyx)
-    if np.any(stop <= start):
-        return None
-    return start, stop
-
-
-@dataclass
-class _Group:
-    structure: Structure
-    grid: _Grid
-    plan: FracturePlan | None
-    members: tuple[int, ...]  # fragment indices drawn by this group
-    motion: np.ndarray  # 4 x 4 canonical motion of those fragments
-    box_mm: np.ndarray  # canonical box (before motion)
-    start: np.ndarray | None = None
-    stop: np.ndarray | None = None
-
-
-def _texture(rng, box_mm, res_mm) -> _Grid:
-    lo, hi = np.asarray(box_mm, float)
-    n = np.ceil((hi - lo) / res_mm).astype(int) + 1
-    noise = rng.standard_normal((n[2], n[1], n[0]), dtype=np.float32)
-    fine = ndimage.gaussian_filter(noise, 0.8)
-    coarse = ndimage.gaussian_filter(noise, 3.0)
-    tex = fine / max(float(fine[::4, ::4, ::4].std()), 1e-6) + 0.6 * coarse / max(
-        float(coarse[::4, ::4, ::4].std()), 1e-6)
-    return _Grid(tex.astype(np.float32), lo, res_mm)
-
-
-def _coverages(sdf: np.ndarray, w: float, cortex_mm: float):
-    """Bone coverage and cortical coverage of a voxel ``w`` mm wide across the surface."""
-    w = np.float32(w)
-    alpha = np.clip(np.float32(0.5) - sdf / w, 0, 1)
-    cortex = np.clip(np.minimum(sdf + w / 2, 0) - np.maximum(sdf - w / 2, -np.float32(cortex_mm)), 0, None) / w
-    return alpha, np.minimum(cortex, alpha)
-
-
-def _render_group(g: _Group, geom: Volume, world_to_canon: np.ndarray, texture: _Grid,
-                  w: float, tex_hu: float, acc_a, acc_h, labels, ustart, provisional):
-    shape = tuple(int(s) for s in (g.stop - g.start))
-    to_source = np.linalg.inv(g.motion) @ world_to_canon  # world -> un-moved canonical
-    sdf = _resample(g.grid, to_source, geom, g.start, shape, default=1e3)
-    idx = np.argwhere(sdf < np.float32(w / 2))
-    if idx.size == 0:
-        return
-    d_bone = sdf[tuple(idx.T)]
-    gidx = idx + g.start
-    idx_to_q = to_source @ geom.index_to_world_matrix()
-    q = (gidx @ idx_to_q[:3, :3].T.astype(np.float32) + idx_to_q[:3, 3].astype(np.float32)).astype(np.float32)
-    cov = np.ones(len(q), dtype=np.float32)
-    frag = None
-    if g.plan is not None and g.plan.n_fragments > 1:
-        frag, dist, nearest = g.plan.assign(q)
-        members = np.array(g.members)
-        own = np.isin(frag, members)
-        gaps = np.array([sp.gap_mm for sp in g.plan.splits], dtype=np.float32)
-        cov = np.where(own, np.clip(np.float32(0.5) + dist / np.float32(w), 0, 1), np.float32(0))
-        near = np.flatnonzero((nearest >= 0) & (dist < np.float32(w)))
-        if near.size:
-            flip = np.full(len(q), -1, dtype=np.int16)
-            flip[near] = nearest[near]
-            other, _, _ = g.plan.assign(q[near], flip[near])
-            nb = np.isin(other, members)
-            cov[near] += np.where(
-                nb, np.clip(np.float32(0.5) - (dist[near] + gaps[nearest[near]]) / np.float32(w), 0, 1), 0
-            ).astype(np.float32)
-    s = g.structure
-    alpha, cortex = _coverages(d_bone, w, s.cortex_mm)
-    tcoords = ((q - texture.origin_mm.astype(np.float32)) / np.float32(texture.res_mm))[:, ::-1].T
-    tex = ndimage.map_coordinates(texture.array, tcoords, order=1, mode="nearest")
-    canc = np.float32(s.cancellous_hu) + np.float32(tex_hu) * tex
-    hu = np.float32(s.cortex_hu) * cortex + canc * (alpha - cortex)
-    keep = cov > 0
-    loc = tuple((gidx[keep] - ustart).T)
-    acc_a[loc] += (alpha * cov)[keep]
-    acc_h[loc] += (hu * cov)[keep]
-    if s.bone and frag is not None:
-        inside = (d_bone < 0) & np.isin(frag, np.array(g.members))
-        labels[tuple((gidx[inside] - ustart).T)] = provisional[frag[inside]]
-    elif s.bone:
-        inside = d_bone < 0
-        labels[tuple((gidx[inside] - ustart).T)] = provisional[0]
-
-
-# -- labels -------------------------------------------------------------------------
-
-
-def _clean_labels(labels: np.ndarray) -> None:
-    """In place: one 26-connected component per label; stray pieces join the fragment of the
-    same bone they touch most, or become background."""
-    stats = cc3d.statistics(labels)
-    boxes = stats["bounding_boxes"]
-    for lab in range(1, len(boxes)):
-        if lab >= len(stats["voxel_counts"]) or stats["voxel_counts"][lab] == 0:
-            continue
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[lab])
-        sub = labels[box]
-        cc, n = cc3d.connected_components(sub == lab, connectivity=26, return_N=True)
-        if n <= 1:
-            continue
-        counts = np.bincount(cc.ravel())
-        counts[0] = 0
-        keep = int(np.argmax(counts))
-        bone = (lab - 1) // 10
-        for c in range(1, n + 1):
-            if c == keep:
-                continue
-            piece = cc == c
-            ring = ndimage.binary_dilation(piece, np.ones((3, 3, 3), bool)) & ~piece
-            nb = sub[ring]
-            nb = nb[(nb > 0) & (nb != lab) & ((nb.astype(int) - 1) // 10 == bone)]
-            sub[piece] = np.bincount(nb).argmax() if nb.size else 0
-
-
-def _rank_labels(labels: np.ndarray) -> dict[int, dict[int, int]]:
-    """In place: renumber provisional labels to PENGWIN ids, largest first per bone.
-
-    Provisional labels are ``(bone - 1) * 10 + fragment + 1``. Returns
-    {bone: {provisional: final}}.
-    """
-    counts = np.bincount(labels.ravel(), minlength=31)
-    lut = np.zeros(256, dtype=np.uint8)
-    mapping: dict[int, dict[int, int]] = {}
-    for bone in (1, 2, 3):
-        base = first_label(bone)
-        present = [lab for lab in range(base, base + MAX_FRAGMENTS_PER_BONE) if counts[lab] > 0]
-        present.sort(key=lambda lab: (-counts[lab], lab))
-        mapping[bone] = {lab: base + rank for rank, lab in enumerate(present)}
-        for lab, new in mapping[bone].items():
-            lut[lab] = new
-    labels[...] = lut[labels]
-    return mapping
 
 
 # -- public API ---------------------------------------------------------------------
@@ -398,117 +220,132 @@ def generate_phantom(
         Missing bones are drawn from :data:`FRAGMENT_COUNT_PROBABILITIES`.
     displaced_fraction : float, optional
         Probability that a non-largest fragment moves; drawn per case when None (about a
-        third of the cases keep every fragment in place).
+        third of the cases keep every fragment in place). Changing it alone changes only
+        the motions, not the anatomy, the cuts or the grid.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     cfg = SIZES[size]
-    r_anat, r_frac, r_grid, r_tissue, r_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(5)
-    )
+    streams = np.random.SeedSequence(int(seed)).spawn(6)
+    r_anat, r_frac, r_grid, r_tissue, r_noise, r_motion = (np.random.default_rng(s) for s in streams)
     anat = sample_anatomy(r_anat)
     canon_to_world = _sample_pose(r_anat)
     world_to_canon = np.linalg.inv(canon_to_world)
     structures = build_structures(anat)
     counts = _requested_counts(n_fragments, r_frac)
+    style = r_frac.random()
     if displaced_fraction is None:
-        displaced_fraction = 0.0 if r_frac.random() < 0.3 else r_frac.uniform(0.4, 0.9)
+        displaced_fraction = 0.0 if style < 0.3 else 0.4 + 0.5 * (style - 0.3) / 0.7
 
-    # fractures, planned on a fixed grid so that sizes agree
+    # fractures, planned on a fixed grid so that both sizes break the same way
     plans: dict[int, FracturePlan] = {}
-    grids: dict[str, _Grid] = {}
+    grids: dict[str, Grid] = {}
     bone_pts = []
     for s in structures:
         if not s.bone:
             continue
-        plan_grid = _evaluate(s, PLAN_RES_MM)
+        plan_grid = evaluate(s, PLAN_RES_MM)
         pts, idx = plan_grid.points(plan_grid.array < 0)
         plans[s.bone] = plan_fractures(
-            r_frac, s.bone, counts[s.bone], pts, idx, PLAN_RES_MM**3, displaced_fraction
+            r_frac, s.bone, counts[s.bone], pts, idx, PLAN_RES_MM**3, displaced_fraction,
+            motion_rng=r_motion,
         )
         bone_pts.append(pts)
         if cfg.canon_res_mm == PLAN_RES_MM:
             grids[s.name] = plan_grid
     world_pts = _transform_points(canon_to_world, np.concatenate(bone_pts).astype(np.float64))
-    margin = 10.0  # moved fragments
-    geom, shape, stored_as = _sample_grid(r_grid, cfg, size, world_pts.min(0) - margin,
-                                          world_pts.max(0) + margin)
+    margin = 10.0  # room for moved fragments
+    geom, shape, stored_as = _sample_grid(r_grid, cfg, world_pts.min(0) - margin, world_pts.max(0) + margin)
 
-    # soft tissue over the whole field of view
+    # soft tissue over the whole field of view, straight to int16
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                         for k in (0, shape[2] - 1)], float)
     fov_canon = _transform_points(world_to_canon, geom.index_to_world(corners))
-    tissue_box = np.array([fov_canon.min(0) - 4, fov_canon.max(0) + 4])
-    hu, origin = soft_tissue(r_tissue, tissue_box, cfg.tissue_res_mm)
-    ct = _resample(_Grid(hu, origin, cfg.tissue_res_mm), world_to_canon, geom, (0, 0, 0), shape, -1000.0)
+    fov_box = np.array([fov_canon.min(0) - 4, fov_canon.max(0) + 4])
+    hu, origin = soft_tissue(r_tissue, fov_box, cfg.tissue_res_mm)
+    ct = resample_to_ct(Grid(hu, origin, cfg.tissue_res_mm), world_to_canon, geom, shape,
+                        -1000.0, sitk.sitkInt16)
 
-    # bones, crop first
-    groups: list[_Group] = []
+    # bones, crop first: one group per bone and per moved fragment
+    groups: list[Group] = []
     for s in structures:
-        grid = grids.get(s.name) or _evaluate(s, cfg.canon_res_mm, tissue_box)
+        grid = grids.get(s.name) or evaluate(s, cfg.canon_res_mm, fov_box + [[-12], [12]])
         plan = plans.get(s.bone) if s.bone else None
         if plan is None:
-            groups.append(_Group(s, grid, None, (0,), np.eye(4), s.box_mm))
+            groups.append(Group(s, grid, None, (0,), np.eye(4), s.box_mm))
             continue
         still = tuple(k for k in range(plan.n_fragments) if k not in plan.motions)
         box = np.array([np.min([plan.boxes_mm[k][0] for k in still], 0) - 6,
                         np.max([plan.boxes_mm[k][1] for k in still], 0) + 6])
-        groups.append(_Group(s, grid, plan, still, np.eye(4), box))
+        groups.append(Group(s, grid, plan, still, np.eye(4), box))
         for k, motion in sorted(plan.motions.items()):
             b = plan.boxes_mm[k]
-            groups.append(_Group(s, grid, plan, (k,), motion.matrix(), np.array([b[0] - 6, b[1] + 6])))
+            groups.append(Group(s, grid, plan, (k,), motion.matrix(), np.array([b[0] - 6, b[1] + 6])))
     kept = []
     for g in groups:
-        box = _box_in_grid(geom, shape, canon_to_world @ g.motion, g.box_mm)
+        box = box_in_grid(geom, shape, canon_to_world @ g.motion, g.box_mm)
         if box is not None:
             g.start, g.stop = box
             kept.append(g)
     ustart = np.min([g.start for g in kept], 0)
     ustop = np.max([g.stop for g in kept], 0)
-    ushape = tuple(int(v) for v in ustop - ustart)
-    acc_a = np.zeros(ushape, np.float32)
-    acc_h = np.zeros(ushape, np.float32)
-    labels_u = np.zeros(ushape, np.uint8)
+    usl = tuple(slice(int(a), int(b)) for a, b in zip(ustart, ustop))
+    acc_a = np.zeros(tuple(int(v) for v in ustop - ustart), np.float32)
+    acc_h = np.zeros_like(acc_a)
+    labels = np.zeros(shape, np.uint8)
     tex_box = np.array([np.min([g.structure.box_mm[0] for g in kept], 0),
                         np.max([g.structure.box_mm[1] for g in kept], 0)])
-    tex_box = np.array([np.maximum(tex_box[0], tissue_box[0] - 12), np.minimum(tex_box[1], tissue_box[1] + 12)])
-    texture = _texture(r_tissue, tex_box, cfg.texture_res_mm)
+    tex_box = np.array([np.maximum(tex_box[0], fov_box[0] - 12), np.minimum(tex_box[1], fov_box[1] + 12)])
+    texture = make_texture(r_tissue, tex_box, cfg.texture_res_mm)
     w = float(np.prod(geom.spacing_zyx_mm) ** (1 / 3))
-    tex_hu = float(r_tissue.uniform(40, 90))
-    # unlabelled bone first, so fragments win the (rare) voxels both claim
-    kept.sort(key=lambda g: (g.structure.bone != 0, g.motion is not None and not np.allclose(g.motion, np.eye(4))))
+    tex_hu = float(r_tissue.uniform(35, 80))
+    # unlabelled bone first, moved fragments last: they win the (rare) voxels both claim
+    kept.sort(key=lambda g: (g.structure.bone != 0, g.moved))
     for g in kept:
-        bone = g.structure.bone
-        provisional = np.arange(MAX_FRAGMENTS_PER_BONE, dtype=np.uint8) + (first_label(bone) if bone else 0)
-        _render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels_u,
-                      ustart, provisional)
-    usl = tuple(slice(int(a), int(b)) for a, b in zip(ustart, ustop))
-    a = np.minimum(acc_a, 1)
-    bone_mean = acc_h / np.maximum(acc_a, np.float32(1e-6))
-    ct[usl] = ct[usl] * (1 - a) + bone_mean * a
-    del acc_a, acc_h, a, bone_mean
+        render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels, ustart)
+    touched = np.nonzero(acc_a)
+    a = np.minimum(acc_a[touched], 1)
+    bone_hu = acc_h[touched] / acc_a[touched]
+    del acc_a, acc_h
+    ct_u = ct[usl]
+    ct_u[touched] = np.rint(ct_u[touched] * (1 - a) + bone_hu * a).clip(-1024, 3071).astype(np.int16)
 
-    # CT noise
-    sigma = r_noise.uniform(8.0, 28.0)
-    ct += r_noise.standard_normal(ct.shape, dtype=np.float32) * np.float32(sigma)
-    ct_i16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
-    del ct
-
-    _clean_labels(labels_u)
-    mapping = _rank_labels(labels_u)
-    labels = np.zeros(shape, np.uint8)
-    labels[usl] = labels_u
+    _add_noise(ct, r_noise)
+    lab_u = labels[usl]
+    clean_labels(lab_u)
+    mapping = rank_labels(lab_u)
     present = {bone: len(m) for bone, m in mapping.items()}
     displaced = {
         bone: sorted(mapping[bone][first_label(bone) + k] for k in plans[bone].motions
                      if first_label(bone) + k in mapping[bone])
         for bone in (1, 2, 3)
     }
-    ct_vol = Volume(ct_i16, geom.spacing_zyx_mm, geom.origin_lps_mm, geom.direction)
-    lab_vol = ct_vol.with_array(labels)
-    return Phantom(ct_vol, lab_vol, int(seed), size, counts, present, displaced, stored_as, anat, plans)
+    ct_vol = Volume(ct, geom.spacing_zyx_mm, geom.origin_lps_mm, geom.direction)
+    return Phantom(ct_vol, ct_vol.with_array(labels), int(seed), size, counts, present,
+                   displaced, stored_as, anat, plans)
+
+
+def _add_noise(ct: np.ndarray, rng: np.random.Generator, bank_slices: int = 12, pad: int = 48) -> None:
+    """In place: CT noise (sigma 8-28 HU, slightly correlated in-plane), then clip to int16 HU.
+
+    Noise comes from a small bank of correlated noise slices, each CT slice taking a
+    random bank slice at a random offset: cheap for 512 x 512 x 400 and still white
+    between slices.
+    """
+    nz, ny, nx = ct.shape
+    sigma = rng.uniform(8.0, 28.0)
+    bank = rng.standard_normal((bank_slices, ny + pad, nx + pad), dtype=np.float32)
+    bank = ndimage.gaussian_filter(bank, (0, 0.6, 0.6))
+    bank *= np.float32(sigma / max(float(bank.std()), 1e-6))
+    bank = np.rint(bank).astype(np.int16)
+    pick = rng.integers(0, bank_slices, nz)
+    oy = rng.integers(0, pad, nz)
+    ox = rng.integers(0, pad, nz)
+    for k in range(nz):
+        ct[k] += bank[pick[k], oy[k]:oy[k] + ny, ox[k]:ox[k] + nx]
+    np.clip(ct, -1024, 3071, out=ct)
 
 
 def make_phantom(seed: int, size: str = "small", n_fragments: dict | None = None) -> tuple[Volume, Volume]:
@@ -554,8 +391,8 @@ def write_phantom_dataset(
     """Write ``cases`` phantoms in the PENGWIN layout and return their case names.
 
     ``OUT/images/<case>.<ext>`` (int16 HU) and ``OUT/labels/<case>.<ext>`` (uint8), with
-    ext ``mha`` or ``nii.gz``; ``fmt="dicom"`` writes ``OUT/dicom/<case>/`` CT series (and
-    the labels as .mha). ``OUT/phantoms.json`` records each case's seed and fragments.
+    ext ``mha`` or ``nii.gz``; ``fmt="dicom"`` also writes each CT as a DICOM series in
+    ``OUT/dicom/<case>/`` (images and labels stay .mha). ``OUT/phantoms.json`` records each case's seed and fragments.
     """
     if fmt not in ("mha", "nii.gz", "dicom"):
         raise ValueError(f"fmt must be 'mha', 'nii.gz' or 'dicom', got {fmt!r}")
@@ -572,13 +409,13 @@ def write_phantom_dataset(
         name = f"phantom_{int(seed)}_{i:03d}"
         ph = generate_phantom(cs, size)
         ext = "mha" if fmt == "dicom" else fmt
+        write_volume(ph.ct, out / "images" / f"{name}.{ext}")
+        write_volume(ph.labels, out / "labels" / f"{name}.{ext}")
         if fmt == "dicom":
             from .phantom_dicom import write_dicom_series
 
-            write_dicom_series(ph.ct, out / "dicom" / name, series_number=i + 1, patient_index=i)
-        else:
-            write_volume(ph.ct, out / "images" / f"{name}.{ext}")
-        write_volume(ph.labels, out / "labels" / f"{name}.{ext}")
+            write_dicom_series(ph.ct, out / "dicom" / name, series_number=1, patient_index=i,
+                               uid_key=f"{name}-{cs}")
         names.append(name)
         records.append({"case": name, "case_seed": cs, **ph.summary()})
     out.mkdir(parents=True, exist_ok=True)

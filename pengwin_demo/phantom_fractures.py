@@ -192,6 +192,7 @@ def plan_fractures(
     index: np.ndarray,
     voxel_mm3: float,
     displaced_fraction: float,
+    motion_rng: np.random.Generator | None = None,
     max_tries: int = 80,
 ) -> FracturePlan:
     """Cut one bone into ``n_fragments`` pieces.
@@ -211,7 +212,11 @@ def plan_fractures(
         Volume of one planning voxel (mm^3).
     displaced_fraction : float
         Probability that a fragment other than the largest is displaced.
+    motion_rng : numpy Generator, optional
+        Stream for the displacements (default ``rng``); a separate stream keeps the cuts
+        identical when only ``displaced_fraction`` changes.
     """
+    mrng = rng if motion_rng is None else motion_rng
     if not 1 <= n_fragments <= 10:
         raise ValueError(f"n_fragments must be 1-10, got {n_fragments}")
     frag = np.zeros(len(points_mm), dtype=np.int8)
@@ -256,27 +261,20 @@ def plan_fractures(
     largest = int(np.argmax(sizes))
     motions: dict[int, Motion] = {}
     for k in range(n_fragments):
-        if k == largest or rng.random() >= displaced_fraction:
+        if k == largest or mrng.random() >= displaced_fraction:
             continue
         # move away from the surface that made (or last cut) the fragment
         j = max(i for i, sp in enumerate(splits) if k in (sp.parent, sp.child))
         sp = splits[j]
         centroid = points_mm[frag == k].mean(axis=0).astype(float)
-        if sp.surface.kind == "ball":
-            away = centroid - sp.surface.centre if k == sp.child else sp.surface.centre - centroid
-            if k == sp.child:
-                away = centroid - _nearest_centroid(points_mm, frag, k)
+        if sp.surface.kind == "ball":  # a small piece leaves the rest of the bone
+            rest = points_mm[frag != k]
+            away = centroid - (rest.mean(axis=0) if rest.size else centroid)
         else:
             away = sp.surface.normal * (1 if k == sp.child else -1)
-        away = away / max(np.linalg.norm(away), 1e-6) + 0.5 * random_unit(rng)
+        away = away / max(np.linalg.norm(away), 1e-6) + 0.5 * random_unit(mrng)
         away /= np.linalg.norm(away)
-        t = away * rng.uniform(1.0, 8.0)
-        rot = rotation_matrix(random_unit(rng), np.deg2rad(rng.uniform(0.0, 10.0)))
+        t = away * mrng.uniform(1.0, 8.0)
+        rot = rotation_matrix(random_unit(mrng), np.deg2rad(mrng.uniform(0.0, 10.0)))
         motions[k] = Motion(rot, t, centroid)
     return FracturePlan(bone, n_fragments, tuple(splits), motions, tuple(float(s) for s in sizes), boxes)
-
-
-def _nearest_centroid(points_mm, frag, k):
-    """Centroid of the bone outside fragment ``k`` (direction to move a piece away from)."""
-    other = points_mm[frag != k]
-    return other.mean(axis=0) if other.size else points_mm.mean(axis=0)

@@ -14,9 +14,26 @@ AIR_HU, FAT_HU, MUSCLE_HU, FLUID_HU, BOWEL_HU = -1000.0, -100.0, 45.0, 8.0, 25.0
 
 
 def _smooth_noise(rng: np.random.Generator, shape, sigma_vox: float) -> np.ndarray:
-    """Unit-variance smooth random field (float32)."""
-    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox, mode="wrap")
-    return f / max(float(f[::3, ::3, ::3].std()), 1e-6)
+    """Unit-variance smooth random field (float32) with correlation length ~``sigma_vox``.
+
+    Drawn on a grid ``sigma_vox`` times coarser and interpolated linearly (cheap).
+    """
+    step = max(float(sigma_vox), 1.0)
+    coarse_shape = tuple(int(np.ceil(n / step)) + 2 for n in shape)
+    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape, dtype=np.float32), 0.7)
+    coarse /= max(float(coarse.std()), 1e-6)
+    coords = np.ix_(*[np.arange(n, dtype=np.float32) / np.float32(step) for n in shape])
+    # separable linear interpolation, axis by axis
+    out = coarse
+    for axis, c in enumerate(coords):
+        c = c.ravel()
+        i0 = np.floor(c).astype(int)
+        f = (c - i0).astype(np.float32)
+        shape_f = [1] * 3
+        shape_f[axis] = -1
+        f = f.reshape(shape_f)
+        out = np.take(out, i0, axis=axis) * (1 - f) + np.take(out, i0 + 1, axis=axis) * f
+    return out.astype(np.float32)
 
 
 def _soft_step(d: np.ndarray, width_mm: float) -> np.ndarray:
