@@ -104,6 +104,8 @@ class PipelineResult:
         Seconds per stage, and ``total``.
     warnings : list of str
         Messages for the user (also in the report).
+    ct : Volume
+        The input CT as loaded (int16 HU), on the same grid as ``labels``.
     """
 
     out_dir: Path
@@ -112,6 +114,8 @@ class PipelineResult:
     paths: dict[str, Any]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    ct: Volume | None = None
+    """The input CT as loaded (int16 HU, the grid ``labels`` lies on)."""
 
     @property
     def fragments(self) -> list[dict[str, Any]]:
@@ -323,8 +327,8 @@ class Pipeline:
         series_uid : str, optional
             DICOM SeriesInstanceUID to use instead of the automatic choice.
         dicom_seg : bool
-            Also write ``segmentation.dcm`` (DICOM input with fragments only; otherwise a
-            warning says why not).
+            Also write ``segmentation.dcm`` when possible: DICOM input with at least one
+            fragment (otherwise ``paths["seg"]`` is None, without a warning).
         mesh_detail : {"fine", "normal", "coarse"}
             Mesh smoothing/decimation preset (see :mod:`pengwin_demo.meshes`).
 
@@ -433,6 +437,8 @@ class Pipeline:
         if dicom_seg:
             clock.stage("dicom_seg")
             paths["seg"] = self._write_seg(ct_input, labels, out_dir, warnings)
+        if paths["seg"] is None and (out_dir / "segmentation.dcm").exists():
+            (out_dir / "segmentation.dcm").unlink()  # stale, from an earlier run
 
         # -- report -------------------------------------------------------------------
         clock.stage("report")
@@ -476,7 +482,7 @@ class Pipeline:
         write_report(report, paths["report"])  # with the report stage and total
         for w in warnings:
             log.warning("%s", w)
-        return PipelineResult(out_dir, labels, report, paths, timings, warnings)
+        return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -526,11 +532,11 @@ class Pipeline:
     @staticmethod
     def _write_seg(ct_input, labels: Volume, out_dir: Path, warnings: list[str]) -> Path | None:
         headers = ct_input.dicom_headers or []
-        if not headers:
-            warnings.append("DICOM SEG not written: the input is not a DICOM series")
+        if not headers:  # "if possible": the app always asks; not worth a warning
+            log.info("DICOM SEG not written: the input is not a DICOM series")
             return None
         if not labels.array.any():
-            warnings.append("DICOM SEG not written: there are no fragments to store")
+            log.info("DICOM SEG not written: there are no fragments to store")
             return None
         from .seg_export import write_dicom_seg
 

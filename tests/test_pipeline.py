@@ -237,12 +237,14 @@ def test_dicom_input_with_dicom_seg(tmp_path):
     assert fac.PATIENT_NAME.split("^")[0] not in text and fac.PATIENT_ID not in text
 
 
-def test_dicom_seg_for_volume_input_is_skipped_with_a_warning(tmp_path):
+def test_dicom_seg_for_volume_input_is_skipped(tmp_path):
     src = write_volume(phantom_ct(), tmp_path / "ct.nii.gz")
     result = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC()).run(
         src, tmp_path / "out", dicom_seg=True)
-    assert result.paths["seg"] is None
-    assert any("DICOM SEG not written" in w for w in result.warnings)
+    assert result.paths["seg"] is None and result.report["files"]["seg"] is None
+    assert not (tmp_path / "out" / "segmentation.dcm").exists()
+    assert result.warnings == []
+    assert result.ct.same_grid(result.labels) and result.ct.array.dtype == np.int16
 
 
 def test_concurrent_runs_are_serialized(tmp_path):

@@ -66,5 +66,9 @@ def run(args) -> int:
         print(f"  {f['label']:2d} {f['bone']:<9} {f['volume_ml']:9.2f} mL  {f.get('stl') or ''}")
     for w in result.warnings:
         print(f"warning: {w}")
+    if args.dicom_seg and result.paths.get("seg") is None:
+        why = "there are no fragments" if result.report["input"]["source_kind"] == "dicom" \
+            else "the input is not a DICOM series"
+        print(f"note: no DICOM SEG written: {why}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     return 0
