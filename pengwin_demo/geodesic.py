@@ -17,8 +17,9 @@ Two implementations of one function, :func:`grow_labels`:
     * a component touched by one seed belongs to it entirely (exact, no distance field);
     * a component touched by none is unreachable (label 0, as in the reference);
     * a component touched by several gets one fast-marching run per touching seed, but
-      cropped to the component's own box and with only those seeds, instead of the
-      whole domain box for every seed.
+      cropped to the component's own box, with only those seeds and, as sources, only
+      their voxels next to the component - instead of the whole domain box for every
+      seed, marching through every seed's interior too.
 
     The partition equals the reference's up to ties on the cell walls.
 
@@ -31,10 +32,12 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 import skfmm
+from scipy import ndimage as ndi
 
 from .volume import bounding_box
 
 METHODS = ("fast", "reference")
+_BALL6 = ndi.generate_binary_structure(3, 1)
 
 
 def grow_labels(
@@ -112,16 +115,19 @@ def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarra
     return out
 
 
-# -- fast path: components + one joint field where seeds compete -----------------------------
+# -- fast path: components + fields only where seeds compete ---------------------------------
 def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
     owner = seeds.copy()
-    free = domain & (seeds == 0)
-    if not free.any():
+    free_all = domain & (seeds == 0)
+    box = bounding_box(free_all, margin_vox=1)
+    if box is None:
         return owner
+    free = free_all[box]
+    sub_seeds = seeds[box]
     comps, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True)
     comps = comps.astype(np.uint32, copy=False)
-    offset = int(seeds.max())
-    touching = _touching_seeds(comps, seeds, offset)
+    offset = np.uint32(seeds.max())
+    touching = _touching_seeds(np.where(free, comps + offset, sub_seeds), int(offset))
     lut = np.zeros(n_comps + 1, dtype=np.uint32)
     contested = []
     for comp, sids in touching.items():
@@ -129,26 +135,30 @@ def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
             lut[comp] = next(iter(sids))
         else:
             contested.append(comp)
-    owner[free] = lut[comps[free]]
+    region = owner[box]
+    region[...] = np.where(free, lut[comps], sub_seeds)
     if contested:
-        stats = cc3d.statistics(comps)
+        boxes = cc3d.statistics(comps)["bounding_boxes"]
         for comp in contested:
-            box = _grow_box(stats["bounding_boxes"][comp], comps.shape)
-            sub_comp = comps[box] == comp
-            sub_seeds = seeds[box]
-            sources = np.isin(sub_seeds, np.fromiter(touching[comp], dtype=np.uint32))
-            sub_domain = sub_comp | sources
-            cells = _grow_reference(np.where(sources, sub_seeds, 0).astype(np.uint32), sub_domain, spacing)
-            region = owner[box]
-            region[sub_comp] = cells[sub_comp]
+            cbox = _grow_box(boxes[comp], comps.shape)
+            sub_comp = comps[cbox] == comp
+            near = ndi.binary_dilation(sub_comp, _BALL6)
+            cell_seeds = sub_seeds[cbox]
+            ids = np.fromiter(touching[comp], dtype=np.uint32)
+            frontier = near & ~sub_comp & np.isin(cell_seeds, ids)
+            # the touching seeds' voxels next to the component are the sources; waves
+            # cannot come in any other way, so the rest of each seed stays out of the field
+            cells = _grow_reference(np.where(frontier, cell_seeds, 0), sub_comp | frontier, spacing)
+            cell_region = region[cbox]
+            cell_region[sub_comp] = cells[sub_comp]
     return owner
 
 
-def _touching_seeds(comps: np.ndarray, seeds: np.ndarray, offset: int) -> dict[int, set[int]]:
-    """Free component id -> set of seed ids that share a face with it."""
-    joint = seeds.astype(np.uint32, copy=True)
-    free = comps > 0
-    joint[free] = comps[free] + offset
+def _touching_seeds(joint: np.ndarray, offset: int) -> dict[int, set[int]]:
+    """Free component id -> ids of the seeds that share a face with it.
+
+    ``joint`` holds seed ids 1..offset and free component c as ``offset + c``.
+    """
     touching: dict[int, set[int]] = {}
     for a, b in cc3d.contacts(joint, connectivity=6, surface_area=False):
         lo, hi = (a, b) if a < b else (b, a)

@@ -152,14 +152,13 @@ def recover_fragments(
     # 2. growth through boundary/core; seedless components become instances
     passable = (a == ABBC_BOUNDARY) | (a == ABBC_CORE)
     inst = grow_labels(seeds, passable, spacing, method)
-    orphans = cc3d.dust(passable & (inst == 0), threshold=min_seed_vox, connectivity=6)
-    n_inst = _append_components(inst, orphans, n_seeds, connectivity=6)
+    n_inst = _append_components(inst, passable & (inst == 0), n_seeds, 6, min_seed_vox)
     if n_inst > n_seeds:
         log.debug("%d boundary/core regions without a core seed", n_inst - n_seeds)
 
     # 3. growth through border; unreached bone becomes its own instance
     inst = grow_labels(inst, bone, spacing, method)
-    n_inst = _append_components(inst, bone & (inst == 0), n_inst, connectivity=26)
+    n_inst = _append_components(inst, bone & (inst == 0), n_inst, 26, 1)
 
     seed_count = np.zeros(n_inst + 1, dtype=np.int64)
     seed_count[1 : n_seeds + 1] = 1
@@ -278,42 +277,78 @@ def _seeds(core: np.ndarray, min_seed_vox: int) -> tuple[np.ndarray, int, np.nda
     The third value maps seed id -> core component id (index 0 unused), so that pieces of
     one component can be told apart from seeds of different components.
     """
-    core = cc3d.dust(core, threshold=min_seed_vox, connectivity=26)
-    comps, n = cc3d.connected_components(core, connectivity=26, return_N=True)
+    comps, n = _components(core, 26, min_seed_vox)
     if n == 0:
-        return comps.astype(np.uint32), 0, np.zeros(1, dtype=np.int64)
-    eroded = edt.edt(core, black_border=False, parallel=1) > 1.0
-    eroded = cc3d.dust(eroded, threshold=min_seed_vox, connectivity=26)
-    pieces, n_pieces = cc3d.connected_components(eroded, connectivity=26, return_N=True)
+        return comps, 0, np.zeros(1, dtype=np.int64)
+    box = bounding_box(comps > 0)
+    pieces = np.zeros(comps.shape, dtype=np.uint32)
+    pieces[box], n_pieces = _components(_erode6(comps[box] > 0), 26, min_seed_vox)
     if n_pieces == 0:
-        return comps.astype(np.uint32, copy=False), int(n), np.arange(n + 1)
-    where = pieces > 0
+        return comps, n, np.arange(n + 1)
+    where = np.flatnonzero(pieces)
+    piece_ids = pieces.ravel()[where]
     parent = np.zeros(n_pieces + 1, dtype=np.int64)
-    parent[pieces[where]] = comps[where]
+    parent[piece_ids] = comps.ravel()[where]
     per_comp = np.bincount(parent[1:], minlength=n + 1)
     split = np.flatnonzero(per_comp >= 2)
     if split.size == 0:
-        return comps.astype(np.uint32, copy=False), int(n), np.arange(n + 1)
+        return comps, n, np.arange(n + 1)
     whole = np.setdiff1d(np.arange(1, n + 1), split)
-    seeds = np.zeros(core.shape, dtype=np.uint32)
     lut = np.zeros(n + 1, dtype=np.uint32)
     lut[whole] = np.arange(1, whole.size + 1, dtype=np.uint32)
-    seeds[core] = lut[comps[core]]
+    seeds = lut[comps]
     piece_lut = np.zeros(n_pieces + 1, dtype=np.uint32)
     split_pieces = np.flatnonzero(np.isin(parent, split))
     piece_lut[split_pieces] = np.arange(1, split_pieces.size + 1, dtype=np.uint32) + whole.size
-    seeds[where] = np.maximum(seeds[where], piece_lut[pieces[where]])
+    seeds.ravel()[where] = np.maximum(seeds.ravel()[where], piece_lut[piece_ids])
     core_of_seed = np.concatenate([[0], whole, parent[split_pieces]]).astype(np.int64)
     return seeds, int(whole.size + split_pieces.size), core_of_seed
 
 
+def _components(mask: np.ndarray, connectivity: int, min_vox: int) -> tuple[np.ndarray, int]:
+    """Connected components of ``mask`` with at least ``min_vox`` voxels, ids 1..n (uint32)."""
+    comps, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    comps = comps.astype(np.uint32, copy=False)
+    if n == 0 or min_vox <= 1:
+        return comps, int(n)
+    sizes = np.bincount(comps[mask], minlength=n + 1)
+    keep = sizes >= min_vox
+    keep[0] = False
+    if keep[1:].all():
+        return comps, int(n)
+    lut = np.zeros(n + 1, dtype=np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return lut[comps], int(keep.sum())
+
+
+def _erode6(mask: np.ndarray) -> np.ndarray:
+    """Erosion by the 6-neighbourhood (voxels whose 6 neighbours are all in ``mask``).
+
+    Outside the array counts as inside (a structure cut by the edge is not thinned there).
+    """
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] &= mask[tuple(hi)]
+        out[tuple(hi)] &= mask[tuple(lo)]
+    return out
+
+
 # -- instance bookkeeping -----------------------------------------------------------------
-def _append_components(inst: np.ndarray, mask: np.ndarray, n: int, connectivity: int) -> int:
-    """Label the components of ``mask`` as new instances n+1, n+2... in place; new count."""
-    comps, k = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+def _append_components(inst: np.ndarray, mask: np.ndarray, n: int, connectivity: int, min_vox: int) -> int:
+    """Label components of ``mask`` (at least ``min_vox``) as instances n+1, n+2... in place.
+
+    Returns the new instance count.
+    """
+    box = bounding_box(mask)
+    if box is None:
+        return n
+    comps, k = _components(mask[box], connectivity, min_vox)
     if k:
-        where = comps > 0
-        inst[where] = comps[where].astype(np.uint32) + np.uint32(n)
+        region = inst[box]
+        region[...] = np.where(comps > 0, comps + np.uint32(n), region)
     return n + int(k)
 
 
