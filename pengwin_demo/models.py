@@ -1,0 +1,585 @@
+"""The learned stages: nnU-Net v2 models (bundled demo models or your own) and TotalSegmentator.
+
+A *model* is an nnU-Net v2 results folder (``dataset.json``, ``plans.json`` and
+``fold_*/checkpoint_final.pth``) or a zip of one (``nnUNetv2_export_model_to_zip`` or
+:func:`export_model_zip`). :func:`load_model` wraps nnU-Net's ``nnUNetPredictor`` around
+it; the returned :class:`SegmentationModel` takes a :class:`~pengwin_demo.volume.Volume`
+and returns a uint8 label map on the same grid, so the rest of the code never sees how
+a network is built.
+
+Stage 1 (anatomy: 0 background, 1 sacrum, 2 left hip, 3 right hip) can instead use
+TotalSegmentator (:class:`TotalSegmentatorAnatomy`); :func:`anatomy_model` picks the backend
+and falls back to the bundled anatomy model with a warning when TotalSegmentator's weights
+are not installed.
+
+Orientation: nnU-Net works on the raw (z, y, x) array and ignores the direction matrix.
+So that a CT stored in another orientation (e.g. a RAS NIfTI) is seen the way the training
+data was, :meth:`SegmentationModel.predict` reorients the image to LPS (identity direction)
+first and the prediction back afterwards; the bundled training data is written the same
+way by :mod:`pengwin_demo.training`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, ModelError
+from .volume import Volume, resample_onto
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+"""Folder of the bundled demo models (one nnU-Net results folder per kind)."""
+
+MODEL_KINDS = ("anatomy", "abbc")
+
+EXPECTED_LABELS: dict[str, dict[str, int]] = {
+    "anatomy": {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3},
+    "abbc": {"background": 0, "boundary": 1, "core": 2, "border": 3},
+}
+"""The ``labels`` block a model's dataset.json must have to serve as each stage."""
+
+CANONICAL_ORIENTATION = "LPS"
+"""Array axes orientation the models see (SimpleITK DICOMOrient code; identity direction)."""
+
+TOTALSEG_IDS = {25: 1, 77: 2, 78: 3}
+"""TotalSegmentator ``total`` task ids (sacrum, hip_left, hip_right) -> anatomy labels."""
+TOTALSEG_ROI_SUBSET = ["sacrum", "hip_left", "hip_right"]
+
+CHECKPOINT_NAME = "checkpoint_final.pth"
+
+
+# ---------------------------------------------------------------------------------------
+# devices
+# ---------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto"):
+    """Turn "auto", "cpu", "cuda", "cuda:N" (or a torch.device) into a ``torch.device``.
+
+    "auto" picks CUDA when a GPU is usable and the CPU otherwise. Asking for CUDA without a
+    GPU raises :class:`ModelError`.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = str(device or "auto").lower()
+    if name == "gpu":
+        name = "cuda"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(
+                f"device {device!r} requested but no CUDA GPU is available to PyTorch "
+                f"(torch {torch.__version__}). Use device='cpu' or 'auto'."
+            )
+        return torch.device(name)
+    if name in ("cpu", "mps"):
+        return torch.device(name)
+    raise ModelError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+# ---------------------------------------------------------------------------------------
+# locating models
+# ---------------------------------------------------------------------------------------
+def bundled_model_path(kind: str) -> Path:
+    """Folder of the bundled demo model for ``kind`` ("anatomy" or "abbc").
+
+    The demo models were trained on synthetic phantoms only (see models/*/MODEL_CARD.md);
+    they are not for clinical use.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    path = MODELS_DIR / kind
+    if not (path / "plans.json").is_file():
+        raise ModelError(
+            f"the bundled {kind} model is missing ({path}). Reinstall the project, or rebuild "
+            "it with `python -m pengwin_demo train-demo-models`."
+        )
+    return path
+
+
+def _fold_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("fold_*") if (p / CHECKPOINT_NAME).is_file())
+
+
+def find_model_folder(root: str | os.PathLike) -> Path:
+    """The nnU-Net results folder inside ``root`` (``root`` itself or one level below it).
+
+    A results folder holds ``dataset.json``, ``plans.json`` and at least one
+    ``fold_*/checkpoint_final.pth``. Raises :class:`ModelError` when none or several exist.
+    """
+    root = Path(root)
+    candidates = [
+        p.parent for p in sorted(root.rglob("plans.json"))
+        if (p.parent / "dataset.json").is_file() and _fold_dirs(p.parent)
+    ]
+    if not candidates:
+        found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:12]
+        raise ModelError(
+            f"{root.name}: not a complete nnU-Net model: need dataset.json, plans.json and "
+            f"fold_*/{CHECKPOINT_NAME} in one folder; found {found or 'no files'}. "
+            "Point to the results folder of a finished training (nnUNet_results/DatasetXXX/"
+            "Trainer__Plans__configuration) or to a zip made by nnUNetv2_export_model_to_zip."
+        )
+    if len(candidates) > 1:
+        names = [str(c.relative_to(root)) for c in candidates]
+        raise ModelError(
+            f"{root.name}: holds {len(candidates)} nnU-Net models ({names}); point to one of them."
+        )
+    return candidates[0]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("PENGWIN_MODEL_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pengwin_demo" / "models"
+
+
+def extract_model_zip(zip_path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Unpack a model zip (ours or nnU-Net's export) and return its results folder.
+
+    Without ``dest`` the zip goes to a cache folder named after its content hash
+    (``$PENGWIN_MODEL_CACHE`` or ``~/.cache/pengwin_demo/models``), so unpacking happens once.
+    """
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise ModelError(f"{zip_path.name}: model zip not found ({zip_path}).")
+    digest = hashlib.sha256()
+    with open(zip_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    target = Path(dest) if dest is not None else _cache_dir() / digest.hexdigest()[:16]
+    if target.is_dir() and any(target.iterdir()):
+        return find_model_folder(target)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            names = zf.namelist()
+            for name in names:
+                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+                    raise ModelError(f"{zip_path.name}: unsafe path {name!r} in the zip; refusing it.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+            try:
+                zf.extractall(tmp)
+                find_model_folder(tmp)  # validate before publishing
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except zipfile.BadZipFile:
+        raise ModelError(f"{zip_path.name}: not a valid zip file (truncated download?).") from None
+    return find_model_folder(target)
+
+
+def export_model_zip(model_folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
+    """Zip the inference files of a results folder (json files and final checkpoints).
+
+    The zip holds one top folder named after the results folder; :func:`load_model` and
+    :func:`extract_model_zip` accept it, and so does ``nnUNetv2_install_pretrained_model_from_zip``
+    when the folder sits in the usual DatasetXXX/Trainer__Plans__config layout.
+    """
+    folder = find_model_folder(model_folder)
+    zip_path = Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    top = folder.name
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in ("dataset.json", "plans.json", "dataset_fingerprint.json", "MODEL_CARD.md"):
+            if (folder / name).is_file():
+                zf.write(folder / name, f"{top}/{name}")
+        for fold in _fold_dirs(folder):
+            zf.write(fold / CHECKPOINT_NAME, f"{top}/{fold.name}/{CHECKPOINT_NAME}")
+    return zip_path
+
+
+# ---------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------
+@dataclass
+class SegmentationModel:
+    """An nnU-Net v2 predictor loaded once, applied to :class:`Volume` objects.
+
+    Use :func:`load_model` to make one. ``labels`` maps class names to ids (from the
+    model's dataset.json); ``predict`` returns uint8 maps with those ids.
+    """
+
+    folder: Path
+    device: object  # torch.device
+    labels: dict[str, int]
+    configuration: str
+    target_spacing_zyx_mm: tuple[float, float, float]
+    predictor: object = field(repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        """Segment a CT volume.
+
+        Parameters
+        ----------
+        volume : Volume
+            CT in HU, array (z, y, x), any orientation and spacing (mm).
+
+        Returns
+        -------
+        ndarray of uint8, shape (Z, Y, X)
+            Class ids on exactly the input grid.
+        """
+        if volume.array.ndim != 3 or min(volume.shape) < 1:
+            raise InputError(f"the model needs a 3D CT, got an array of shape {volume.shape}")
+        image = volume.to_sitk()
+        oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+        array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)[None]
+        spacing_zyx = [float(s) for s in oriented.GetSpacing()[::-1]]
+        with self._lock:  # nnU-Net predictors are not thread safe
+            seg = self.predictor.predict_single_npy_array(array, {"spacing": spacing_zyx}, None, None, False)
+        seg = np.asarray(seg).astype(np.uint8, copy=False)
+        seg_image = sitk.GetImageFromArray(seg)
+        seg_image.CopyInformation(oriented)
+        back = Volume.from_sitk(sitk.DICOMOrient(seg_image, _orientation_code(image)))
+        if not back.same_grid(volume, tol_mm=1e-3):
+            back = resample_onto(back, volume, "nearest")
+        return np.ascontiguousarray(back.array, dtype=np.uint8)
+
+    __call__ = predict
+
+
+def _orientation_code(image: sitk.Image) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+_CACHE: dict[tuple, SegmentationModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(
+    path_or_zip: str | os.PathLike,
+    device: str = "auto",
+    *,
+    expected: str | None = None,
+    use_mirroring: bool = False,
+    tile_step_size: float = 0.5,
+) -> SegmentationModel:
+    """Load an nnU-Net v2 model once (later calls with the same arguments reuse it).
+
+    Parameters
+    ----------
+    path_or_zip : path-like
+        An nnU-Net results folder (or a folder holding exactly one), or a zip of one.
+    device : str
+        "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
+    expected : {"anatomy", "abbc"}, optional
+        Check that the model's classes are those of this stage (see ``EXPECTED_LABELS``).
+    use_mirroring : bool
+        Mirror test-time augmentation (up to 8x slower; off by default, as the PENGWIN
+        winners ran).
+    tile_step_size : float
+        Sliding-window step as a fraction of the patch size (0.5 = nnU-Net default).
+
+    Raises
+    ------
+    ModelError
+        Missing, incomplete (no checkpoint, unreadable JSON) or incompatible model (wrong
+        number of input channels, other classes than ``expected``, unknown trainer class).
+    """
+    path = Path(path_or_zip)
+    if not path.exists():
+        raise ModelError(
+            f"model not found: {path}. Give an nnU-Net results folder or a model zip "
+            "(or use the bundled demo models)."
+        )
+    folder = extract_model_zip(path) if path.is_file() else find_model_folder(path)
+    torch_device = resolve_device(device)
+    checkpoints = [f / CHECKPOINT_NAME for f in _fold_dirs(folder)]
+    key = (
+        str(folder.resolve()), tuple(c.stat().st_mtime_ns for c in checkpoints), str(torch_device),
+        expected, use_mirroring, float(tile_step_size),
+    )
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        model = _build(folder, torch_device, expected, use_mirroring, tile_step_size)
+        _CACHE[key] = model
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget all loaded models (frees their memory once no one else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _read_json(path: Path, folder: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder.name}: {path.name} is unreadable ({err}); the model is incomplete.") from None
+
+
+def _check_labels(name: str, labels: dict[str, int], expected: str) -> None:
+    """Raise ModelError when a model's classes cannot serve as stage ``expected``."""
+    want = EXPECTED_LABELS[expected]
+    have = {k.lower(): v for k, v in labels.items()}
+    if sorted(have.values()) != sorted(want.values()):
+        raise ModelError(
+            f"{name}: has classes {labels}, but the {expected} stage needs {want}. Give an {expected} model."
+        )
+    for other, other_labels in EXPECTED_LABELS.items():
+        if other != expected and have == other_labels:
+            raise ModelError(f"{name}: is an {other} model ({labels}); the {expected} stage needs {want}.")
+    if have != want:
+        log.warning("%s: class names %s differ from the expected %s; assuming the same ids mean the same",
+                    name, labels, want)
+
+
+def _build(folder: Path, device, expected: str | None, use_mirroring: bool, tile_step_size: float):
+    dataset = _read_json(folder / "dataset.json", folder)
+    plans = _read_json(folder / "plans.json", folder)
+    channels = dataset.get("channel_names") or dataset.get("modality") or {}
+    if len(channels) != 1:
+        raise ModelError(
+            f"{folder.name}: the model expects {len(channels)} input channels ({channels}); "
+            "this pipeline feeds one CT channel. Use a single-channel CT model."
+        )
+    labels = {str(k): int(v) for k, v in (dataset.get("labels") or {}).items() if not isinstance(v, list)}
+    if expected is not None:
+        _check_labels(folder.name, labels, expected)
+    import contextlib
+    import io as _io
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    with contextlib.redirect_stdout(_io.StringIO()):  # it prints a CPU notice
+        predictor = nnUNetPredictor(
+            tile_step_size=tile_step_size,
+            use_gaussian=True,
+            use_mirroring=use_mirroring,
+            perform_everything_on_device=device.type == "cuda",
+            device=device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+    folds = [p.name[len("fold_"):] for p in _fold_dirs(folder)]
+    parameters = []
+    try:
+        for i, fold in enumerate(folds):
+            ckpt = torch.load(folder / f"fold_{fold}" / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+            if i == 0:
+                trainer_name = ckpt["trainer_name"]
+                configuration = ckpt["init_args"]["configuration"]
+                mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
+            parameters.append(ckpt["network_weights"])
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        trainer_class = _trainer_class(trainer_name)
+        network = trainer_class.build_network_architecture(
+            plans_manager, configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset),
+            plans_manager.get_label_manager(dataset).num_segmentation_heads,
+            enable_deep_supervision=False,
+        )
+        network.load_state_dict(parameters[0])
+        predictor.manual_initialization(
+            network, plans_manager, configuration_manager, parameters, dataset, trainer_name, mirror_axes
+        )
+    except ModelError:
+        raise
+    except (KeyError, RuntimeError, AttributeError, TypeError, ValueError, EOFError, OSError) as err:
+        text = str(err).splitlines()[0][:300] if str(err) else ""
+        raise ModelError(
+            f"{folder.name}: cannot load the nnU-Net model ({type(err).__name__}: {text}). The "
+            "checkpoint may be truncated or come from another nnU-Net version or configuration."
+        ) from err
+    network.to(device)
+    network.eval()
+    spacing = tuple(float(s) for s in configuration_manager.spacing)
+    log.info("loaded model %s (%s, folds %s) on %s", folder.name, configuration, folds, device)
+    return SegmentationModel(folder, device, labels, configuration, spacing, predictor)
+
+
+_TRAINER_MODULES = (
+    "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+    "nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring",
+    "nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs",
+    "nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs_NoMirroring",
+)
+
+
+def _trainer_class(name: str):
+    """The trainer class a checkpoint names (it builds the network from the plans).
+
+    The usual places are tried first: nnU-Net's own recursive search imports every trainer
+    module, and one broken optional dependency (e.g. timm/torchvision for Primus) breaks it.
+    """
+    import importlib
+
+    for module_name in _TRAINER_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, name):
+            return getattr(module, name)
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        found = recursive_find_trainer_class_by_name(name)
+    except Exception as err:  # any import error inside nnU-Net's search
+        raise ModelError(
+            f"the model needs trainer class {name!r}, and searching nnU-Net for it failed "
+            f"({type(err).__name__}: {str(err)[:200]}). Install the package defining it."
+        ) from err
+    if found is None:
+        raise ModelError(f"the model needs trainer class {name!r}, which is not installed.")
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# TotalSegmentator (optional Stage 1 backend)
+# ---------------------------------------------------------------------------------------
+def totalsegmentator_weights_dir() -> Path:
+    """Where TotalSegmentator looks for its weights (TOTALSEG_WEIGHTS_PATH / TOTALSEG_HOME_DIR)."""
+    try:
+        from totalsegmentator.config import get_weights_dir
+    except ImportError:
+        raise ModelError(
+            "TotalSegmentator is not installed. `pip install TotalSegmentator`, or use the "
+            "bundled anatomy model."
+        ) from None
+    return Path(get_weights_dir())
+
+
+def totalsegmentator_missing_weights(fast: bool = False) -> list[str]:
+    """Names of the TotalSegmentator weight folders the anatomy backend needs but lacks.
+
+    With ``roi_subset`` TotalSegmentator runs a 6 mm model to crop, then the ``total``
+    models (all five parts at 1.5 mm, or the 3 mm one when ``fast``).
+    """
+    weights_dir = totalsegmentator_weights_dir()
+    from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
+    from totalsegmentator.python_api import get_task_config
+
+    task_ids = get_task_config("total", fast=fast, quiet=True).get("task_id")
+    task_ids = list(task_ids) if isinstance(task_ids, (list, tuple)) else [task_ids]
+    task_ids.append(298)  # the 6 mm crop model used for roi_subset
+    missing = []
+    for tid in task_ids:
+        info = TASK_ID_WEIGHTS_CONFIGS.get(tid, {})
+        name = info.get("foldername", f"task {tid}")
+        rel = Path(info["rel_path"]) / name if info.get("rel_path") else Path(name)
+        if not (weights_dir / rel).is_dir():
+            missing.append(name)
+    return missing
+
+
+class TotalSegmentatorAnatomy:
+    """Stage 1 by TotalSegmentator: sacrum, left hip, right hip -> anatomy labels 1, 2, 3.
+
+    Construction checks that the weights are installed (it never starts a download) and
+    raises :class:`ModelError` saying how to provide them otherwise.
+    """
+
+    def __init__(self, device: str = "auto", fast: bool = False):
+        self.device = resolve_device(device)
+        self.fast = fast
+        missing = totalsegmentator_missing_weights(fast)
+        if missing:
+            raise ModelError(
+                f"TotalSegmentator weights not found in {totalsegmentator_weights_dir()} "
+                f"(missing: {', '.join(missing)}). Download them once with "
+                "`TotalSegmentator -i some_ct.nii.gz -o /tmp/ts --roi_subset sacrum hip_left hip_right` "
+                "on a machine with internet, or copy an existing weights folder and point "
+                "TOTALSEG_HOME_DIR (the folder holding nnunet/results) or TOTALSEG_WEIGHTS_PATH to it."
+            )
+        self.labels = dict(EXPECTED_LABELS["anatomy"])
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        """Anatomy map (uint8, 0 bg, 1 sacrum, 2 left hip, 3 right hip) on the input grid."""
+        from totalsegmentator.python_api import totalsegmentator
+        from .io import read_volume, write_volume
+
+        ts_device = "gpu" if self.device.type == "cuda" else self.device.type
+        if self.device.type == "cuda" and self.device.index is not None:
+            ts_device = f"gpu:{self.device.index}"
+        with tempfile.TemporaryDirectory(prefix="pengwin-ts-") as tmp:
+            src = Path(tmp) / "ct.nii.gz"  # TotalSegmentator treats any non-NIfTI path as DICOM
+            write_volume(volume, src)
+            out = Path(tmp) / "seg.nii.gz"
+            try:
+                img = totalsegmentator(
+                    src, None, roi_subset=TOTALSEG_ROI_SUBSET, ml=True, device=ts_device,
+                    fast=self.fast, quiet=True,
+                )
+            except (ConnectionError, OSError) as err:
+                raise ModelError(
+                    f"TotalSegmentator could not run ({type(err).__name__}: {str(err)[:200]}); "
+                    "it probably tried to download weights. Provide them via TOTALSEG_HOME_DIR."
+                ) from err
+            import nibabel as nib
+
+            nib.save(img, str(out))
+            seg = read_volume(out, kind="label")
+        lut = np.zeros(256, dtype=np.uint8)
+        for ts_id, ours in TOTALSEG_IDS.items():
+            lut[ts_id] = ours
+        seg = seg.with_array(lut[seg.array])
+        if not seg.same_grid(volume, tol_mm=1e-3):
+            seg = resample_onto(seg, volume, "nearest")
+        return np.ascontiguousarray(seg.array, dtype=np.uint8)
+
+    __call__ = predict
+
+
+def anatomy_model(backend: str = "bundled", device: str = "auto"):
+    """Stage 1 model and the warnings a user should see.
+
+    Parameters
+    ----------
+    backend : str
+        "bundled" (the demo model), "totalsegmentator", or a path to an nnU-Net anatomy
+        model folder / zip.
+    device : str
+        See :func:`resolve_device`.
+
+    Returns
+    -------
+    (model, warnings)
+        ``model.predict(volume) -> uint8 anatomy map``; ``warnings`` is a list of strings
+        (e.g. TotalSegmentator unavailable, fell back to the bundled model).
+    """
+    warnings: list[str] = []
+    if backend == "totalsegmentator":
+        try:
+            return TotalSegmentatorAnatomy(device=device), warnings
+        except ModelError as err:
+            msg = f"TotalSegmentator unavailable, using the bundled demo anatomy model instead: {err}"
+            log.warning(msg)
+            warnings.append(msg)
+            backend = "bundled"
+    if backend == "bundled":
+        return load_model(bundled_model_path("anatomy"), device, expected="anatomy"), warnings
+    return load_model(backend, device, expected="anatomy"), warnings
+
+
+def abbc_model(path: str | os.PathLike | None = None, device: str = "auto") -> SegmentationModel:
+    """Stage 2 model: the bundled demo ABBC model, or the nnU-Net ABBC model at ``path``."""
+    return load_model(path if path is not None else bundled_model_path("abbc"), device, expected="abbc")

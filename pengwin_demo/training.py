@@ -1,0 +1,447 @@
+"""PENGWIN-format data -> nnU-Net v2 datasets (ABBC and anatomy), demo plans, training, export.
+
+A PENGWIN-layout folder holds ``images/<case>.mha`` (CT, HU) and ``labels/<case>.mha``
+(fragment labels 0-30); the challenge zips and :func:`pengwin_demo.phantom.write_phantom_dataset`
+both produce it. :func:`prepare_datasets` turns it into two nnU-Net raw datasets:
+
+* ``Dataset<N>_PengwinABBC``: the 4 ABBC classes (background, boundary, core, border),
+  computed with :func:`pengwin_demo.abbc.abbc_targets`;
+* ``Dataset<N+1>_PengwinAnatomy``: background, sacrum, left hip, right hip.
+
+Images and labels are reoriented to LPS (identity direction) on the way, as
+:meth:`pengwin_demo.models.SegmentationModel.predict` does at inference.
+
+Training uses nnU-Net's own planner, preprocessor and trainer, run in a child process whose
+environment holds ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` (nnU-Net reads
+them at import time). The full-size recipe is nnU-Net's (see docs/models.md); the demo recipe
+adds a small configuration ``3d_demo`` that inherits from ``3d_fullres`` (coarse spacing,
+narrow network, small patch) and trains it with :class:`nnUNetTrainerDemo` (short epochs,
+no mirroring: left and right hip must not be swapped by augmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, ModelError
+from .io import VOLUME_SUFFIXES, read_volume, volume_suffix, write_volume
+from .labels import anatomy_from_fragments
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+ABBC_LABELS = {"background": 0, "boundary": 1, "core": 2, "border": 3}
+ANATOMY_LABELS = {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3}
+DATASET_NAMES = {"abbc": "PengwinABBC", "anatomy": "PengwinAnatomy"}
+FILE_ENDING = ".nii.gz"
+DEMO_CONFIGURATION = "3d_demo"
+INFERENCE_TRAINER_NAME = "nnUNetTrainerNoMirroring"
+"""Stock nnU-Net trainer name written into exported checkpoints (same network, no mirroring)."""
+
+
+# ---------------------------------------------------------------------------------------
+# dataset conversion
+# ---------------------------------------------------------------------------------------
+def dataset_folder_name(kind: str, dataset_id: int) -> str:
+    """nnU-Net folder name, e.g. ``Dataset501_PengwinABBC`` (anatomy gets ``dataset_id + 1``)."""
+    if kind not in DATASET_NAMES:
+        raise ValueError(f"kind must be 'abbc' or 'anatomy', got {kind!r}")
+    number = dataset_id + (1 if kind == "anatomy" else 0)
+    if not 1 <= number <= 999:
+        raise InputError(f"nnU-Net dataset ids are 1-999; got {number}.")
+    return f"Dataset{number:03d}_{DATASET_NAMES[kind]}"
+
+
+def find_cases(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(case id, image path, label path) for every image in ``src/images`` with a label.
+
+    Raises InputError when the layout is wrong or an image has no label file.
+    """
+    src = Path(src)
+    images_dir, labels_dir = src / "images", src / "labels"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise InputError(
+            f"{src}: expected a PENGWIN-layout folder with images/ and labels/ subfolders "
+            "(e.g. images/001.mha, labels/001.mha)."
+        )
+    labels = {}
+    for p in labels_dir.iterdir():
+        suffix = volume_suffix(p)
+        if suffix:
+            labels[p.name[: -len(suffix)]] = p
+    cases = []
+    for p in sorted(images_dir.iterdir()):
+        suffix = volume_suffix(p)
+        if not suffix:
+            continue
+        case = p.name[: -len(suffix)]
+        if case not in labels:
+            raise InputError(f"{p.name}: no label file for this image in {labels_dir} (same name expected).")
+        cases.append((case, p, labels[case]))
+    if not cases:
+        raise InputError(f"{images_dir}: no images ({', '.join(VOLUME_SUFFIXES)}) found.")
+    return cases
+
+
+def to_canonical(volume: Volume) -> Volume:
+    """The same voxels with axes permuted/flipped to LPS (identity direction)."""
+    return Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
+
+
+def convert_case(
+    case: str, image_path: Path, label_path: Path, abbc_dir: Path, anatomy_dir: Path,
+    abbc_kwargs: dict | None = None,
+) -> dict:
+    """Write one case into both raw datasets; returns its label voxel counts."""
+    from .abbc import abbc_targets
+
+    ct = to_canonical(read_volume(image_path, "ct"))
+    labels = to_canonical(read_volume(label_path, "label"))
+    if not labels.same_grid(ct, tol_mm=1e-3):
+        raise InputError(
+            f"{label_path.name}: label grid {labels.shape} @ {labels.spacing_zyx_mm} mm differs from "
+            f"its image {ct.shape} @ {ct.spacing_zyx_mm} mm; give labels on the image grid."
+        )
+    if labels.array.max() > 30:
+        raise InputError(f"{label_path.name}: label values up to {labels.array.max()}; PENGWIN uses 0-30.")
+    abbc = abbc_targets(labels.array, labels.spacing_zyx_mm, **(abbc_kwargs or {}))
+    anatomy = anatomy_from_fragments(labels.array)
+    image_name = f"{case}_0000{FILE_ENDING}"
+    write_volume(ct, abbc_dir / "imagesTr" / image_name)
+    shutil.copyfile(abbc_dir / "imagesTr" / image_name, anatomy_dir / "imagesTr" / image_name)
+    write_volume(ct.with_array(np.asarray(abbc, dtype=np.uint8)), abbc_dir / "labelsTr" / f"{case}{FILE_ENDING}")
+    write_volume(ct.with_array(anatomy), anatomy_dir / "labelsTr" / f"{case}{FILE_ENDING}")
+    return {
+        "case": case,
+        "abbc": np.bincount(np.asarray(abbc).ravel(), minlength=4)[:4].tolist(),
+        "anatomy": np.bincount(anatomy.ravel(), minlength=4)[:4].tolist(),
+    }
+
+
+def _dataset_json(labels: dict[str, int], n: int, description: str) -> dict:
+    return {
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": n,
+        "file_ending": FILE_ENDING,
+        "name": description,
+        "licence": "synthetic phantoms: CC0; PENGWIN data: CC BY-NC-SA 4.0",
+    }
+
+
+def prepare_datasets(
+    src: str | os.PathLike,
+    nnunet_raw: str | os.PathLike,
+    dataset_id: int = 501,
+    num_workers: int = 2,
+    verify: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+    abbc_kwargs: dict | None = None,
+) -> dict[str, Path]:
+    """Convert a PENGWIN-layout folder into the ABBC and anatomy nnU-Net raw datasets.
+
+    Parameters
+    ----------
+    src : path-like
+        Folder with ``images/`` and ``labels/`` (same file names).
+    nnunet_raw : path-like
+        nnU-Net raw folder; ``Dataset<id>_PengwinABBC`` and ``Dataset<id+1>_PengwinAnatomy``
+        are created in it.
+    dataset_id : int
+        Id of the ABBC dataset; the anatomy dataset gets ``dataset_id + 1``.
+    num_workers : int
+        Cases converted in parallel (processes).
+    verify : bool
+        Run nnU-Net's ``verify_dataset_integrity`` on both datasets afterwards.
+    overwrite : bool
+        Replace existing dataset folders (otherwise an existing folder is an error).
+
+    Returns
+    -------
+    dict
+        {"abbc": folder, "anatomy": folder}.
+    """
+    cases = find_cases(src)
+    raw = Path(nnunet_raw)
+    out = {kind: raw / dataset_folder_name(kind, dataset_id) for kind in ("abbc", "anatomy")}
+    for folder in out.values():
+        if folder.exists():
+            if not overwrite:
+                raise InputError(f"{folder} already exists; remove it or pass --overwrite.")
+            shutil.rmtree(folder)
+        (folder / "imagesTr").mkdir(parents=True)
+        (folder / "labelsTr").mkdir(parents=True)
+    stats = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc="converting cases", unit="case")
+    args = [(c, i, l, out["abbc"], out["anatomy"], abbc_kwargs) for c, i, l in cases]
+    if num_workers <= 1:
+        for a in args:
+            stats.append(convert_case(*a))
+            bar and bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            futures = [pool.submit(convert_case, *a) for a in args]
+            for fut in as_completed(futures):
+                stats.append(fut.result())
+                bar and bar.update(1)
+    if bar is not None:
+        bar.close()
+    n = len(cases)
+    (out["abbc"] / "dataset.json").write_text(json.dumps(
+        _dataset_json(ABBC_LABELS, n, "PENGWIN fragments as ABBC classes"), indent=2))
+    (out["anatomy"] / "dataset.json").write_text(json.dumps(
+        _dataset_json(ANATOMY_LABELS, n, "PENGWIN anatomy (sacrum, left hip, right hip)"), indent=2))
+    for kind, folder in out.items():
+        missing = [s["case"] for s in stats if s[kind][1] == 0 and s[kind][2] == 0]
+        if missing:
+            log.warning("%s: %d case(s) without foreground: %s", folder.name, len(missing), missing[:5])
+    if verify:
+        verify_raw_dataset(out["abbc"], num_workers)
+        verify_raw_dataset(out["anatomy"], num_workers)
+    return out
+
+
+def verify_raw_dataset(folder: str | os.PathLike, num_workers: int = 1) -> None:
+    """nnU-Net's own ``verify_dataset_integrity`` on a raw dataset folder (raises on failure)."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    try:
+        verify_dataset_integrity(str(folder), num_workers)
+    except (AssertionError, RuntimeError) as err:
+        raise InputError(f"{Path(folder).name}: nnU-Net dataset integrity check failed: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------
+# planning and training (child processes with nnU-Net's environment)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class DemoConfig:
+    """The small demo configuration (inherits everything else from ``3d_fullres``).
+
+    spacing_zyx_mm : target spacing (z, y, x), mm. patch_size_vox : (z, y, x) voxels.
+    features_per_stage : channels per encoder stage (one stride-2 stage after the first).
+    """
+
+    spacing_zyx_mm: tuple[float, float, float] = (2.5, 2.5, 2.5)
+    patch_size_vox: tuple[int, int, int] = (64, 64, 64)
+    features_per_stage: tuple[int, ...] = (8, 16, 32, 64)
+    batch_size: int = 2
+    epochs: int = 20
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 4
+    initial_lr: float = 0.01
+
+
+@dataclass
+class NnunetDirs:
+    """The three nnU-Net folders (raw, preprocessed, results)."""
+
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    @classmethod
+    def under(cls, root: str | os.PathLike) -> "NnunetDirs":
+        root = Path(root)
+        return cls(root / "nnUNet_raw", root / "nnUNet_preprocessed", root / "nnUNet_results")
+
+    def env(self, threads: int = 2, n_proc_da: int = 1) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+            "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": str(n_proc_da),
+            "nnUNet_compile": "f", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "PENGWIN_TORCH_THREADS": str(threads),
+        })
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        return env
+
+
+def demo_plans_entry(base: dict, cfg: DemoConfig) -> dict:
+    """The ``3d_demo`` configuration added to an nnU-Net plans file (given its 3d_fullres)."""
+    n = len(cfg.features_per_stage)
+    arch = json.loads(json.dumps(base["architecture"]))
+    kwargs = arch["arch_kwargs"]
+    kwargs.update({
+        "n_stages": n,
+        "features_per_stage": list(cfg.features_per_stage),
+        "kernel_sizes": [[3, 3, 3]] * n,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+    })
+    for key, per_stage in (("n_conv_per_stage", n), ("n_blocks_per_stage", n)):
+        if key in kwargs:
+            kwargs[key] = [min(2, int(kwargs[key][0]))] * per_stage
+    if "n_conv_per_stage_decoder" in kwargs:
+        kwargs["n_conv_per_stage_decoder"] = [min(2, int(kwargs["n_conv_per_stage_decoder"][0]))] * (n - 1)
+    return {
+        "inherits_from": "3d_fullres",
+        "data_identifier": f"nnUNetPlans_{DEMO_CONFIGURATION}",
+        "spacing": [float(s) for s in cfg.spacing_zyx_mm],
+        "patch_size": [int(p) for p in cfg.patch_size_vox],
+        "batch_size": int(cfg.batch_size),
+        "architecture": arch,
+    }
+
+
+def _run_child(args: list[str], dirs: NnunetDirs, threads: int, log_file: Path | None) -> None:
+    cmd = [sys.executable, "-m", "pengwin_demo.training", *args]
+    log.info("running %s", " ".join(cmd))
+    stdout = open(log_file, "a") if log_file else None
+    try:
+        proc = subprocess.run(cmd, env=dirs.env(threads), stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+    finally:
+        if stdout:
+            stdout.close()
+    if proc.returncode != 0:
+        raise ModelError(f"nnU-Net step {' '.join(args[:2])} failed (exit {proc.returncode})"
+                         + (f"; see {log_file}" if log_file else ""))
+
+
+def plan_and_preprocess(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, num_workers: int = 1,
+                        log_file: Path | None = None, threads: int = 2) -> None:
+    """Fingerprint (with integrity check), nnU-Net planner, add ``3d_demo``, preprocess it."""
+    _run_child(["_plan", str(dataset_number), json.dumps(asdict(cfg)), str(num_workers)], dirs, threads, log_file)
+
+
+def train(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, device: str = "cpu",
+          log_file: Path | None = None, threads: int = 2) -> Path:
+    """Train ``3d_demo`` on all cases (fold "all"); returns the nnU-Net results folder."""
+    _run_child(["_train", str(dataset_number), json.dumps(asdict(cfg)), device], dirs, threads, log_file)
+    matches = sorted(dirs.results.glob(f"Dataset{dataset_number:03d}_*/nnUNetTrainerDemo__nnUNetPlans__{DEMO_CONFIGURATION}"))
+    if not matches:
+        raise ModelError(f"training of dataset {dataset_number} left no results folder in {dirs.results}")
+    return matches[0]
+
+
+def strip_model(results_folder: str | os.PathLike, out_dir: str | os.PathLike, half: bool = True,
+                keep_configurations: tuple[str, ...] = ("3d_fullres", DEMO_CONFIGURATION)) -> Path:
+    """Copy only what inference needs into ``out_dir``; returns ``out_dir``.
+
+    Keeps dataset.json, plans.json (only ``keep_configurations``), dataset_fingerprint.json
+    and ``fold_*/checkpoint_final.pth`` with the network weights (float16 when ``half``;
+    nnU-Net loads them into its float32 network) but without optimizer state. The trainer
+    name becomes the stock :data:`INFERENCE_TRAINER_NAME` so that loading needs nothing
+    beyond nnU-Net itself.
+    """
+    import torch
+
+    src, out = Path(results_folder), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "dataset.json", out / "dataset.json")
+    if (src / "dataset_fingerprint.json").is_file():
+        shutil.copyfile(src / "dataset_fingerprint.json", out / "dataset_fingerprint.json")
+    plans = json.loads((src / "plans.json").read_text())
+    plans["configurations"] = {k: v for k, v in plans["configurations"].items() if k in keep_configurations}
+    (out / "plans.json").write_text(json.dumps(plans, indent=2))
+    for fold in sorted(src.glob("fold_*")):
+        ckpt_path = fold / "checkpoint_final.pth"
+        if not ckpt_path.is_file():
+            continue
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["network_weights"].items()}
+        slim = {
+            "network_weights": weights,
+            "trainer_name": INFERENCE_TRAINER_NAME,
+            "trained_with": ckpt.get("trainer_name"),
+            "init_args": {k: v for k, v in ckpt["init_args"].items() if k in ("configuration", "fold")},
+            "inference_allowed_mirroring_axes": None,
+            "current_epoch": ckpt.get("current_epoch"),
+        }
+        (out / fold.name).mkdir(exist_ok=True)
+        torch.save(slim, out / fold.name / "checkpoint_final.pth")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# child-process entry points (nnU-Net environment already set)
+# ---------------------------------------------------------------------------------------
+def _child_plan(dataset_number: int, cfg: DemoConfig, num_workers: int) -> None:
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    extract_fingerprints([dataset_number], num_processes=num_workers, check_dataset_integrity=True, clean=True)
+    plan_experiments([dataset_number])
+    name = maybe_convert_to_dataset_name(dataset_number)
+    plans_file = Path(nnUNet_preprocessed) / name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"][DEMO_CONFIGURATION] = demo_plans_entry(plans["configurations"]["3d_fullres"], cfg)
+    plans_file.write_text(json.dumps(plans, indent=2))
+    preprocess([dataset_number], configurations=(DEMO_CONFIGURATION,), num_processes=(num_workers,))
+
+
+def _demo_trainer_class():
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class nnUNetTrainerDemo(nnUNetTrainer):
+        """Short schedule from $PENGWIN_DEMO_CFG, no mirroring, no final validation export."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            cfg = json.loads(os.environ.get("PENGWIN_DEMO_CFG", "{}"))
+            self.num_epochs = int(cfg.get("epochs", 20))
+            self.num_iterations_per_epoch = int(cfg.get("iterations_per_epoch", 50))
+            self.num_val_iterations_per_epoch = int(cfg.get("val_iterations_per_epoch", 4))
+            self.initial_lr = float(cfg.get("initial_lr", 0.01))
+            self.save_every = 5
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            rot, dummy2d, initial, _mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            self.inference_allowed_mirroring_axes = None
+            return rot, dummy2d, initial, None
+
+    return nnUNetTrainerDemo
+
+
+def _child_train(dataset_number: int, cfg: DemoConfig, device: str) -> None:
+    import torch
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    torch.set_num_threads(int(os.environ.get("PENGWIN_TORCH_THREADS", "2")))
+    os.environ["PENGWIN_DEMO_CFG"] = json.dumps(asdict(cfg))
+    name = maybe_convert_to_dataset_name(dataset_number)
+    base = Path(nnUNet_preprocessed) / name
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((base / "dataset.json").read_text())
+    trainer_cls = _demo_trainer_class()
+    plans["continue_training"] = False
+    trainer = trainer_cls(plans, DEMO_CONFIGURATION, "all", dataset_json, torch.device(device))
+    ckpt = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    if ckpt.is_file():  # resume an interrupted run
+        trainer.load_checkpoint(str(ckpt))
+    trainer.run_training()
+
+
+def _main(argv: list[str]) -> int:
+    cmd = argv[0]
+    if cmd == "_plan":
+        _child_plan(int(argv[1]), DemoConfig(**json.loads(argv[2])), int(argv[3]))
+    elif cmd == "_train":
+        _child_train(int(argv[1]), DemoConfig(**json.loads(argv[2])), argv[3])
+    else:
+        raise SystemExit(f"unknown step {cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
