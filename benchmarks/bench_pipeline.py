@@ -58,10 +58,45 @@ def _child(args: list[str]) -> tuple[dict, float, float]:
 
 
 # -- workers (run in a child process) ---------------------------------------------------
-def worker_pipeline(ct_path: str, out: str, device: str) -> None:
+class _Precomputed:
+    """Oracle 'model': a label map computed before timing, returned for the grid asked."""
+
+    def __init__(self, volume, spacing):
+        self.volume = volume
+        self.target_spacing_zyx_mm = spacing
+
+    def predict(self, grid):
+        from pengwin_demo.volume import resample_onto
+
+        if self.volume.same_grid(grid, tol_mm=1e-3):
+            return self.volume.array
+        return resample_onto(self.volume, grid, "nearest").array
+
+
+def _oracles(truth_path: str, spacing: float):
+    """Anatomy and ABBC of the truth on a ``spacing`` mm grid (made before any timing)."""
+    from pengwin_demo.abbc import abbc_targets
+    from pengwin_demo.io import read_volume
+    from pengwin_demo.labels import anatomy_from_fragments
+    from pengwin_demo.volume import resample_to_spacing
+
+    truth = read_volume(truth_path, kind="label")
+    grid = (spacing,) * 3
+    coarse = resample_to_spacing(truth, grid, "nearest")
+    anatomy = coarse.with_array(anatomy_from_fragments(coarse.array))
+    abbc = coarse.with_array(abbc_targets(coarse.array, coarse.spacing_zyx_mm))
+    return _Precomputed(anatomy, grid), _Precomputed(abbc, grid)
+
+
+def worker_pipeline(ct_path: str, out: str, device: str, oracle: str | None = None,
+                    oracle_spacing: float = 1.5) -> None:
     from pengwin_demo.pipeline import Pipeline
 
-    pipe = Pipeline(device=device)
+    if oracle:
+        anatomy, abbc = _oracles(oracle, oracle_spacing)
+        pipe = Pipeline(device=device, anatomy=anatomy, fragments=abbc)
+    else:
+        pipe = Pipeline(device=device)
     t0 = time.perf_counter()
     pipe.load_models()
     load_models_s = time.perf_counter() - t0
@@ -121,12 +156,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--meshes-only", action="store_true")
+    parser.add_argument("--oracle", action="store_true",
+                        help="replace both models by the truth (precomputed on a --oracle-spacing grid) "
+                             "to time every other stage; no model needed")
+    parser.add_argument("--oracle-spacing", type=float, default=1.5, help="mm (default 1.5)")
     parser.add_argument("--worker", choices=["pipeline", "reference-stage1"], help=argparse.SUPPRESS)
     parser.add_argument("--ct", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--truth", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "pipeline":
-        return worker_pipeline(args.ct, args.out, args.device)
+        return worker_pipeline(args.ct, args.out, args.device, args.truth, args.oracle_spacing)
     if args.worker == "reference-stage1":
         return worker_reference_stage1(args.ct, args.device)
 
@@ -159,10 +199,15 @@ def main() -> None:
         return
 
     # -- pipeline ------------------------------------------------------------------------
-    res, wall, rss = _child(["--worker", "pipeline", "--ct", str(ct_path),
-                             "--out", str(work / "out"), "--device", args.device])
+    worker = ["--worker", "pipeline", "--ct", str(ct_path), "--out", str(work / "out"),
+              "--device", args.device]
+    if args.oracle:
+        worker += ["--truth", str(work / "truth.nii.gz"), "--oracle-spacing", str(args.oracle_spacing)]
+    res, wall, rss = _child(worker)
     labels = read_volume(work / "out" / "labels.nii.gz", kind="label")
-    print(f"\nwhole pipeline, device {args.device} (budget 90 s, 8 GB)")
+    what = (f"ORACLE models (truth on a {args.oracle_spacing} mm grid, precomputed)"
+            if args.oracle else "bundled demo models")
+    print(f"\nwhole pipeline with {what}, device {args.device} (budget 90 s, 8 GB)")
     print(f"  model loading (once per process)       {res['load_models_s']:6.2f} s")
     for stage, seconds in res["timings"].items():
         if stage != "total":
@@ -179,7 +224,7 @@ def main() -> None:
     for w in res["warnings"]:
         print(f"  warning: {w}")
 
-    if not args.skip_reference:
+    if not args.skip_reference and not args.oracle:
         ref_res, _, _ = _child(["--worker", "reference-stage1", "--ct", str(ct_path), "--device", args.device])
         print("\nStage 1 inference on the full-size CT")
         print(f"  ours (SimpleITK resample to the model grid, nearest back) {res['timings']['anatomy']:6.2f} s")

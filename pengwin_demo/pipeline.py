@@ -433,7 +433,6 @@ class Pipeline:
         paths["seg"] = None
 
         # -- DICOM SEG ----------------------------------------------------------------
-        fragments = fragment_stats(labels)
         if dicom_seg:
             clock.stage("dicom_seg")
             paths["seg"] = self._write_seg(ct_input, labels, out_dir, warnings)
@@ -442,6 +441,7 @@ class Pipeline:
 
         # -- report -------------------------------------------------------------------
         clock.stage("report")
+        fragments = fragment_stats(labels)
         stl_rel = {p.name: str(p.relative_to(out_dir)) for p in paths["stl"]}
         for f in fragments:
             from .meshes import stl_name
@@ -505,13 +505,15 @@ class Pipeline:
         if device.startswith("cpu") and limit and n_vox > limit:
             factor = (n_vox / limit) ** (1.0 / 3.0)
             coarse = spacing * factor
-            warnings.append(
-                f"reduced-resolution CPU run: the {what} model ran at "
-                f"{'x'.join(f'{s:.2f}' for s in coarse)} mm instead of its "
+            message = (
+                f"reduced-resolution CPU run: the models ran at "
+                f"{'x'.join(f'{s:.2f}' for s in coarse)} mm instead of their "
                 f"{'x'.join(f'{s:.2f}' for s in spacing)} mm to keep the CPU time bounded; "
                 "small fragments and thin fracture gaps may be lost. Run on a GPU "
                 "(--device cuda) for full resolution."
             )
+            if not any(w.startswith("reduced-resolution CPU run") for w in warnings):
+                warnings.append(message)  # once per run, for whichever model first
             spacing = coarse
         return tuple(float(s) for s in spacing)
 
