@@ -94,8 +94,8 @@ def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
         disc_gap=u(8.0, 12.0),
         wing_thin=(u(2.0, 3.5), u(2.0, 3.5)),
         wing_flare=(u(0.25, 0.42), u(0.25, 0.42)),
-        sacral_tilt_deg=u(25, 38),
-        sacrum_length=u(95, 110),
+        sacral_tilt_deg=u(40, 52),
+        sacrum_length=u(82, 95),
         sacrum_width=u(48, 56),
         cortex_mm=u(1.0, 2.0),
         cortex_hu=u(1100, 1700),
@@ -109,7 +109,7 @@ def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
 def _sacral_frame(a: AnatomyParams):
     """Top centre S (x, y, z), long axis e_b (down the sacrum), AP axis e_a (posterior)."""
     t = np.deg2rad(a.sacral_tilt_deg)
-    top = np.array([0.0, 38.0, 46.0])
+    top = np.array([0.0, 44.0, 46.0])
     e_b = np.array([0.0, np.sin(t), -np.cos(t)])
     e_a = np.array([0.0, np.cos(t), np.sin(t)])
     return top, e_b, e_a
@@ -122,7 +122,7 @@ def _sacral_local(p, a: AnatomyParams):
     dy, dz = y - np.float32(top[1]), z - np.float32(top[2])
     b = dy * np.float32(e_b[1]) + dz * np.float32(e_b[2])
     ap = dy * np.float32(e_a[1]) + dz * np.float32(e_a[2])
-    curve = np.float32(-0.0032) * np.clip(b, 0, None) ** 2  # concave anteriorly
+    curve = np.float32(-0.0035) * np.clip(b, 0, None) ** 2  # concave anteriorly
     return x, b, ap - curve
 
 
@@ -293,10 +293,11 @@ def paint_hip(cv: sdf.Canvas, a: AnatomyParams, side: int, sacrum_fn: Callable, 
 
 
 def _l5_frame(a: AnatomyParams):
+    """Centre and long axis of the L5 body: across the disc from S1, more upright (lordosis)."""
     top, e_b, _ = _sacral_frame(a)
-    axis = -e_b + np.array([0.0, -0.25, 0.0])
+    axis = np.array([0.0, -0.25, 1.0])
     axis /= np.linalg.norm(axis)
-    return top + axis * (a.disc_gap + 14.0), axis
+    return top - e_b * (a.disc_gap / 2) + axis * (a.disc_gap / 2 + 14.0), axis
 
 
 def paint_l5(cv: sdf.Canvas, a: AnatomyParams) -> None:
