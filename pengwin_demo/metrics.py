@@ -79,7 +79,6 @@ BONE_LABELS: dict[int, range] = {bone: range((bone - 1) * 10 + 1, bone * 10 + 1)
 """Anatomy id (1 sacrum, 2 left hip, 3 right hip) -> its PENGWIN fragment labels."""
 
 _N = 31  # label values 0..30
-_SHELL = ndi.generate_binary_structure(3, 1)  # 6-connectivity, as in the template
 
 
 # --------------------------------------------------------------------------- surfaces
@@ -96,9 +95,23 @@ def surface_shell(mask: np.ndarray) -> np.ndarray:
         Voxels just inside and just outside the boundary. Voxels outside the array count
         as background (so the mask's voxels on the array border are on its surface).
     """
+    # Equal to scipy.ndimage binary_dilation & ~binary_erosion with the 6-connected
+    # structure and border_value 0 (the template's calls; tested), about 6x faster: the
+    # six neighbours are read from a zero-padded copy.
     mask = np.asarray(mask, dtype=bool)
-    eroded = ndi.binary_erosion(mask, structure=_SHELL)
-    return ndi.binary_dilation(mask, structure=_SHELL) & ~eroded
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    padded = np.pad(mask, 1)
+    eroded, dilated = mask.copy(), mask.copy()
+    for axis in range(3):
+        for start in (0, 2):
+            view = [slice(1, -1)] * 3
+            view[axis] = slice(start, start + mask.shape[axis])
+            neighbour = padded[tuple(view)]
+            eroded &= neighbour
+            dilated |= neighbour
+    dilated ^= eroded  # eroded is a subset of dilated
+    return dilated
 
 
 def surface_points_mm(
@@ -159,8 +172,9 @@ def surface_distances_mm(points_a: np.ndarray, points_b: np.ndarray) -> tuple[fl
     """
     if len(points_a) == 0 or len(points_b) == 0:
         return math.inf, math.inf
-    d_ab = cKDTree(points_b).query(points_a, k=1)[0].astype(np.float32)
-    d_ba = cKDTree(points_a).query(points_b, k=1)[0].astype(np.float32)
+    # exact nearest neighbours; an unbalanced tree builds faster on grid points
+    d_ab = cKDTree(points_b, balanced_tree=False).query(points_a, k=1)[0].astype(np.float32)
+    d_ba = cKDTree(points_a, balanced_tree=False).query(points_b, k=1)[0].astype(np.float32)
     hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
     assd = (np.mean(d_ab) + np.mean(d_ba)) / 2
     return float(hd95), float(assd)
@@ -216,7 +230,12 @@ class _Grid:
         if box is None:
             return None, None
         arr = (self.gt if which == "gt" else self.pred)[box]
-        mask = arr == labels[0] if len(labels) == 1 else np.isin(arr, labels)
+        if len(labels) == 1:
+            mask = arr == labels[0]
+        else:
+            lut = np.zeros(256, dtype=bool)
+            lut[labels] = True
+            mask = lut[arr]
         offset = self.offset + np.array([s.start for s in box])
         return mask, offset
 
@@ -275,7 +294,9 @@ def _prepare(pred, gt, spacing_zyx_mm, sample_size, seed) -> _Grid:
 
 
 def _pengwin_only(arr: np.ndarray) -> np.ndarray:
-    """uint8 copy of ``arr`` with every value outside 1..30 set to 0."""
+    """``arr`` as uint8 with every value outside 1..30 set to 0 (no copy if nothing changes)."""
+    if arr.dtype == np.uint8 and (arr.size == 0 or arr.max() <= 30):
+        return arr
     if arr.dtype == np.uint8:
         lut = np.zeros(256, dtype=np.uint8)
         lut[1:_N] = np.arange(1, _N)

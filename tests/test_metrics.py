@@ -305,6 +305,15 @@ def test_sample_size_none_keeps_every_point_and_seed_changes_the_draw():
     assert len(a) == len(b) == 10_000 and not np.array_equal(a, b)
 
 
+def test_surface_shell_equals_scipy_dilation_minus_erosion():
+    rng = np.random.default_rng(3)
+    struct = ndi.generate_binary_structure(3, 1)
+    for density in (0.2, 0.6, 0.95):
+        mask = rng.random((13, 17, 11)) < density
+        expected = ndi.binary_dilation(mask, struct) & ~ndi.binary_erosion(mask, struct)
+        np.testing.assert_array_equal(surface_shell(mask), expected)
+
+
 def test_surface_shell_is_two_voxels_thick_and_border_voxels_count():
     mask = np.zeros((5, 5, 5), bool)
     mask[1:4, 1:4, 1:4] = True
