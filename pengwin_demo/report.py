@@ -193,7 +193,7 @@ def series_summary(series: Any = None, first_header: Any = None, n_slices: int |
         for source in (series, first_header):
             if source is None:
                 continue
-            for name in (key, keyword, _snake(keyword)):
+            for name in (key, keyword, _snake(keyword), *_ALIASES.get(keyword, ())):
                 value = getattr(source, name, None)
                 if value not in (None, ""):
                     break
@@ -206,7 +206,15 @@ def series_summary(series: Any = None, first_header: Any = None, n_slices: int |
                 n_slices = getattr(series, name)
                 break
     out["n_slices"] = n_slices
+    for name in ("orientation", "reason"):  # SeriesInfo: plane and why it was chosen
+        value = getattr(series, name, None) if series is not None else None
+        if isinstance(value, str) and value:
+            out["plane" if name == "orientation" else "chosen_because"] = value
     return out
+
+
+_ALIASES = {"SeriesInstanceUID": ("series_uid",), "SeriesDescription": ("description",)}
+"""Attribute names of :class:`pengwin_demo.dicom.SeriesInfo` that differ from the keywords."""
 
 
 def _snake(keyword: str) -> str:
