@@ -99,6 +99,10 @@ def test_config_sources_and_validation(tmp_path):
     assert cfg.outbox == Path("/data/out")       # command line beats both
     assert cfg.work == Path("/srv/in/.pengwin-work") and cfg.failed == cfg.work / "failed"
     assert load_config({"inbox": "a", "outbox": "b", "settle_seconds": 3}, environ={}).settle_seconds == 3
+    shared = {"PENGWIN_INBOX": "/x/in", "PENGWIN_OUTBOX": "/x/out", "PENGWIN_POLLING": "1",
+              "PENGWIN_WATCHER_OUTBOX": "/y/out"}       # the app's variables work too
+    cfg = load_config({}, environ=shared)
+    assert (cfg.inbox, cfg.outbox, cfg.polling) == (Path("/x/in"), Path("/y/out"), True)
     with pytest.raises(InputError, match="inbox"):
         load_config({}, environ={})
     with pytest.raises(InputError, match="outbox"):

@@ -3,7 +3,9 @@
 A config file is TOML (``.toml``) or JSON (``.json``) holding the keys of
 :class:`WatcherConfig` at the top level or under a ``[watcher]`` table. Environment
 variables are ``PENGWIN_WATCHER_<KEY>`` in upper case (``PENGWIN_WATCHER_INBOX``,
-``PENGWIN_WATCHER_SETTLE_SECONDS``, ...); ``PENGWIN_WATCHER_CONFIG`` names a config file.
+``PENGWIN_WATCHER_SETTLE_SECONDS``, ...); the app's ``PENGWIN_INBOX``, ``PENGWIN_OUTBOX``,
+``PENGWIN_WORK`` and ``PENGWIN_POLLING`` are read too (the ``PENGWIN_WATCHER_`` form wins);
+``PENGWIN_WATCHER_CONFIG`` names a config file.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
+SHARED_ENV = {"inbox": "PENGWIN_INBOX", "outbox": "PENGWIN_OUTBOX", "work": "PENGWIN_WORK",
+              "polling": "PENGWIN_POLLING"}
+"""Variables ``python app.py`` reads too; ``PENGWIN_WATCHER_<KEY>`` wins over them."""
+
 _FIELD_TYPES = {f.name: f.type for f in fields(WatcherConfig) if f.name != "extra"}
 
 
@@ -184,6 +190,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
     """``PENGWIN_WATCHER_<KEY>`` variables as a dict of :class:`WatcherConfig` keys."""
     environ = os.environ if environ is None else environ
     out = {}
+    for key, name in SHARED_ENV.items():  # the app's names, so one environment serves both
+        if environ.get(name, "") != "":
+            out[key] = _coerce(key, environ[name], name)
     for key in _FIELD_TYPES:
         name = ENV_PREFIX + key.upper()
         if name in environ and environ[name] != "":

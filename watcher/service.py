@@ -260,7 +260,7 @@ class WatcherService:
                 return False
             log.info("job %s recovered (its watcher stopped during attempt %s)",
                      job.job_id, job.meta.get("attempts", 0))
-            self._run_job(job)
+            self._run_job_safely(job)
             return True
         self._last_scan = self.scanner.scan()
         self._write_status()
@@ -281,7 +281,7 @@ class WatcherService:
                                "files": job.meta["files"], "received": job.meta["received"]})
             log.info("job %s received: %s, %d files, %.1f MB (%s)", job.job_id, item.kind,
                      job.meta["files"], job.meta["bytes"] / 1e6, item.reason)
-            self._run_job(job)
+            self._run_job_safely(job)
             return True
         return False
 
