@@ -318,3 +318,17 @@ def test_cli_segment_says_which_model_is_missing(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "model not found" in err and "missing_model" in err
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (3.0, 0.7, 1.3), (1.0, 1.0, 1.0)])
+def test_fast_nearest_upsampling_equals_simpleitk(spacing):
+    from pengwin_demo.pipeline import nearest_onto
+    from pengwin_demo.volume import resample_onto, resample_to_spacing
+
+    rng = np.random.default_rng(0)
+    fine = Volume(rng.integers(0, 31, (37, 41, 53)).astype(np.uint8), (1.5, 0.9, 1.1),
+                  (-3.0, 4.0, 5.0), _oblique())
+    coarse = resample_to_spacing(fine, spacing, "nearest")
+    np.testing.assert_array_equal(nearest_onto(coarse, fine), resample_onto(coarse, fine, "nearest").array)
+    shifted = Volume(coarse.array, coarse.spacing_zyx_mm, (-2.0, 4.5, 5.0), coarse.direction)
+    np.testing.assert_array_equal(nearest_onto(shifted, fine), resample_onto(shifted, fine, "nearest").array)
