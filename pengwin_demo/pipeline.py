@@ -551,7 +551,8 @@ def nearest_onto(source: Volume, target: Volume) -> np.ndarray:
     :func:`resample_to_spacing` from the target), the lookup is separable per axis and
     done by indexing (2-4x faster than SimpleITK on a 512 x 512 x 330 grid); it then
     gives what :func:`resample_onto` gives: the voxel whose centre is nearest, and 0 past
-    the source's far edge. Other grids go through :func:`resample_onto`.
+    the source's far edge (a fine centre exactly halfway between two coarse ones may go
+    either way, as in SimpleITK). Other grids go through :func:`resample_onto`.
     """
     if source.same_grid(target, tol_mm=1e-4):
         return source.array
