@@ -99,33 +99,52 @@ def core_components(labels, abbc, lab) -> int:
     return int(cc3d.connected_components(core, connectivity=26, return_N=True)[1])
 
 
-def merge_small_fragments(labels: np.ndarray, min_vox: int) -> np.ndarray:
-    """Merge ground-truth fragments under ``min_vox`` into their nearest fragment.
-
-    Nearest: the fragment of the same bone that most of the small fragment's voxels are
-    closest to (Euclidean, voxel units); smallest first. Returns a new uint8 map.
-    """
+def _contacts(labels: np.ndarray, lab: int) -> dict[int, int]:
+    """Other labels 26-adjacent to ``lab`` -> number of touching voxel pairs."""
     from scipy import ndimage
 
+    from pengwin_demo.volume import bounding_box
+
+    box = bounding_box(labels == lab, margin_vox=1)
+    sub = labels[box]
+    mine = sub == lab
+    out: dict[int, int] = {}
+    for off in np.ndindex(3, 3, 3):
+        if off == (1, 1, 1):
+            continue
+        shifted = ndimage.shift(sub, np.array(off) - 1, order=0, mode="constant", cval=0)
+        touch = shifted[mine]
+        for other, n in zip(*np.unique(touch[(touch > 0) & (touch != lab)], return_counts=True)):
+            out[int(other)] = out.get(int(other), 0) + int(n)
+    return out
+
+
+def merge_small_fragments(labels: np.ndarray, min_vox: int, same_bone_only: bool = False,
+                          bone_of=bone) -> np.ndarray:
+    """Merge ground-truth fragments under ``min_vox`` as instance recovery does by design.
+
+    Smallest first, each joins the fragment of its bone it touches most (26-contacts),
+    failing that (unless ``same_bone_only``) any fragment it touches; an island touching
+    nothing stays. Returns a new uint8 map.
+    """
     out = labels.astype(np.uint8, copy=True)
+    islands: set[int] = set()
     while True:
         ids, counts = np.unique(out[out > 0], return_counts=True)
-        small = sorted((int(c), int(i)) for i, c in zip(ids, counts) if c < min_vox)
+        small = sorted((int(c), int(i)) for i, c in zip(ids, counts)
+                       if c < min_vox and int(i) not in islands)
         if not small:
             return out
-        merged = False
-        for _, lab in small:
-            same = [int(o) for o in ids if o != lab and bone(o) == bone(lab)]
-            if not same:
-                continue
-            others = np.isin(out, same)
-            _, idx = ndimage.distance_transform_edt(~others, return_indices=True)
-            near = out[tuple(ix[out == lab] for ix in idx)]
-            out[out == lab] = np.bincount(near).argmax()
-            merged = True
-            break
-        if not merged:
-            return out
+        lab = small[0][1]
+        touching = _contacts(out, lab)
+        same = {k: n for k, n in touching.items() if bone_of(k) == bone_of(lab)}
+        pool = same if (same or same_bone_only) else touching
+        if not pool:
+            islands.add(lab)
+            continue
+        sizes = dict(zip(ids.tolist(), counts.tolist()))
+        target = max(pool, key=lambda k: (pool[k], sizes[k]))
+        out[out == lab] = target
 
 
 def best_ious(gt: np.ndarray, pred: np.ndarray) -> dict[int, float]:
@@ -191,3 +210,53 @@ def test_checks_catch_touching_cores_far_border_and_open_walls():
     broken[4, 4, 9:11] = ABBC_BOUNDARY
     with pytest.raises(AssertionError, match="without border"):
         check_walls(labels, broken)
+
+
+def recover_per_bone(abbc: np.ndarray, anatomy: np.ndarray, spacing, **kwargs) -> np.ndarray:
+    """Instance recovery run on each bone alone (growth cannot cross a joint)."""
+    from pengwin_demo.instances import recover_fragments
+
+    out = np.zeros(abbc.shape, dtype=np.uint8)
+    for b in (1, 2, 3):
+        in_bone = anatomy == b
+        if not np.any(abbc[in_bone] == ABBC_CORE):
+            continue
+        res = recover_fragments(np.where(in_bone, abbc, 0), np.where(in_bone, anatomy, 0),
+                                spacing, **kwargs)
+        out[res.labels > 0] = res.labels[res.labels > 0]
+    return out
+
+
+def simple_growth(abbc: np.ndarray, spacing, min_seed_vox: int = 50, min_fragment_vox: int = 1000):
+    """A deliberately plain instance recovery, independent of pengwin_demo.instances.
+
+    Seeds: 26-connected core components of at least ``min_seed_vox``; every boundary/core
+    voxel joins the seed it reaches first (breadth-first flooding, border and background
+    closed); border and unreached bone then join the nearest labelled voxel (Euclidean,
+    mm); bone no seed reaches becomes its own instance; instances under
+    ``min_fragment_vox`` merge into the instance they touch most. Returns uint16 ids.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    from pengwin_demo.volume import bounding_box
+
+    out = np.zeros(abbc.shape, dtype=np.uint16)
+    box = bounding_box(abbc > 0, margin_vox=1)
+    if box is None:
+        return out
+    a = abbc[box]
+    seeds = cc3d.dust(a == ABBC_CORE, threshold=min_seed_vox, connectivity=26)
+    seeds = cc3d.connected_components(seeds, connectivity=26).astype(np.int32)
+    flat = np.zeros(a.shape, dtype=np.uint8)
+    lab = watershed(flat, markers=seeds, mask=(a == ABBC_BOUNDARY) | (a == ABBC_CORE))
+    if lab.any():
+        _, idx = ndimage.distance_transform_edt(lab == 0, sampling=spacing, return_indices=True)
+        lab = np.where(a > 0, lab[tuple(idx)], 0)
+    rest = (a > 0) & (lab == 0)
+    if rest.any():
+        extra = cc3d.connected_components(rest, connectivity=26).astype(np.int32)
+        lab[rest] = extra[rest] + lab.max()
+    lab = merge_small_fragments(lab.astype(np.uint16), min_fragment_vox, bone_of=lambda k: 0)
+    out[box] = lab
+    return out
