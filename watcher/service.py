@@ -286,6 +286,14 @@ class WatcherService:
         return False
 
     # -- one job --------------------------------------------------------------------
+    def _run_job_safely(self, job: Job) -> None:
+        """Run a job; if even failing it fails (disk full...), let go of it for a retry."""
+        try:
+            self._run_job(job)
+        finally:
+            if job.lock_fd >= 0:  # still ours: publishing or failing raised
+                job.release()      # the next scan recovers it (bounded by max_attempts)
+
     def _run_job(self, job: Job) -> None:
         meta = job.meta
         meta["attempts"] = int(meta.get("attempts", 0)) + 1
