@@ -128,6 +128,14 @@ def test_work_area_on_another_filesystem_is_refused(tmp_path):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_cli_refuses_bad_settings_with_exit_2(tmp_path):
+    result = subprocess.run(watcher_cmd(tmp_path / "missing", tmp_path / "out", "--once"),
+                            cwd=REPO, env=watcher_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "inbox" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # -- arrival -----------------------------------------------------------------------
 @pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
 def test_slow_copy_is_not_picked_up_early(tmp_path, polling):

@@ -163,6 +163,7 @@ class InboxScanner:
         self._tracks: dict[str, _Track] = {}
         self._events: dict[str, float] = {}
         self._loose_files: dict[str, tuple[int, int]] = {}
+        self._inbox_missing = False
 
     # -- events ---------------------------------------------------------------------
     def note_event(self, path: str | os.PathLike) -> None:
@@ -199,9 +200,15 @@ class InboxScanner:
         result = ScanResult()
         try:
             entries = sorted(os.scandir(cfg.inbox), key=lambda e: e.name)
-        except FileNotFoundError:
-            log.warning("inbox %s does not exist (yet)", cfg.inbox)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
+            if not self._inbox_missing:  # say it once, not on every scan
+                log.warning("inbox %s cannot be listed (%s); waiting for it to come back",
+                            cfg.inbox, type(err).__name__)
+            self._inbox_missing = True
             return result
+        if self._inbox_missing:
+            log.info("inbox %s is back", cfg.inbox)
+            self._inbox_missing = False
         names = {e.name for e in entries}
         seen: set[str] = set()
         loose: list[Path] = []

@@ -230,7 +230,16 @@ class WatcherService:
             observer = Observer()
         observer.schedule(handler, str(self.config.inbox), recursive=False)
         observer.daemon = True
-        observer.start()
+        try:
+            observer.start()
+        except OSError as err:  # e.g. the inotify watch limit is reached
+            if self.config.polling:
+                raise
+            log.warning("native filesystem events unavailable (%s); polling instead", err)
+            observer = PollingObserver(timeout=self.config.scan_interval)
+            observer.schedule(handler, str(self.config.inbox), recursive=False)
+            observer.daemon = True
+            observer.start()
         self._observer = observer
 
     def _stop_observer(self) -> None:
