@@ -206,6 +206,8 @@ def generate_phantom(
     size: str = "small",
     n_fragments: dict | None = None,
     displaced_fraction: float | None = None,
+    *,
+    dense_reference: bool = False,
 ) -> Phantom:
     """Generate one case with its provenance (see :func:`make_phantom`).
 
@@ -222,6 +224,9 @@ def generate_phantom(
         Probability that a non-largest fragment moves; drawn per case when None (about a
         third of the cases keep every fragment in place). Changing it alone changes only
         the motions, not the anatomy, the cuts or the grid.
+    dense_reference : bool
+        Resample every bone onto the whole CT instead of its bounding box: the slow
+        reference that ``benchmarks/bench_phantom.py`` compares against (same output).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -304,7 +309,8 @@ def generate_phantom(
     # unlabelled bone first, moved fragments last: they win the (rare) voxels both claim
     kept.sort(key=lambda g: (g.structure.bone != 0, g.moved))
     for g in kept:
-        render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels, ustart)
+        render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels, ustart,
+                     crop=not dense_reference)
     touched = np.nonzero(acc_a)
     a = np.minimum(acc_a[touched], 1)
     bone_hu = acc_h[touched] / acc_a[touched]

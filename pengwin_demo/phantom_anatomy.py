@@ -357,10 +357,12 @@ def build_structures(a: AnatomyParams) -> list[Structure]:
 
     box = lambda lo, hi: np.array([lo, hi], dtype=np.float64)  # noqa: E731
     sl, sr = a.side_scale
-    top, e_b, _ = _sacral_frame(a)
-    tip = top + e_b * a.sacrum_length
-    sac_box = box([-a.sacrum_width - 4, min(top[1], tip[1]) - 30, tip[2] - 20],
-                  [a.sacrum_width + 4, max(top[1], tip[1]) + 45, top[2] + 12])
+    top, e_b, e_a = _sacral_frame(a)
+    b = np.linspace(0, a.sacrum_length, 12)
+    spine = top + b[:, None] * e_b + (-0.0035 * b**2)[:, None] * e_a
+    spine = np.concatenate([spine + 30 * e_a, spine - 30 * e_a, spine - 8 * e_b])
+    sac_box = box([-a.sacrum_width - 6, spine[:, 1].min() - 6, spine[:, 2].min() - 6],
+                  [a.sacrum_width + 6, spine[:, 1].max() + 6, spine[:, 2].max() + 6])
     c, f, ct = a.cortex_mm, a.cortex_hu, a.cancellous_hu
     out = [Structure("sacrum", SACRUM, sac_box, lambda cv: cv.evaluate_all(sacrum_fn), c, f, ct)]
     for side, bone, sc, name in ((1, LEFT_HIP, sl, "left_hip"), (-1, RIGHT_HIP, sr, "right_hip")):

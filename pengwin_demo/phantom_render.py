@@ -1,12 +1,11 @@
 """Rendering of phantom bones onto a CT grid, crop first, and label clean-up.
 
 A *group* is a bone, or the fragments of a bone that move together (one rigid motion).
-For each group only the CT voxels that can be near its bone are visited: the distance
-field is first sampled at the centres of 4 x 4 x 4 voxel blocks, and only blocks whose
-centre lies within half a block diagonal of the surface are expanded to voxels. At each
-such voxel the exact canonical position is known, so the fragment (from the cut surfaces),
-the distance to the bone surface and to the fracture line give partial-volume coverage of
-bone, of the cortical shell and of the fracture gap across one voxel.
+For each group the bone's distance field is resampled onto the CT voxels of the group's
+bounding box only (crop first). At each voxel near the bone the exact canonical position
+is known, so the fragment (from the cut surfaces), the distance to the bone surface and
+to the fracture line give partial-volume coverage of bone, of the cortical shell and of
+the fracture gap across one voxel.
 
 Arrays are indexed (z, y, x); canonical points are (x, y, z) mm.
 """
@@ -25,9 +24,6 @@ from .phantom_anatomy import Structure
 from .phantom_fractures import FracturePlan
 from .phantom_sdf import Canvas
 from .volume import Volume
-
-BLOCK_VOX = 4
-"""Edge of the blocks used to skip empty space (voxels)."""
 
 FAR_MM = 1000.0
 
@@ -68,15 +64,16 @@ def evaluate(structure: Structure, res_mm: float, clip_mm: np.ndarray | None = N
         box[1] = np.maximum(box[1], box[0] + res_mm)
     cv = Canvas(box, res_mm)
     structure.paint(cv)
-    return Grid(cv.array, cv.origin_mm, res_mm)
+    return Grid(cv.finish(), cv.origin_mm, res_mm)
 
 
 def resample_to_ct(grid: Grid, world_to_canon: np.ndarray, geom: Volume, shape_zyx,
-                   default: float, pixel_type=sitk.sitkFloat32) -> np.ndarray:
-    """Linear resampling of a canonical grid onto the whole CT grid (z, y, x)."""
+                   default: float, pixel_type=sitk.sitkFloat32, start_zyx=(0, 0, 0)) -> np.ndarray:
+    """Linear resampling (SimpleITK) of a canonical grid onto the CT grid box of
+    ``shape_zyx`` voxels starting at index ``start_zyx`` (z, y, x)."""
     ref = sitk.Image([int(s) for s in shape_zyx[::-1]], pixel_type)
     ref.SetSpacing(geom.spacing_zyx_mm[::-1])
-    ref.SetOrigin(geom.origin_lps_mm)
+    ref.SetOrigin(tuple(geom.index_to_world(np.asarray(start_zyx, float))[0]))
     ref.SetDirection(tuple(geom.direction.ravel()))
     tf = sitk.AffineTransform(3)
     tf.SetMatrix(tuple(world_to_canon[:3, :3].ravel()))
@@ -137,43 +134,28 @@ def _coverages(sdf: np.ndarray, w: float, cortex_mm: float):
     return alpha, np.minimum(cortex, alpha)
 
 
-def _candidates(g: Group, to_source_from_index: np.ndarray, w: float):
-    """CT voxel indices (N, 3) of group ``g`` whose voxel may overlap the bone."""
-    start, stop = g.start, g.stop
-    nb = -(-(stop - start) // BLOCK_VOX)
-    centres = np.argwhere(np.ones(tuple(nb), bool)).astype(np.float32) * BLOCK_VOX + (BLOCK_VOX - 1) / 2 + start
-    q = centres @ to_source_from_index[:3, :3].T.astype(np.float32) + to_source_from_index[:3, 3].astype(np.float32)
-    d = g.grid.sample(q)
-    corners = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) * (BLOCK_VOX / 2)
-    half_diag_mm = float(np.linalg.norm(corners @ to_source_from_index[:3, :3].T, axis=1).max())
-    reach = half_diag_mm + 0.6 * w + 1.0 + 0.5 * g.grid.res_mm
-    blocks = np.argwhere((d < reach).reshape(tuple(nb))).astype(np.int32)
-    if blocks.size == 0:
-        return np.zeros((0, 3), np.int32)
-    offs = np.argwhere(np.ones((BLOCK_VOX,) * 3, bool)).astype(np.int32)
-    vox = (blocks[:, None, :] * BLOCK_VOX + offs[None]).reshape(-1, 3) + start.astype(np.int32)
-    inside = np.all(vox < stop.astype(np.int32), axis=1)
-    return vox[inside]
-
-
 def render_group(g: Group, geom: Volume, world_to_canon: np.ndarray, texture: tuple[Grid, Grid],
                  w: float, tex_hu: float, acc_a: np.ndarray, acc_h: np.ndarray,
-                 labels: np.ndarray, ustart: np.ndarray) -> None:
+                 labels: np.ndarray, ustart: np.ndarray, crop: bool = True) -> None:
     """Add the group's bone coverage and HU to the accumulators; write its labels.
 
-    ``acc_a``, ``acc_h`` cover the CT box starting at ``ustart``; ``labels`` is the whole CT
-    label array, written with provisional ids ``first_label(bone) + fragment`` where the
-    voxel centre is inside the fragment.
+    The distance field is resampled (SimpleITK, linear, multi-threaded) onto the CT voxels
+    of the group's box; voxels within half a voxel of the bone are then evaluated
+    exactly. ``acc_a``, ``acc_h`` cover the CT box starting at ``ustart``; ``labels`` is the
+    whole CT label array, written with provisional ids ``first_label(bone) + fragment``
+    where the voxel centre is inside the fragment. ``crop=False`` resamples onto the whole
+    CT instead of the box: the reference that ``benchmarks/bench_phantom.py`` times.
     """
     to_source = np.linalg.inv(g.motion) @ world_to_canon  # world -> un-moved canonical
     idx_to_q = to_source @ geom.index_to_world_matrix()
-    vox = _candidates(g, idx_to_q, w)
-    if vox.size == 0:
-        return
+    start = g.start if crop else np.zeros(3, int)
+    stop = g.stop if crop else np.asarray(labels.shape)
+    box = resample_to_ct(g.grid, to_source, geom, stop - start, FAR_MM, start_zyx=start)
+    local = np.nonzero(box < np.float32(w / 2))
+    d_bone = box[local]
+    del box
+    vox = np.stack(local, axis=1).astype(np.int32) + start.astype(np.int32)
     q = vox.astype(np.float32) @ idx_to_q[:3, :3].T.astype(np.float32) + idx_to_q[:3, 3].astype(np.float32)
-    d_bone = g.grid.sample(q)
-    near = d_bone < np.float32(w / 2)
-    vox, q, d_bone = vox[near], q[near], d_bone[near]
     if vox.size == 0:
         return
     cov = np.ones(len(q), dtype=np.float32)
@@ -244,7 +226,9 @@ def rank_labels(labels: np.ndarray) -> dict[int, dict[int, int]]:
     Provisional labels are ``first_label(bone) + fragment``. Returns
     {bone: {provisional: final}}.
     """
-    counts = np.bincount(labels.ravel(), minlength=31)
+    nz = np.nonzero(labels)
+    values = labels[nz]
+    counts = np.bincount(values, minlength=31)
     lut = np.zeros(256, dtype=np.uint8)
     mapping: dict[int, dict[int, int]] = {}
     for bone in (1, 2, 3):
@@ -254,5 +238,5 @@ def rank_labels(labels: np.ndarray) -> dict[int, dict[int, int]]:
         mapping[bone] = {lab: base + rank for rank, lab in enumerate(present)}
         for lab, new in mapping[bone].items():
             lut[lab] = new
-    labels[...] = lut[labels]
+    labels[nz] = lut[values]
     return mapping

@@ -93,7 +93,8 @@ class Canvas:
         on ``origin_mm``.
     """
 
-    FAR_MM = 1000.0
+    MARGIN_MM = 3.0
+    """Each primitive is painted this far beyond its surface (plus its fillet width)."""
 
     def __init__(self, box_mm, res_mm: float):
         lo, hi = np.asarray(box_mm, dtype=np.float64)
@@ -101,7 +102,34 @@ class Canvas:
         self.origin_mm = lo
         self.res_mm = float(res_mm)
         self.axes = [(lo[i] + res_mm * np.arange(n[i])).astype(np.float32) for i in range(3)]
-        self.array = np.full((n[2], n[1], n[0]), self.FAR_MM, dtype=np.float32)
+        self.array = np.full((n[2], n[1], n[0]), 1e4, dtype=np.float32)
+        self.painted = np.zeros(self.array.shape, dtype=bool)
+
+    def finish(self, coarse: int = 4) -> np.ndarray:
+        """Fill the unpainted voxels with a lower bound of their distance and return the array.
+
+        Every unpainted voxel is at least ``MARGIN_MM`` from the shape, and farther by its
+        distance to the painted region (measured on blocks of ``coarse`` voxels, minus a
+        block diagonal), so the field stays a conservative distance everywhere: safe to
+        interpolate and to skip empty space with.
+        """
+        far = ~self.painted
+        if not far.any():
+            return self.array
+        import edt
+
+        f = int(coarse)
+        shape = np.array(self.array.shape)
+        nb = -(-shape // f)
+        padded = np.zeros(nb * f, dtype=bool)
+        padded[: shape[0], : shape[1], : shape[2]] = self.painted
+        block_painted = padded.reshape(nb[0], f, nb[1], f, nb[2], f).any(axis=(1, 3, 5))
+        step = f * self.res_mm
+        d = edt.edt(~block_painted, anisotropy=(step,) * 3, black_border=False, parallel=1)
+        d = np.maximum(d - np.float32(step * np.sqrt(3)), 0) + np.float32(self.MARGIN_MM)
+        fill = d.astype(np.float32).repeat(f, 0).repeat(f, 1).repeat(f, 2)
+        np.copyto(self.array, fill[: shape[0], : shape[1], : shape[2]], where=far)
+        return self.array
 
     def region(self, lo, hi):
         """(z, y, x) slices and open-grid points (x, y, z) of the box [lo, hi] mm, or None."""
@@ -119,13 +147,15 @@ class Canvas:
 
     def union(self, fn, lo, hi, k: float = 0.0) -> None:
         """Blend ``fn`` (signed distance of a shape inside [lo, hi]) in with fillet ``k`` mm."""
-        r = self.region(np.asarray(lo) - k - 1, np.asarray(hi) + k + 1)
+        m = k + self.MARGIN_MM
+        r = self.region(np.asarray(lo) - m, np.asarray(hi) + m)
         if r is None:
             return
         sl, p = r
         cur = self.array[sl]
         val = fn(p)
         self.array[sl] = smooth_union(cur, val, k) if k > 0 else np.minimum(cur, val)
+        self.painted[sl] = True
 
     def cut(self, fn, lo, hi) -> None:
         """Intersect with ``fn`` (keep where fn < 0), evaluated only where it can change values."""
@@ -139,6 +169,7 @@ class Canvas:
         """Replace the field by ``fn`` on the whole grid."""
         p = (self.axes[0][None, None, :], self.axes[1][None, :, None], self.axes[2][:, None, None])
         self.array[...] = np.broadcast_to(fn(p), self.array.shape)
+        self.painted[...] = True
 
 
 def capsule_box(a, b, r: float):
