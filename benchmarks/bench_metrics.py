@@ -3,11 +3,10 @@
     python benchmarks/bench_metrics.py [--repeats 3] [--skip-reference]
                                        [--template /path/to/evaluation_CT_core.py]
 
-The pair is a synthetic pelvis of 300 x 512 x 512 voxels (z, y, x; 0.8 x 0.8 x 1.0 mm)
-with 15 ground-truth fragments (5 per bone); the prediction is the ground truth shifted
-by one voxel, with two sacrum fragments merged, one hip fragment split and a few stray
-pieces. ``pengwin_demo.phantom.make_phantom(seed, size="full")`` is used instead when it
-exists.
+The ground truth is ``pengwin_demo.phantom.make_phantom(seed, size="full")`` with 5
+fragments per bone (15 in all; ``--synthetic``: a 300 x 512 x 512 ellipsoid pelvis built
+here); the prediction is the ground truth shifted by one voxel along each axis, with two
+sacrum fragments merged, one hip fragment split and 12 stray pieces.
 
 Printed beside :func:`pengwin_demo.metrics.evaluate_case` (official and strict):
 
@@ -68,21 +67,39 @@ def synthetic_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         sector = np.searchsorted(edges, angle).astype(np.uint8)
         region = gt[box]  # a view: writing into it fills gt
         region[inside] = np.broadcast_to(first + sector, rho.shape)[inside]
+    return gt, perturb(gt, rng)
+
+
+def perturb(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible imperfect prediction: shifted one voxel, a merge, a split, stray pieces."""
     pred = np.roll(gt, (1, -1, 1), axis=(0, 1, 2))
     pred[pred == 3] = 2  # two sacrum fragments merged
-    z0 = 150
-    split = (pred == 11)
-    split[:z0] = False
-    pred[split] = 16  # a hip fragment split in two
+    z = np.flatnonzero((pred == 11).any(axis=(1, 2)))
+    if z.size:
+        split = pred == 11
+        split[: int(np.median(z))] = False
+        pred[split] = 16  # a hip fragment split in two
+    shape = np.array(gt.shape)
     for _ in range(12):  # stray pieces
-        c = rng.integers((20, 40, 40), (280, 472, 472))
+        c = rng.integers(shape // 10, shape - shape // 10)
         pred[c[0]:c[0] + 4, c[1]:c[1] + 5, c[2]:c[2] + 5] = rng.choice([1, 5, 12, 15, 22, 25])
-    return gt, pred
+    return pred
 
 
-def load_pair(seed: int) -> tuple[np.ndarray, np.ndarray, tuple, str]:
-    gt, pred = synthetic_pair(seed)
-    return gt, pred, SPACING_ZYX_MM, "synthetic pair built by this benchmark"
+def load_pair(seed: int, synthetic: bool = False) -> tuple[np.ndarray, np.ndarray, tuple, str]:
+    """The project's full-size phantom (5 fragments per bone) unless ``synthetic``."""
+    if not synthetic:
+        try:
+            from pengwin_demo.phantom import make_phantom
+        except ImportError:
+            synthetic = True
+    if synthetic:
+        gt, pred = synthetic_pair(seed)
+        return gt, pred, SPACING_ZYX_MM, "synthetic ellipsoid pair built by this benchmark"
+    _, labels = make_phantom(seed, size="full", n_fragments={"sacrum": 5, "left_hip": 5, "right_hip": 5})
+    gt = labels.array
+    pred = perturb(gt, np.random.default_rng(seed))
+    return gt, pred, labels.spacing_zyx_mm, f"make_phantom({seed}, size='full'), prediction perturbed"
 
 
 # ----------------------------------------------------------------------------- reference
@@ -185,13 +202,15 @@ def _diff(ours: dict, ref: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synthetic", action="store_true",
+                    help="use the ellipsoid pair built here instead of pengwin_demo.phantom")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-reference", action="store_true", help="skip the slow whole-volume reference")
     ap.add_argument("--template", help="path to the organisers' evaluation_CT_core.py, to time it too")
     args = ap.parse_args(argv)
 
     t = time.perf_counter()
-    gt, pred, spacing, source = load_pair(args.seed)
+    gt, pred, spacing, source = load_pair(args.seed, args.synthetic)
     n_gt = len(np.unique(gt)) - 1
     print(f"pair: {source}; shape (z, y, x) {gt.shape}, spacing {spacing} mm, {n_gt} GT fragments, "
           f"{len(np.unique(pred)) - 1} predicted ({time.perf_counter() - t:.1f} s to build)")

@@ -232,6 +232,26 @@ def test_swapped_left_right(strict):
         assert r["details"]["bones"][side]["hd95"] >= 15.0
 
 
+def test_strict_matching_is_a_global_optimum_not_greedy():
+    """Rods along x (same 3 x 3 cross-section, so IoU = ratio of lengths).
+
+    GT A = x 0-9, GT B = x 10-19; predicted Y = x 0-2, X = x 3-13.
+    IoU(A, X) = 7/14, IoU(A, Y) = 3/10, IoU(B, X) = 4/17. Official: A and B both take X.
+    Greedy one-to-one would give A -> X and miss B (total 0.5); the Hungarian assignment
+    takes A -> Y, B -> X (total 0.535).
+    """
+    gt = np.zeros((3, 3, 24), np.uint8)
+    pred = np.zeros_like(gt)
+    gt[:, :, 0:10], gt[:, :, 10:20] = 1, 2
+    pred[:, :, 0:3], pred[:, :, 3:14] = 2, 1  # Y = label 2, X = label 1
+    official = evaluate_case(pred, gt, (1.0, 1.0, 1.0))
+    assert frag(official, gt=1)["pred"] == 1 and frag(official, gt=2)["pred"] == 1
+    assert official["iou_f"] == pytest.approx((7 / 14 + 4 / 17) / 2, abs=1e-12)
+    strict = evaluate_case(pred, gt, (1.0, 1.0, 1.0), strict=True)
+    assert frag(strict, gt=1)["pred"] == 2 and frag(strict, gt=2)["pred"] == 1
+    assert strict["iou_f"] == pytest.approx((3 / 10 + 4 / 17) / 2, abs=1e-12)
+
+
 def test_labels_outside_pengwin_range_are_ignored():
     gt = pelvis()
     pred = gt.astype(np.int32)
