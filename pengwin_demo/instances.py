@@ -86,7 +86,7 @@ def recover_fragments(
     *,
     min_seed_vox: int = 50,
     min_fragment_vox: int = 1000,
-    merge_open_fraction: float = 0.5,
+    merge_open_fraction: float = 0.8,
     sibling_open_fraction: float = 0.2,
     max_per_bone: int = MAX_FRAGMENTS_PER_BONE,
     method: str = "fast",
@@ -188,14 +188,15 @@ def recover_fragments(
     inst_bone = _majority_bone(votes)
     inst.ravel()[flat] = lab
     sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
-    contacts = _pair_counts(inst, connectivity=26)
+    contacts = _contact_table(inst, a)
     _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
 
     # 6. small fragments merge into neighbours; rank and cap per bone
     groups = _UnionFind(n_inst + 1)
     centroids = _centroids(flat, lab, bone.shape, n_inst, spacing)
-    _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_seed_vox)
-    _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, max_per_bone, warnings)
+    pick = _neighbour_picker(sizes, merge_open_fraction)
+    _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
+    _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
 
     root = np.array([groups.find(i) for i in range(n_inst + 1)], dtype=np.int64)
     root[0] = 0
@@ -393,9 +394,9 @@ def _merge_open_contacts(
     Seeds cut from one core component (``sibling_of`` equal and nonzero) were one core
     until the erosion split it, so they need less evidence: ``sibling_open_fraction``.
 
-    Only instances of at least ``min_fragment_vox`` (``big``) are merged here: a small one
-    (a spurious core speck, say) could otherwise bridge two fragments across their wall;
-    small instances join the neighbour they touch most later, one neighbour only.
+    Apart from siblings, only instances of at least ``min_fragment_vox`` (``big``) are
+    merged here: a small one (a spurious core speck, say) could otherwise bridge two
+    fragments across their wall; small instances join one neighbour later.
     """
     n = vote_bone.shape[0]
     groups = _UnionFind(n)
@@ -403,10 +404,10 @@ def _merge_open_contacts(
     if total:
         open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
         for (p, q), n_total in total.items():
-            if not (big[p] and big[q]):
+            siblings = sibling_of[p] != 0 and sibling_of[p] == sibling_of[q]
+            if not (siblings or (big[p] and big[q])):
                 continue
             share = open_.get((p, q), 0) / n_total
-            siblings = sibling_of[p] != 0 and sibling_of[p] == sibling_of[q]
             needed = sibling_open_fraction if siblings else merge_open_fraction
             same_bone = vote_bone[p] == vote_bone[q] or 0 in (vote_bone[p], vote_bone[q])
             if share >= needed and same_bone:
@@ -530,20 +531,49 @@ class _UnionFind:
         return rk
 
 
+def _contact_table(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
+    """(p, q) -> (open face contacts, all 26-neighbour contacts) between instances.
+
+    Open contacts are face contacts with neither voxel in the border class: the two
+    instances continue into each other there, with no fracture zone between them.
+    """
+    total = _pair_counts(inst, connectivity=26)
+    open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
+    return {pq: (open_.get(pq, 0), n) for pq, n in total.items()}
+
+
 def _neighbours(root, contacts, groups, inst_bone, same_bone: bool = True):
-    """Groups touching group ``root`` (of the same bone unless told) -> contact count."""
-    out: dict[int, int] = {}
-    for (p, q), n in contacts.items():
+    """Groups touching group ``root`` (of the same bone unless told) -> (open, all) contacts.
+
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for (p, q), (n_open, n_all) in contacts.items():
         rp, rq = groups.find(p), groups.find(q)
         if rp == rq or root not in (rp, rq):
             continue
         other = rq if rp == root else rp
         if not same_bone or inst_bone[other] == inst_bone[root]:
-            out[other] = out.get(other, 0) + n
+            o, t = out.get(other, (0, 0))
+            out[other] = (o + n_open, t + n_all)
     return out
 
 
-def _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_island_vox) -> None:
+def _neighbour_picker(sizes, merge_open_fraction):
+    """The neighbour a fragment merges into: the one it continues into without border
+    (open share of their contact at least ``merge_open_fraction``) if any, else the one it
+    touches most; ties to the larger."""
+
+    def pick(nbrs: dict[int, tuple[int, int]]) -> int:
+        def key(k):
+            n_open, n_all = nbrs[k]
+            return (n_open >= merge_open_fraction * n_all, n_all, sizes[k])
+
+        return max(nbrs, key=key)
+
+    return pick
+
+
+def _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_island_vox) -> None:
     """Merge groups under ``min_fragment_vox`` into the neighbour they touch most.
 
     A neighbour of the same bone is preferred; failing that, any touching group. Islands
@@ -562,7 +592,7 @@ def _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_islan
             r, contacts, groups, inst_bone, same_bone=False
         )
         if nbrs:
-            target = max(nbrs, key=lambda k: (nbrs[k], sizes[k]))
+            target = pick(nbrs)
             groups.union(target, r)
             sizes[target] += sizes[r]
             sizes[r] = 0
@@ -572,7 +602,7 @@ def _merge_small(groups, sizes, contacts, inst_bone, min_fragment_vox, min_islan
             done.add(r)
 
 
-def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, max_per_bone, warnings) -> None:
+def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings) -> None:
     """Merge the smallest fragments of a bone into neighbours until at most ``max_per_bone``."""
     for bone_id, name in BONES.items():
         n_before = None
@@ -588,7 +618,7 @@ def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, max_per_bone, w
             r = min(roots, key=lambda i: (sizes[i], i))
             nbrs = _neighbours(r, contacts, groups, inst_bone)
             if nbrs:
-                target = max(nbrs, key=lambda k: (nbrs[k], sizes[k]))
+                target = pick(nbrs)
             else:  # touches no fragment of its bone: the nearest one by centroid
                 others = [k for k in roots if k != r]
                 target = min(others, key=lambda k: float(np.sum((centroids[k] - centroids[r]) ** 2)))

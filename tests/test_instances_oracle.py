@@ -1,0 +1,137 @@
+"""Oracle and imperfect-prediction tests: ground truth -> ABBC targets -> recovery -> compare.
+
+Uses the project's own ABBC generator (:func:`pengwin_demo.abbc.abbc_targets`) on the real
+fractured sacrum in ``../shared/data`` (skipped when absent) and on synthetic phantoms.
+Fragment IoU follows the PENGWIN semantics (each ground-truth fragment against its best
+same-bone prediction, averaged); ground-truth fragments under the minimum fragment size
+are merged into their neighbour first, and the all-fragments figure is printed beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pengwin_demo import abbc_noise
+from pengwin_demo.instances import recover_fragments
+from pengwin_demo.labels import ABBC_CORE, anatomy_from_fragments
+from pengwin_demo.volume import bounding_box
+
+from test_instances import fragment_iou, merge_small_fragments
+
+abbc_mod = pytest.importorskip("pengwin_demo.abbc")
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SACRUM = DATA / "real_fracture_sacrum" / "fragments.nii.gz"
+MIN_FRAGMENT_VOX = 1000
+
+
+@pytest.fixture(scope="module")
+def sacrum():
+    """Real sacrum labels cropped to the bone (+4 voxels), its ABBC map and anatomy."""
+    if not SACRUM.exists():
+        pytest.skip(f"real test data not found at {SACRUM} (../shared/data is not part of the repo)")
+    from pengwin_demo.io import read_volume
+
+    vol = read_volume(SACRUM, kind="label")
+    box = bounding_box(vol.array > 0, margin_vox=4)
+    gt = np.ascontiguousarray(vol.array[box])
+    spacing = vol.spacing_zyx_mm
+    abbc = abbc_mod.abbc_targets(gt, spacing)
+    return gt, abbc, anatomy_from_fragments(gt), spacing, merge_small_fragments(gt, MIN_FRAGMENT_VOX)
+
+
+def test_oracle_real_sacrum(sacrum):
+    gt, abbc, anatomy, spacing, gt_merged = sacrum
+    result = recover_fragments(abbc, anatomy, spacing, min_fragment_vox=MIN_FRAGMENT_VOX)
+    iou = fragment_iou(result.labels, gt_merged)
+    iou_all = fragment_iou(result.labels, gt)
+    print(f"real sacrum oracle: fragment IoU {iou:.4f} (fragments >= {MIN_FRAGMENT_VOX} vox), "
+          f"{iou_all:.4f} (all {len(np.unique(gt)) - 1} fragments)")
+    assert iou >= 0.99
+    assert len(result.fragments) == len(np.unique(gt_merged)) - 1
+    lost = np.count_nonzero((gt > 0) & (result.labels == 0))
+    assert lost <= 10  # only stray specks of a few voxels may be dropped
+    assert iou_all > 0.6  # the three fragments under 1000 voxels are merged, not lost
+
+
+@pytest.mark.slow
+def test_fast_matches_reference_on_real_sacrum(sacrum):
+    gt, abbc, anatomy, spacing, _ = sacrum
+    fast = recover_fragments(abbc, anatomy, spacing).labels
+    ref = recover_fragments(abbc, anatomy, spacing, method="reference").labels
+    bone = abbc > 0
+    assert np.mean(fast[bone] == ref[bone]) >= 0.995
+
+
+def test_oracle_phantom_small():
+    phantom = pytest.importorskip("pengwin_demo.phantom")
+    _, lab = phantom.make_phantom(7, "small")
+    gt, spacing = lab.array, lab.spacing_zyx_mm
+    abbc = abbc_mod.abbc_targets(gt, spacing)
+    result = recover_fragments(abbc, anatomy_from_fragments(gt), spacing)
+    iou = fragment_iou(result.labels, merge_small_fragments(gt, MIN_FRAGMENT_VOX))
+    print(f"phantom 7 (small) oracle: fragment IoU {iou:.4f}, all fragments {fragment_iou(result.labels, gt):.4f}")
+    assert iou >= 0.99
+
+
+# -- imperfect predictions: degrade gracefully, never crash --------------------------------------
+def _iou(sacrum, abbc):
+    gt, _, anatomy, spacing, gt_merged = sacrum
+    result = recover_fragments(abbc, anatomy, spacing, min_fragment_vox=MIN_FRAGMENT_VOX)
+    assert result.labels.dtype == np.uint8
+    return fragment_iou(result.labels, gt_merged), result
+
+
+def test_border_with_gaps(sacrum):
+    gt, abbc, _, spacing, _ = sacrum
+    iou, _ = _iou(sacrum, abbc_noise.border_gaps(abbc, 0.25, spacing))
+    assert iou >= 0.95  # a quarter of the wall missing: fragments stay apart
+    iou, result = _iou(sacrum, abbc_noise.border_gaps(abbc, 1.0, spacing))
+    assert len(result.fragments) >= 1  # no wall at all: merged, but no crash
+
+
+@pytest.mark.parametrize("change_vox, floor", [(-1, 0.97), (1, 0.97), (2, 0.95)])
+def test_border_thicker_or_thinner(sacrum, change_vox, floor):
+    _, abbc, _, _, _ = sacrum
+    iou, _ = _iou(sacrum, abbc_noise.border_width(abbc, change_vox))
+    assert iou >= floor
+
+
+def test_spurious_core_specks(sacrum):
+    _, abbc, _, _, gt_merged = sacrum
+    iou, result = _iou(sacrum, abbc_noise.core_specks(abbc, 30, size_vox=64, seed=1))
+    assert iou >= 0.98
+    assert len(result.fragments) == len(np.unique(gt_merged)) - 1
+
+
+def test_fragment_without_core(sacrum):
+    gt, abbc, _, _, gt_merged = sacrum
+    for lab in (2, 3):  # the second and third largest fragments lose their core
+        iou, result = _iou(sacrum, abbc_noise.drop_core(abbc, gt == lab))
+        assert iou >= 0.98
+        assert len(result.fragments) == len(np.unique(gt_merged)) - 1
+
+
+def test_class_and_surface_noise(sacrum):
+    gt, abbc, _, spacing, _ = sacrum
+    iou, _ = _iou(sacrum, abbc_noise.class_noise(abbc, 0.05, seed=2))
+    assert iou >= 0.97
+    noisy = abbc_noise.surface_noise(abbc, 0.2, spacing, seed=2)
+    iou, result = _iou(sacrum, noisy)
+    # the jittered surface itself costs IoU; compare with the best any recovery could do:
+    # the ground truth cut to the noisy bone mask
+    ceiling = fragment_iou(np.where(noisy > 0, sacrum[4], 0).astype(np.uint8), sacrum[4])
+    assert iou >= ceiling - 0.03, (iou, ceiling)
+
+
+def test_no_core_anywhere_and_all_border(sacrum):
+    gt, abbc, anatomy, spacing, _ = sacrum
+    all_border = np.where(abbc > 0, 3, 0).astype(np.uint8)
+    result = recover_fragments(all_border, anatomy, spacing)
+    assert not result.labels.any() and result.warnings
+    only_core = np.where(abbc > 0, ABBC_CORE, 0).astype(np.uint8)
+    result = recover_fragments(only_core, anatomy, spacing)
+    assert len(result.fragments) >= 1 and result.labels[abbc > 0].all()
