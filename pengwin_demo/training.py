@@ -351,8 +351,10 @@ def strip_model(results_folder: str | os.PathLike, out_dir: str | os.PathLike, h
     plans["configurations"] = {k: v for k, v in plans["configurations"].items() if k in keep_configurations}
     (out / "plans.json").write_text(json.dumps(plans, indent=2))
     for fold in sorted(src.glob("fold_*")):
-        ckpt_path = fold / "checkpoint_final.pth"
-        if not ckpt_path.is_file():
+        # a finished run has checkpoint_final; an interrupted one is exported from its latest
+        ckpt_path = next((fold / n for n in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                          if (fold / n).is_file()), None)
+        if ckpt_path is None:
             continue
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["network_weights"].items()}
@@ -445,3 +447,190 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+# ---------------------------------------------------------------------------------------
+# the bundled demo models, end to end
+# ---------------------------------------------------------------------------------------
+DEMO_DATASET_ID = 501
+TRAIN_SEED = 1
+"""Phantom seed of the demo training set (held-out evaluation uses other seeds)."""
+
+DEMO_CONFIGS: dict[str, dict[str, DemoConfig]] = {
+    "bootstrap": {
+        "anatomy": DemoConfig((3.0, 3.0, 3.0), (64, 64, 64), (8, 16, 32, 64), 2, 6, 25, 2),
+        "abbc": DemoConfig((2.5, 2.5, 2.5), (64, 64, 64), (8, 16, 32, 64), 2, 6, 25, 2),
+    },
+    "demo": {
+        "anatomy": DemoConfig((4.0, 4.0, 4.0), (64, 64, 64), (8, 16, 32, 64), 2, 50, 25, 2),
+        "abbc": DemoConfig((2.0, 2.0, 2.0), (64, 64, 64), (8, 16, 32, 64, 128), 2, 50, 25, 2),
+    },
+}
+"""Named recipes: a few-minute ``bootstrap`` pair and the bundled ``demo`` pair."""
+
+
+def train_demo_models(
+    work_dir: str | os.PathLike,
+    models_dir: str | os.PathLike,
+    recipe: str = "demo",
+    cases: int = 24,
+    seed: int = TRAIN_SEED,
+    size: str = "small",
+    device: str = "cpu",
+    threads: int = 2,
+    parallel: bool = True,
+    epochs: int | None = None,
+    kinds: tuple[str, ...] = ("anatomy", "abbc"),
+) -> dict[str, Path]:
+    """Phantoms -> nnU-Net datasets -> plans -> training -> stripped models in ``models_dir``.
+
+    Parameters
+    ----------
+    work_dir : path-like
+        Scratch folder (phantoms, nnU-Net raw/preprocessed/results, logs); reused when
+        present, so an interrupted run resumes.
+    models_dir : path-like
+        Where ``anatomy/`` and ``abbc/`` (inference-only model folders) are written.
+    recipe : {"bootstrap", "demo"}
+        Configuration set from :data:`DEMO_CONFIGS`.
+    cases, seed, size : phantom training set (:func:`pengwin_demo.phantom.write_phantom_dataset`).
+    device : str
+        "cpu" or "cuda".
+    threads : int
+        Torch threads per training process.
+    parallel : bool
+        Train both models at the same time (each with ``threads`` threads).
+    epochs : int, optional
+        Override the recipe's epoch count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .phantom import write_phantom_dataset
+
+    work, out = Path(work_dir), Path(models_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    log_dir = work / "logs"
+    log_dir.mkdir(exist_ok=True)
+    phantoms = work / f"phantoms_{size}_{seed}_{cases}"
+    if not (phantoms / "phantoms.json").is_file():
+        log.info("writing %d %s phantoms (seed %d) to %s", cases, size, seed, phantoms)
+        write_phantom_dataset(phantoms, cases, seed, size, progress=True)
+    dirs = NnunetDirs.under(work)
+    numbers = {"abbc": DEMO_DATASET_ID, "anatomy": DEMO_DATASET_ID + 1}
+    if not all((dirs.raw / dataset_folder_name(k, DEMO_DATASET_ID) / "dataset.json").is_file() for k in kinds):
+        prepare_datasets(phantoms, dirs.raw, DEMO_DATASET_ID, num_workers=max(1, threads), overwrite=True)
+    configs = {k: DEMO_CONFIGS[recipe][k] for k in kinds}
+    if epochs is not None:
+        configs = {k: DemoConfig(**{**asdict(c), "epochs": int(epochs)}) for k, c in configs.items()}
+    for kind in kinds:
+        plan_and_preprocess(numbers[kind], dirs, configs[kind], 1, log_dir / f"plan_{kind}.log", threads)
+
+    def one(kind: str) -> Path:
+        results = train(numbers[kind], dirs, configs[kind], device, log_dir / f"train_{kind}.log", threads)
+        target = out / kind
+        if target.exists():
+            shutil.rmtree(target)
+        strip_model(results, target)
+        write_model_card(target, kind, configs[kind], recipe=recipe, cases=cases, seed=seed, size=size,
+                         device=device, train_log=log_dir / f"train_{kind}.log")
+        return target
+
+    if parallel and len(kinds) > 1:
+        with ThreadPoolExecutor(len(kinds)) as pool:
+            done = dict(zip(kinds, pool.map(one, kinds)))
+    else:
+        done = {k: one(k) for k in kinds}
+    return done
+
+
+def _training_summary(train_log: Path | None) -> dict:
+    """Epochs run, seconds per epoch and last pseudo-Dice from an nnU-Net training log."""
+    import re
+
+    if train_log is None or not Path(train_log).is_file():
+        return {}
+    text = Path(train_log).read_text(errors="replace")
+    epochs = re.findall(r"Epoch (\d+)\n", text)
+    times = [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", text)]
+    dice = re.findall(r"Pseudo dice \[(.*?)\]", text)
+    last = [float(x) for x in re.findall(r"([\d.]+)\)", dice[-1])] if dice else []
+    return {
+        "epochs": int(epochs[-1]) + 1 if epochs else None,
+        "seconds_per_epoch": round(float(np.median(times)), 1) if times else None,
+        "last_pseudo_dice": last,
+    }
+
+
+def write_model_card(model_dir: Path, kind: str, cfg: DemoConfig, *, recipe: str, cases: int, seed: int,
+                     size: str, device: str, train_log: Path | None = None,
+                     quality: dict | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` (and ``training.json``) next to a bundled model."""
+    model_dir = Path(model_dir)
+    summary = _training_summary(train_log)
+    if not summary and (model_dir / "training.json").is_file():
+        old = json.loads((model_dir / "training.json").read_text())
+        summary = {k: old.get(k) for k in ("epochs", "seconds_per_epoch", "last_pseudo_dice")}
+    info = {"kind": kind, "recipe": recipe, "config": asdict(cfg), "cases": cases, "seed": seed,
+            "size": size, "device": device, **summary}
+    if quality:
+        info["quality"] = quality
+    elif (model_dir / "training.json").is_file():
+        info["quality"] = json.loads((model_dir / "training.json").read_text()).get("quality")
+    (model_dir / "training.json").write_text(json.dumps(info, indent=2))
+    classes = ", ".join(f"{v} {k}" for k, v in (ANATOMY_LABELS if kind == "anatomy" else ABBC_LABELS).items())
+    weights = sum(p.stat().st_size for p in model_dir.rglob("*.pth"))
+    q = info.get("quality")
+    quality_text = "not measured yet." if not q else "\n".join(f"- {k}: {v}" for k, v in q.items())
+    bootstrap = ("\n**Bootstrap model**: a few minutes of training so that the pipeline runs; "
+                 "expect poor quality. Replaced by the full demo recipe.\n" if recipe == "bootstrap" else "")
+    text = f"""# {kind} demo model (nnU-Net v2, `{DEMO_CONFIGURATION}`)
+
+**Synthetic data only, not for clinical use.** Trained on computer-generated pelvis
+phantoms; it has never seen a real CT and says nothing about real patients.
+{bootstrap}
+- Task: {"Stage 1, anatomy" if kind == "anatomy" else "Stage 2, ABBC classes"} ({classes}).
+- Data: {cases} `{size}` phantoms, `pengwin_demo.phantom.write_phantom_dataset(seed={seed})`;
+  evaluation uses other seeds.
+- Configuration `{DEMO_CONFIGURATION}` (inherits nnU-Net's `3d_fullres` plans): spacing
+  {tuple(cfg.spacing_zyx_mm)} mm (z, y, x), patch {tuple(cfg.patch_size_vox)} voxels, features per
+  stage {tuple(cfg.features_per_stage)}, batch {cfg.batch_size}.
+- Training: recipe `{recipe}`, {summary.get("epochs", cfg.epochs)} epochs x {cfg.iterations_per_epoch}
+  iterations, fold `all`, no mirroring, on `{device}`
+  ({summary.get("seconds_per_epoch", "?")} s per epoch); last training pseudo-Dice per class
+  {summary.get("last_pseudo_dice", "?")}.
+- Files: inference only (dataset.json, plans.json, fingerprint, `fold_all/checkpoint_final.pth`
+  with float16 weights and no optimizer state), {weights / 1e6:.2f} MB of weights. The trainer
+  name in the checkpoint is nnU-Net's stock `{INFERENCE_TRAINER_NAME}` (same network).
+- Reproduce: `python -m pengwin_demo train-demo-models --recipe {recipe}`.
+
+## Measured quality
+
+{quality_text}
+"""
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
+
+
+def add_quality_to_cards(models_dir: str | os.PathLike, quality: dict) -> None:
+    """Put held-out results (from :func:`pengwin_demo.model_quality.evaluate_models`) in both cards."""
+    models_dir = Path(models_dir)
+    mean = quality["mean"]
+    summary = {
+        "held-out phantoms": f"{len(quality['seeds'])} `{quality['size']}` phantoms, seeds {quality['seeds']}, "
+                             f"whole pipeline on {quality['device']}",
+        "Stage-1 anatomy IoU (model alone, mean over bones)": mean["stage1_iou"],
+        "anatomy IoU-A (end to end, official)": mean["iou_a"],
+        "fragment IoU-F (end to end, official)": mean["iou_f"],
+        "fragment HD95 (mm)": mean["hd95_f_mm"],
+        "pipeline seconds per case": mean["pipeline_s"],
+    }
+    for kind in ("anatomy", "abbc"):
+        folder = models_dir / kind
+        info = json.loads((folder / "training.json").read_text())
+        cfg = DemoConfig(**info["config"])
+        info["quality"] = summary
+        (folder / "training.json").write_text(json.dumps(info, indent=2))
+        write_model_card(folder, kind, cfg, recipe=info["recipe"], cases=info["cases"], seed=info["seed"],
+                         size=info["size"], device=info["device"], quality=summary,
+                         train_log=None)

@@ -1,0 +1,41 @@
+"""``train-demo-models``: reproduce the bundled demo models from phantoms, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "train-demo-models"
+HELP = "generate phantoms, build nnU-Net datasets and train the small demo anatomy and ABBC models"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--work-dir", default="demo_training",
+                        help="scratch folder: phantoms, nnU-Net folders, logs (reused to resume)")
+    parser.add_argument("--out", default=None,
+                        help="where anatomy/ and abbc/ are written (default: the bundled models/ folder)")
+    parser.add_argument("--recipe", choices=("bootstrap", "demo"), default="demo",
+                        help="bootstrap: a few minutes; demo: the bundled models (default)")
+    parser.add_argument("--cases", type=int, default=24, help="training phantoms (default 24)")
+    parser.add_argument("--seed", type=int, default=1, help="phantom seed of the training set (default 1)")
+    parser.add_argument("--size", choices=("small", "full"), default="small", help="phantom size")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--sequential", action="store_true", help="train one model after the other")
+    parser.add_argument("--only", choices=("anatomy", "abbc"), default=None, help="train one model only")
+
+
+def run(args) -> int:
+    from ..models import MODELS_DIR, resolve_device
+    from ..training import train_demo_models
+
+    device = resolve_device(args.device).type
+    kinds = (args.only,) if args.only else ("anatomy", "abbc")
+    out = train_demo_models(
+        args.work_dir, Path(args.out) if args.out else MODELS_DIR, recipe=args.recipe, cases=args.cases,
+        seed=args.seed, size=args.size, device=device, threads=args.threads,
+        parallel=not args.sequential, epochs=args.epochs, kinds=kinds,
+    )
+    for kind, folder in out.items():
+        print(f"{kind}: {folder}")
+    return 0
