@@ -162,19 +162,26 @@ def abbc_targets(
             "border_mm >= 0, core_mm > 0, sigma_vox >= 0 and min_core_vox >= 1 are required, got "
             f"{border_mm}, {core_mm}, {sigma_vox}, {min_core_vox}"
         )
-    out = np.zeros(labels.shape, dtype=np.uint8)
+    result = np.zeros(labels.shape, dtype=np.uint8)
+    bone_box = _bbox(labels > 0, margin=1)  # everything below runs on the bone's box
+    if bone_box is None:
+        return result
+    clock = _Clock()
+    labels = np.ascontiguousarray(labels[bone_box])
+    out = result[bone_box]
     present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=31)[1:]) + 1]
-    if not present:
-        return out
+    clock.lap("crop")
 
     # Distance (mm) of every fragment voxel to its own fragment's surface: the multi-label
     # EDT treats a change of label as a surface. The volume edge is not a surface (the scan
     # cut the bone there, the bone goes on).
     dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
     dist = dist.astype(np.float32, copy=False)
+    clock.lap("distance")
 
     boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
     radius_mm = {lab: float(dist[box][labels[box] == lab].max()) for lab, box in boxes.items()}
+    clock.lap("boxes")
 
     s_ref = float(spacing.min())
     sigma_axes = sigma_vox * s_ref / spacing  # voxels per axis, isotropic in mm
@@ -193,12 +200,15 @@ def abbc_targets(
         frag = lab_crop == lab
         d = np.where(frag, dist[box], np.float32(0))
         classes = _core_boundary(d, frag, sigma_axes, lap_weights, laplacian_threshold, core_mm)
+        clock.lap("core")
         _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+        clock.lap("zone")
         _finish_core(
             classes, frag, d, min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox
         )
         region = out[box]
         region[frag] = classes[frag]
+        clock.lap("finish")
 
     # small stray pieces away from their fragment's box: boundary, or border near a fracture
     for lab, cid, sbox in strays:
@@ -212,7 +222,28 @@ def abbc_targets(
     del comps, dist
 
     _separate_cores(out, labels)
-    return out
+    clock.lap("separate")
+    log.debug("abbc_targets %s: %s", labels.shape, clock)
+    return result
+
+
+class _Clock:
+    """Accumulated wall time per step (for the debug log)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.steps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = self._now()
+        self.steps[step] = self.steps.get(step, 0.0) + now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.2f} s" for k, v in self.steps.items())
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -253,38 +284,42 @@ def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spaci
 def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel):
     """Voxels of ``frag`` within the pair width of another fragment of the same bone.
 
+    Neighbours that share a width are handled by one distance transform, on the part of
+    the crop that can lie within that width of them.
+
     Returns (zone, contact) boolean arrays on the crop, or (None, None) when no other
     fragment of the bone is near. ``contact`` holds the voxels 26-adjacent to another
     fragment of the bone (always in the zone, whatever the width).
     """
     bone = bone_of_labels(lab)
-    zone = contact = None
+    groups: dict[float, list] = {}
     for other, obox in boxes.items():
         if other == lab or bone_of_labels(other) != bone:
             continue
         width = widths[(min(lab, other), max(lab, other))]
         reach = np.ceil(width / spacing).astype(int) + 1
-        # the part of this crop within ``width`` of the other fragment's box
-        sub = []
-        for ax in range(3):
-            lo = max(obox[ax].start - reach[ax], box[ax].start)
-            hi = min(obox[ax].stop + reach[ax], box[ax].stop)
-            if hi <= lo:
-                break
-            sub.append(slice(lo - box[ax].start, hi - box[ax].start))
-        if len(sub) < 3:
+        sub = _intersect(_grow_box(obox, reach, None), box)
+        if sub is not None:
+            groups.setdefault(width, []).append((other, sub))
+    zone = contact = None
+    for width, members in groups.items():
+        lo = np.min([[s.start for s in sub] for _, sub in members], axis=0)
+        hi = np.max([[s.stop for s in sub] for _, sub in members], axis=0)
+        sub = tuple(slice(int(a) - b.start, int(c) - b.start) for a, c, b in zip(lo, hi, box))
+        frag_sub = frag[sub]
+        if not frag_sub.any():
             continue
-        sub = tuple(sub)
-        other_mask = lab_crop[sub] == other
-        if not other_mask.any() or not frag[sub].any():
+        others = [o for o, _ in members]
+        other_mask = np.isin(lab_crop[sub], others)
+        if not other_mask.any():
             continue
         d_other = edt.edt(
             ~other_mask, anisotropy=tuple(spacing), black_border=False, parallel=parallel
         )
-        touch = frag[sub] & (
+        touch = frag_sub & (
             ndimage.maximum_filter(other_mask.view(np.uint8), size=3, mode="constant") > 0
         )
-        near = (frag[sub] & (d_other <= width)) | touch
+        near = (frag_sub & (d_other <= width)) | touch
         if not near.any():
             continue
         if zone is None:
@@ -293,6 +328,17 @@ def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel):
         zone[sub] |= near
         contact[sub] |= touch
     return zone, contact
+
+
+def _intersect(a, b):
+    """Intersection of two boxes (slices in the same index space), or None."""
+    out = []
+    for sa, sb in zip(a, b):
+        lo, hi = max(sa.start, sb.start), min(sa.stop, sb.stop)
+        if hi <= lo:
+            return None
+        out.append(slice(lo, hi))
+    return tuple(out)
 
 
 def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox,
@@ -459,8 +505,12 @@ def _inside(inner, outer) -> bool:
 
 
 def _grow_box(box, margin, shape):
+    """``box`` grown by ``margin`` voxels per axis, clipped to ``shape`` (None: not clipped
+    above)."""
+    shape = shape if shape is not None else (None, None, None)
     return tuple(
-        slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, margin, shape)
+        slice(max(s.start - int(m), 0), s.stop + int(m) if n is None else min(s.stop + int(m), n))
+        for s, m, n in zip(box, margin, shape)
     )
 
 
