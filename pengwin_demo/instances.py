@@ -190,6 +190,15 @@ def recover_fragments(
     sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
     contacts = _contact_table(inst, a)
     _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
+    covered = votes[:, 1:].sum(axis=1)
+    poor = [i for i in range(1, n_inst + 1) if sizes[i] >= min_fragment_vox and covered[i] < 0.5 * sizes[i]]
+    if poor:
+        _warn(
+            warnings,
+            f"{len(poor)} fragment(s) ({int(sizes[poor].sum())} voxels) lie mostly outside the "
+            "anatomy map; their bone was taken from the few anatomy voxels they have or the "
+            "nearest bone - check the anatomy segmentation",
+        )
 
     # 6. small fragments merge into neighbours; rank and cap per bone
     groups = _UnionFind(n_inst + 1)
@@ -450,8 +459,7 @@ def _assign_missing_bones(
 
     A small one (under ``min_fragment_vox``) takes the bone of the neighbour it touches
     most; the others, and small ones touching nothing, the bone with the nearest anatomy
-    voxel (searched in growing boxes). A warning is given when a fragment of at least
-    ``min_fragment_vox`` voxels had no anatomy.
+    voxel (searched in growing boxes). The caller warns about large ones.
     """
     missing = [i for i in range(1, inst_bone.shape[0]) if inst_bone[i] == 0 and sizes[i] > 0]
     if not missing:
@@ -493,13 +501,6 @@ def _assign_missing_bones(
         dist = edt.edt(inst[box] != i, anisotropy=spacing, parallel=1)
         best = min((float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b))
         inst_bone[i] = best[1]
-    big = [i for i in far if sizes[i] >= min_fragment_vox]
-    if big:
-        _warn(
-            warnings,
-            f"{len(big)} fragment(s) ({int(sizes[big].sum())} voxels) lie outside the anatomy "
-            "map; each was given the bone nearest to it",
-        )
 
 
 def _centroids(flat, lab, shape, n_inst, spacing) -> np.ndarray:
