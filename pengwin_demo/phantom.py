@@ -163,14 +163,15 @@ def _sample_grid(rng, cfg: SizeConfig, bone_lo: np.ndarray, bone_hi: np.ndarray)
         nxy = int(np.ceil(fov / sxy))
         sz = rng.uniform(1.5, 3.0)
     fov_xy = nxy * sxy
-    slack = np.maximum((fov_xy - extent[:2] - 16) / 2, 0)
+    slack = np.minimum(np.maximum((fov_xy - extent[:2] - 16) / 2, 0), 25.0)  # patient near the centre
     cx, cy = centre[:2] + rng.uniform(-slack, slack)
     below, above = rng.uniform(6, 40), rng.uniform(6, 50)
     z_lo, z_hi = bone_lo[2] - below, bone_hi[2] + above
     nz = int(np.ceil((z_hi - z_lo) / sz)) + 1
+    cz = (z_lo + z_hi) / 2
     if nz > cfg.max_slices:  # thin slices: keep the bones, trim the margins
         nz = max(cfg.max_slices, int(np.ceil((extent[2] + 8) / sz)) + 1)
-    cz = (z_lo + z_hi) / 2
+        cz = centre[2]
     stored_as = "RAS" if rng.random() < 0.45 else "LPS"
     direction = np.diag([-1.0, -1.0, 1.0]) if stored_as == "RAS" else np.eye(3)
     spacing_xyz = np.array([sxy, sxy, sz])

@@ -387,6 +387,6 @@ def build_structures(a: AnatomyParams) -> list[Structure]:
             lo[0], hi[0] = H[0] - 80.0, H[0] + 30.0
         out.append(Structure(
             name, 0, box(lo, hi), (lambda cv, side=side: paint_femur(cv, a, side)),
-            c * 1.6, f * 1.05, ct * 0.6,
+            c * 1.25, f, ct * 0.6,
         ))
     return out
