@@ -50,6 +50,7 @@ ProgressFn = Callable[[str, float], None]
 
 STAGES: dict[str, str] = {
     "load": "Reading the CT",
+    "models": "Loading the models",
     "anatomy": "Stage 1: finding sacrum and hip bones",
     "abbc": "Stage 2: fragment cores, boundaries and fracture zones",
     "recovery": "Separating fragments",
@@ -62,7 +63,7 @@ STAGES: dict[str, str] = {
 """Stage keys passed to ``progress(stage, fraction)``, with a title for display."""
 
 _STAGE_START = {
-    "load": 0.0, "anatomy": 0.08, "abbc": 0.35, "recovery": 0.65, "labels": 0.78,
+    "load": 0.0, "models": 0.06, "anatomy": 0.08, "abbc": 0.35, "recovery": 0.65, "labels": 0.78,
     "meshes": 0.82, "dicom_seg": 0.93, "report": 0.97, "done": 1.0,
 }
 
@@ -371,6 +372,7 @@ class Pipeline:
                 "fracture lines may be missed and small fragments merged; a reconstruction "
                 "with thinner slices (1 mm or less) gives better results"
             )
+        clock.stage("models")
         models = self.load_models()
         warnings.extend(self._model_warnings)
         device = self.device_name()
@@ -478,7 +480,7 @@ class Pipeline:
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_report(report, paths["report"])  # with the report stage and total
         for w in warnings:
-            log.warning("%s", w)
+            log.info("warning: %s", w)  # front ends show result.warnings themselves
         return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
 
     # -- helpers ------------------------------------------------------------------------

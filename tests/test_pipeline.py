@@ -156,7 +156,7 @@ def test_outputs_and_geometry_for_lps_ras_and_oblique_inputs(tmp_path, storage):
     assert report["n_fragments"] == 4 and report["bones"]["left_hip"]["fragments"] == 2
     assert report["inference"]["abbc_spacing_zyx_mm"] == [2.0, 2.0, 2.0]
     stages = [s for s, _ in events]
-    assert stages == ["load", "anatomy", "abbc", "recovery", "labels", "meshes", "report", "done"]
+    assert stages == ["load", "models", "anatomy", "abbc", "recovery", "labels", "meshes", "report", "done"]
     fractions = [f for _, f in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert set(STAGES) >= set(stages)
