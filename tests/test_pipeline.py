@@ -290,6 +290,7 @@ needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason="bundled demo models 
 
 
 @needs_models
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "dicom_ct_siemens").exists(),
                     reason="real test data ../shared/data/dicom_ct_siemens not present")
 def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys):
