@@ -159,7 +159,6 @@ def test_slow_copy_is_not_picked_up_early(tmp_path, polling):
             time.sleep(0.25)
             assert target.is_dir(), "the series was claimed while it was still being copied"
             assert not outputs(outbox) and not failed_jobs(cfg)
-        copied_at = time.time()
         assert wait_for(lambda: len(outputs(outbox)) == 1, 30)
     finally:
         service.stop(timeout=30)
@@ -171,7 +170,6 @@ def test_slow_copy_is_not_picked_up_early(tmp_path, polling):
     assert received["job_id"] == job.name and received["state"] == "done"
     assert not target.exists() and not failed_jobs(cfg)
     assert not list(outbox.glob(".tmp-*"))
-    assert copied_at > 0
 
 
 def test_marker_ends_the_wait_and_settle_holds_otherwise(tmp_path):
