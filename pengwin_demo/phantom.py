@@ -187,8 +187,8 @@ def _sample_grid(rng, cfg: SizeConfig, bone_lo: np.ndarray, bone_hi: np.ndarray)
 # -- public API ---------------------------------------------------------------------
 
 
-def _requested_counts(n_fragments, rng) -> dict[int, int]:
-    counts = sample_fragment_counts(rng)
+def _requested_counts(n_fragments, rng, probabilities=None) -> dict[int, int]:
+    counts = sample_fragment_counts(rng, probabilities)
     if n_fragments is None:
         return counts
     for key, value in dict(n_fragments).items():
@@ -208,6 +208,7 @@ def generate_phantom(
     n_fragments: dict | None = None,
     displaced_fraction: float | None = None,
     *,
+    fragment_probabilities: dict[int, float] | None = None,
     dense_reference: bool = False,
 ) -> Phantom:
     """Generate one case with its provenance (see :func:`make_phantom`).
@@ -225,6 +226,10 @@ def generate_phantom(
         Probability that a non-largest fragment moves; drawn per case when None (about a
         third of the cases keep every fragment in place). Changing it alone changes only
         the motions, not the anatomy, the cuts or the grid.
+    fragment_probabilities : dict, optional
+        {count: weight} for bones not fixed by ``n_fragments`` (default
+        :data:`FRAGMENT_COUNT_PROBABILITIES`), e.g. ``{1: 0.2, 5: 0.4, 10: 0.4}`` for a
+        comminuted data set.
     dense_reference : bool
         Resample every bone onto the whole CT instead of its bounding box: the slow
         reference that ``benchmarks/bench_phantom.py`` compares against (same output).
@@ -240,7 +245,7 @@ def generate_phantom(
     canon_to_world = _sample_pose(r_anat)
     world_to_canon = np.linalg.inv(canon_to_world)
     structures = build_structures(anat)
-    counts = _requested_counts(n_fragments, r_frac)
+    counts = _requested_counts(n_fragments, r_frac, fragment_probabilities)
     style = r_frac.random()
     if displaced_fraction is None:
         displaced_fraction = 0.0 if style < 0.3 else 0.4 + 0.5 * (style - 0.3) / 0.7
@@ -394,12 +399,15 @@ def write_phantom_dataset(
     size: str = "small",
     fmt: str = "mha",
     progress: bool = False,
+    fragment_probabilities: dict[int, float] | None = None,
 ) -> list[str]:
     """Write ``cases`` phantoms in the PENGWIN layout and return their case names.
 
     ``OUT/images/<case>.<ext>`` (int16 HU) and ``OUT/labels/<case>.<ext>`` (uint8), with
     ext ``mha`` or ``nii.gz``; ``fmt="dicom"`` also writes each CT as a DICOM series in
-    ``OUT/dicom/<case>/`` (images and labels stay .mha). ``OUT/phantoms.json`` records each case's seed and fragments.
+    ``OUT/dicom/<case>/`` (images and labels stay .mha). ``OUT/phantoms.json`` records
+    each case's seed and fragments. ``fragment_probabilities`` ({count: weight})
+    replaces the default fragment-count distribution.
     """
     if fmt not in ("mha", "nii.gz", "dicom"):
         raise ValueError(f"fmt must be 'mha', 'nii.gz' or 'dicom', got {fmt!r}")
@@ -414,7 +422,7 @@ def write_phantom_dataset(
     for i in iterator:
         cs = case_seed(seed, i)
         name = f"phantom_{int(seed)}_{i:03d}"
-        ph = generate_phantom(cs, size)
+        ph = generate_phantom(cs, size, fragment_probabilities=fragment_probabilities)
         ext = "mha" if fmt == "dicom" else fmt
         write_volume(ph.ct, out / "images" / f"{name}.{ext}")
         write_volume(ph.labels, out / "labels" / f"{name}.{ext}")
@@ -426,5 +434,8 @@ def write_phantom_dataset(
         names.append(name)
         records.append({"case": name, "case_seed": cs, **ph.summary()})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "phantoms.json").write_text(json.dumps({"seed": int(seed), "size": size, "cases": records}, indent=1))
+    probs = fragment_probabilities or FRAGMENT_COUNT_PROBABILITIES
+    info = {"seed": int(seed), "size": size, "fragment_probabilities": {str(k): v for k, v in probs.items()},
+            "cases": records}
+    (out / "phantoms.json").write_text(json.dumps(info, indent=1))
     return names

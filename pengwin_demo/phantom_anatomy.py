@@ -177,8 +177,8 @@ def _hip_landmarks(a: AnatomyParams, side: int) -> dict:
         "isch_top": H + [-6, 18, -20],
         "tuber": H + [-16, 32, -74],
         "isch_join": np.array([46.0, -12.0, -86.0]),
-        "pub_low": np.array([13.0, -44.0, -56.0]),
-        "pub_top": np.array([14.0, -50.0, -24.0]),
+        "pub_low": np.array([8.0, -44.0, -56.0]),
+        "pub_top": np.array([8.0, -50.0, -24.0]),
         "ramus_start": H + [-16, -24, -6],
     }
     return {k: (v * s if k != "H" else v * s) for k, v in L.items()}
@@ -281,6 +281,9 @@ def paint_hip(cv: sdf.Canvas, a: AnatomyParams, side: int, sacrum_fn: Callable, 
     r_sock = a.head_radius + a.hip_gap
     cv.cut(lambda p: np.float32(r_sock) - sdf.length(p[0] - H[0], p[1] - H[1], p[2] - H[2]),
            H - r_sock, H + r_sock)
+    # keep the hip joint gap to the femoral neck too (the rim must not touch it)
+    r_near = r_cup + 8.0
+    cv.cut(lambda p: np.float32(a.hip_gap) - femur_head_distance(p, a, side), H - r_near, H + r_near)
     g = a.symphysis_gap / 2
     big = 1e4
     sym_lo = np.array([-big if side > 0 else -g - 30, -big, -big])
@@ -330,17 +333,20 @@ def _femur_parts(a: AnatomyParams, side: int):
     return H, m
 
 
+def femur_head_distance(p, a: AnatomyParams, side: int):
+    """Signed distance (mm) of the femoral head, neck and greater trochanter."""
+    H, m = _femur_parts(a, side)
+    d = sdf.sphere(p, H, a.head_radius)
+    d = sdf.smooth_union(d, sdf.capsule(p, H, H + np.array([32, -4, -26]) * m, 15.0, 16.0), 6.0)
+    troch = H + np.array([52, 8, -16]) * m
+    return sdf.smooth_union(d, sdf.ellipsoid(p, troch, (13.0, 18.0, 22.0)), 6.0)
+
+
 def paint_femur(cv: sdf.Canvas, a: AnatomyParams, side: int) -> None:
     """Paint a femoral head, neck, greater trochanter and shaft."""
     H, m = _femur_parts(a, side)
-    r = a.head_radius
-    cv.union(lambda p: sdf.sphere(p, H, r), H - r, H + r)
-    neck_end = H + np.array([32, -4, -26]) * m
-    lo, hi = sdf.capsule_box(H, neck_end, 16.0)
-    cv.union(lambda p: sdf.capsule(p, H, neck_end, 15.0, 16.0), lo, hi, 6.0)
-    troch = H + np.array([52, 8, -16]) * m
-    rad = np.array([13.0, 18.0, 22.0])
-    cv.union(lambda p: sdf.ellipsoid(p, troch, rad), troch - rad, troch + rad, 6.0)
+    a_lo, a_hi = H + np.array([-30, -30, -45]) * m, H + np.array([70, 30, 25]) * m
+    cv.union(lambda p: femur_head_distance(p, a, side), np.minimum(a_lo, a_hi), np.maximum(a_lo, a_hi))
     top, end = H + np.array([44, 6, -40]) * m, H + np.array([36, 10, -300]) * m
     lo, hi = sdf.capsule_box(top, end, 16.0)
     cv.union(lambda p: sdf.capsule(p, top, end, 16.0, 13.0), lo, hi, 8.0)

@@ -193,3 +193,40 @@ def test_displaced_fragments_move_by_millimetres():
                       for u in range(first_label(bone), first_label(bone) + 3)
                       if (still.labels.array == u).any()]
             assert 0.3 <= min(shifts) <= 16.0
+
+
+def test_fragment_counts_follow_a_requested_distribution():
+    for seed in (31, 32):
+        ph = generate_phantom(seed, fragment_probabilities={1: 0.5, 4: 0.5})
+        assert set(ph.fragments.values()) <= {1, 4}
+        assert ph.fragments == ph.requested_fragments
+    ph = generate_phantom(33, fragment_probabilities={6: 1.0})
+    assert ph.fragments == {1: 6, 2: 6, 3: 6}
+    with pytest.raises(ValueError):
+        sample_fragment_counts(np.random.default_rng(0), {0: 1.0})
+
+
+def test_joint_gaps_separate_the_bones():
+    """SI joints, symphysis and hip joints: the bones never come closer than the gap."""
+    a = sample_anatomy(np.random.default_rng(4))
+    st = {s.name: s for s in build_structures(a)}
+    box = np.array([[-150.0, -90.0, -120.0], [150.0, 110.0, 120.0]])
+    res = 1.0
+    fields = {n: evaluate(st[n], res, box) for n in ("sacrum", "left_hip", "right_hip", "left_femur")}
+
+    def values_inside(inside_of: str, other: str) -> np.ndarray:
+        g = fields[inside_of]
+        pts, _ = g.points(g.array < 0)
+        return fields[other].sample(pts)
+
+    # interpolation on a 1 mm grid may shave up to about half a voxel off a gap
+    assert values_inside("left_hip", "sacrum").min() >= a.si_gap - 0.5
+    assert values_inside("right_hip", "sacrum").min() >= a.si_gap - 0.5
+    left_x = fields["left_hip"].points(fields["left_hip"].array < 0)[0][:, 0]
+    right_x = fields["right_hip"].points(fields["right_hip"].array < 0)[0][:, 0]
+    symphysis = left_x.min() - right_x.max()  # pubic bodies face each other across x = 0
+    assert a.symphysis_gap - 2 * res <= symphysis <= a.symphysis_gap + 2 * res
+    assert values_inside("left_femur", "left_hip").min() >= a.hip_gap - 0.5
+    # and they do come close: the gaps are joints, not empty space
+    assert values_inside("left_hip", "sacrum").min() <= a.si_gap + 1.5
+    assert values_inside("left_femur", "left_hip").min() <= a.hip_gap + 1.5

@@ -100,3 +100,13 @@ def test_cli_writes_cases(tmp_path, capsys):
         ["phantom_5_000.mha", "phantom_5_001.mha"]
     assert main(["phantom", str(tmp_path / "bad"), "--cases", "0"]) == 2
     assert "--cases" in capsys.readouterr().err
+
+
+def test_cli_fragment_distribution(tmp_path, capsys):
+    assert main(["phantom", str(tmp_path / "o"), "--cases", "1", "--seed", "2",
+                 "--fragment-probs", "3=1"]) == 0
+    info = json.loads((tmp_path / "o" / "phantoms.json").read_text())
+    assert info["cases"][0]["fragments"] == {"1": 3, "2": 3, "3": 3}
+    assert main(["phantom", str(tmp_path / "x"), "--fragment-probs", "3:1"]) == 2
+    assert main(["phantom", str(tmp_path / "x"), "--fragment-probs", "12=1"]) == 2
+    assert "--fragment-probs" in capsys.readouterr().err
