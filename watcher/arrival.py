@@ -178,7 +178,8 @@ class InboxScanner:
         if is_ignored_name(top):
             return
         key = top
-        if len(rel.parts) == 1 and (self.config.inbox / top).is_file() and entry_kind(self.config.inbox / top) == "loose":
+        entry = self.config.inbox / top
+        if len(rel.parts) == 1 and entry.is_file() and entry_kind(entry) == "loose":
             key = LOOSE_KEY
         self._events[key] = self._clock()
 

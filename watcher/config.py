@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -81,7 +81,6 @@ class WatcherConfig:
     dicom_seg: bool = False
     device: str = "auto"
     history_max_bytes: int = 5_000_000
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         inbox = Path(self.inbox).expanduser().absolute()
@@ -130,7 +129,7 @@ SHARED_ENV = {"inbox": "PENGWIN_INBOX", "outbox": "PENGWIN_OUTBOX", "work": "PEN
               "polling": "PENGWIN_POLLING"}
 """Variables ``python app.py`` reads too; ``PENGWIN_WATCHER_<KEY>`` wins over them."""
 
-_FIELD_TYPES = {f.name: f.type for f in fields(WatcherConfig) if f.name != "extra"}
+_FIELD_TYPES = {f.name: f.type for f in fields(WatcherConfig)}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
