@@ -1,9 +1,10 @@
 # CUDA-capable image: PyPI's Linux torch wheel (pinned in requirements.txt) ships its own
 # CUDA runtime, so only the NVIDIA driver is needed on the host (docker run --gpus all).
 #   serve the app:        docker run --gpus all -p 7860:7860 pengwin-demo
-#   run the watcher:      docker run --gpus all -v /srv/inbox:/inbox -v /srv/outbox:/outbox \
-#                           -v /srv/work:/work pengwin-demo python -m watcher --inbox /inbox \
-#                           --outbox /outbox --work /work --polling
+#   run the watcher:      docker run -d --restart unless-stopped --gpus all -v /srv/pengwin:/data \
+#                           pengwin-demo python -m watcher --inbox /data/inbox \
+#                           --outbox /data/outbox --polling
+#   (inbox and work area must be on one mount: claiming a series is an atomic rename)
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
