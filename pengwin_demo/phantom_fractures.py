@@ -8,7 +8,7 @@ enough and each side is a single 26-connected component on the planning grid.
 
 Fragments other than the largest may be displaced by a rigid motion (1-8 mm, up to
 10 degrees about their centroid); undisplaced fragments stay in contact and are separated
-only by a fracture line ``gap_mm`` wide (0.05-0.5 mm: barely visible after partial volume).
+only by a fracture line ``gap_mm`` wide (0.15-0.7 mm: barely visible after partial volume).
 
 All coordinates are canonical LPS millimetres (x, y, z); point arrays are (N, 3) float32.
 """
@@ -249,7 +249,7 @@ def plan_fractures(
             if not (_single_component(index[members[pos]]) and _single_component(index[members[~pos]])):
                 continue
             frag[members[pos]] = child
-            splits.append(Split(parent, child, surf, float(rng.uniform(0.05, 0.5))))
+            splits.append(Split(parent, child, surf, float(rng.uniform(0.15, 0.7))))
             break
         else:
             raise RuntimeError(f"could not cut bone {bone} into {n_fragments} fragments")
