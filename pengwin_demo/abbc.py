@@ -221,7 +221,7 @@ def abbc_targets(
         region[frag] = classes[frag]
     del comps, dist
 
-    _separate_cores(out, labels)
+    _separate_cores(out, labels, min_core_vox, max_core_fraction)
     clock.lap("separate")
     log.debug("abbc_targets %s: %s", labels.shape, clock)
     return result
@@ -408,43 +408,59 @@ def _deepest_region(d, frag, target) -> np.ndarray:
     return region
 
 
-def _separate_cores(out: np.ndarray, labels: np.ndarray) -> None:
-    """Demote core voxels that touch (26) the core of another fragment, in place."""
-    core = out == ABBC_CORE
-    box = _bbox(core, margin=1)
+def _core_clash(out: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(clash, core_lab): core voxels with a core neighbour (26) of another fragment, and
+    the core voxels' fragment labels (0 elsewhere)."""
+    core_lab = np.where(out == ABBC_CORE, labels, 0).astype(np.uint8)
+    hi = ndimage.maximum_filter(core_lab, size=3, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(core_lab > 0, core_lab, 255).astype(np.uint8), size=3,
+                                mode="constant", cval=255)
+    clash = (core_lab > 0) & ((hi != core_lab) | (lo != core_lab))
+    return clash, core_lab
+
+
+def _separate_cores(out, labels, min_core_vox, max_core_fraction) -> None:
+    """Demote core voxels that touch (26) the core of another fragment, in place.
+
+    The larger fragment of a clash gives way. A fragment that would lose its whole core
+    moves it to voxels of its own away from every other core (as many as its guaranteed
+    core); only when it has none does the clash stay (logged).
+    """
+    box = _bbox(out == ABBC_CORE, margin=1)
     if box is None:
         return
-    core_lab = np.where(core[box], labels[box], 0).astype(np.uint8)
-    hi = ndimage.maximum_filter(core_lab, size=3, mode="constant", cval=0)
-    lo = ndimage.minimum_filter(np.where(core_lab > 0, core_lab, 255).astype(np.uint8), size=3,
-                                mode="constant", cval=255)
-    clash = (core_lab > 0) & ((hi != core_lab) | (lo != core_lab))
+    clash, core_lab = _core_clash(out[box], labels[box])
     if not clash.any():
         return
-    counts = np.bincount(labels[box][core_lab > 0], minlength=31)
-    sizes = np.bincount(labels.ravel(), minlength=31)
-    region = out[box]
-    for lab in np.unique(core_lab[clash]):
-        lab = int(lab)
-        # the clashing voxel stays core only in the smaller fragment (which cannot spare it)
-        neigh = np.unique(np.concatenate([hi[clash & (core_lab == lab)],
-                                          lo[clash & (core_lab == lab)]]))
-        neigh = [int(v) for v in neigh if v not in (0, 255, lab)]
-        smaller_than_all = all(
-            (sizes[lab], lab) < (sizes[o], o) for o in neigh
-        )
-        if smaller_than_all:
-            continue
+    region, lab_box = out, labels  # rare: work on the whole (bone-box) arrays
+    sizes = np.bincount(lab_box.ravel(), minlength=31)
+    involved = sorted({int(v) for v in np.unique(core_lab[clash])}, key=lambda v: (-sizes[v], -v))
+    for lab in involved[:-1]:  # every fragment but the smallest gives way
+        clash, core_lab = _core_clash(region, lab_box)
         mine = clash & (core_lab == lab)
-        if counts[lab] - int(mine.sum()) <= 0:
-            continue  # would lose its only core; the other side gives way instead
+        if not mine.any():
+            continue
         region[mine] = ABBC_BOUNDARY
-    # second pass for the voxels that stayed on both sides: demote the larger fragment's
-    core_lab = np.where(region == ABBC_CORE, labels[box], 0).astype(np.uint8)
-    hi = ndimage.maximum_filter(core_lab, size=3, mode="constant", cval=0)
-    lo = ndimage.minimum_filter(np.where(core_lab > 0, core_lab, 255).astype(np.uint8), size=3,
-                                mode="constant", cval=255)
-    clash = (core_lab > 0) & ((hi != core_lab) | (lo != core_lab))
+        frag = lab_box == lab
+        target = max(1, min(min_core_vox, int(math.floor(max_core_fraction * sizes[lab]))))
+        if np.count_nonzero(region[frag] == ABBC_CORE) >= target:
+            continue
+        # too little core left: rebuild it where no other core is near
+        others = ndimage.maximum_filter(
+            ((region == ABBC_CORE) & (lab_box != lab)).view(np.uint8), size=3, mode="constant"
+        ) > 0
+        allowed = frag & ~others
+        if not allowed.any():
+            if not np.any(region[frag] == ABBC_CORE):
+                region[mine] = ABBC_CORE  # nowhere else: keep it (two touching specks)
+            continue
+        cc = cc3d.connected_components(allowed, connectivity=26)
+        counts = np.bincount(cc.ravel())
+        counts[0] = 0
+        piece = cc == int(np.argmax(counts))
+        region[frag & (region == ABBC_CORE)] = ABBC_BOUNDARY
+        region[_deepest_region(np.ones(piece.shape, np.float32), piece, target)] = ABBC_CORE
+    clash, _ = _core_clash(region, lab_box)
     if clash.any():
         log.warning(
             "%d core voxels touch the core of another fragment (fragments too small to keep "

@@ -137,6 +137,28 @@ def test_joint_between_curved_bones_keeps_cores_apart():
     assert not (out == ABBC_BORDER).any()
 
 
+@pytest.mark.parametrize("thickness", [1, 2])
+def test_thin_plates_of_two_bones_stacked_keep_cores_apart(thickness):
+    """Plates this thin are all core or all guaranteed core at their contact: the larger
+    one gives way and moves its core out of reach of the other's."""
+    labels = np.zeros((20, 30, 30), dtype=np.uint8)
+    labels[9 - thickness : 9, 5:25, 5:25] = 1
+    labels[9 : 9 + thickness, 5:27, 5:27] = 21
+    out = abbc_targets(labels, ISO)
+    check_all(labels, out, ISO)
+    for lab in (1, 21):
+        assert np.count_nonzero(out[labels == lab] == ABBC_CORE) >= 50
+
+
+def test_two_touching_single_voxels_each_keep_their_core():
+    """The one case the invariants cannot both hold: each speck keeps its core."""
+    labels = np.zeros((5, 5, 6), dtype=np.uint8)
+    labels[2, 2, 2] = 1
+    labels[2, 2, 3] = 21
+    out = abbc_targets(labels, ISO)
+    assert out[2, 2, 2] == ABBC_CORE and out[2, 2, 3] == ABBC_CORE
+
+
 # -- thin plates ------------------------------------------------------------------------------
 @pytest.mark.parametrize("thickness", [2, 3, 4])
 def test_thin_plate_alone_has_one_core_component(thickness):
