@@ -10,10 +10,10 @@ PENGWIN 2024 winners' idea, as described in the seed article):
   exceeds ``laplacian_threshold`` (a ridge of the distance field) or the distance exceeds
   ``core_mm``.
 * **boundary**: the rest of the fragment (a shell along its surface).
-* **border**: the *fracture zone*: the part of the boundary shell of a fragment that lies
-  within the border width of a **different fragment of the same bone**. Core in the
-  fracture zone is demoted to boundary so that the cores of two touching fragments are
-  kept apart.
+* **border**: the *fracture zone*: the voxels of a fragment that lie within the border
+  width of a **different fragment of the same bone**. (The article makes only the
+  boundary shell there border and demotes core there to boundary; that reading is
+  ``border_shell_only=True``.)
 
 Instance recovery (:mod:`pengwin_demo.instances`) turns the classes back into fragments:
 core components are seeds, they grow through boundary and core, border is a wall.
@@ -25,20 +25,24 @@ What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
   fragment's largest inscribed radius (its maximum distance to its own surface, mm). A
   fixed 6 mm zone swallows small and thin fragments whole. The same width on both sides
   of a fracture keeps the wall centred on it, so growth meets on the true fracture surface.
-* The width never drops below the distance to a 26-neighbour (the norm of the spacing),
-  and every voxel that close to another fragment of the same bone is border whatever its
-  class: the non-border voxels of two same-bone fragments are never 26-adjacent, so the
-  wall cannot leak.
+* Every voxel 26-adjacent to another fragment of the same bone is border whatever the
+  width (the *contact layer*): the open (boundary/core) voxels of two same-bone
+  fragments are never 26-adjacent, so the wall cannot leak on any grid.
 * Every fragment keeps a core: when the fracture zone (or thinness) leaves it less than
-  ``min_core_vox`` core voxels, the deepest connected part of the fragment becomes core.
+  ``min_core_vox`` core voxels, its deepest voxels (one 26-connected piece) become core.
 * A fragment keeps **one** core component where possible: splinters of core that the zone
   cuts off (under ``extra_core_min_vox``) are demoted, so they cannot become extra seeds;
   a large second core stays (it is deep bone; recovery merges two seeds that meet without
   border between them).
-* Cores of different fragments never touch (26-connectivity): a core voxel with a core
-  neighbour of another fragment is demoted (in the larger fragment, which can spare it).
+* Cores of different fragments never touch (26-connectivity): the larger fragment gives
+  way, and moves its core out of reach if too little is left. Only two touching specks
+  that each have a single voxel keep touching cores (logged).
 * Components of a fragment under ``stray_vox`` voxels (other than its largest) are label
   noise: they get no core and do not stretch the crop box.
+
+Arrays are indexed (z, y, x); ``spacing_zyx_mm`` is in the same order, in mm. Everything
+runs on the bone's bounding box and then per fragment on its own box plus a margin; the
+only whole-box float array is the float32 distance map.
 """
 
 from __future__ import annotations
