@@ -17,9 +17,9 @@ from pengwin_demo.volume import Volume
 
 
 def test_dataset_layout_and_same_seed_identical_files(tmp_path):
-    a = write_phantom_dataset(tmp_path / "a", cases=2, seed=7)
-    b = write_phantom_dataset(tmp_path / "b", cases=2, seed=7)
-    assert a == b == ["phantom_7_000", "phantom_7_001"]
+    a = write_phantom_dataset(tmp_path / "a", cases=1, seed=7)
+    b = write_phantom_dataset(tmp_path / "b", cases=1, seed=7)
+    assert a == b == ["phantom_7_000"]
     for name in a:
         for sub in ("images", "labels"):
             fa = (tmp_path / "a" / sub / f"{name}.mha").read_bytes()
