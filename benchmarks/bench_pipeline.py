@@ -89,14 +89,15 @@ def _oracles(truth_path: str, spacing: float):
 
 
 def worker_pipeline(ct_path: str, out: str, device: str, oracle: str | None = None,
-                    oracle_spacing: float = 1.5) -> None:
-    from pengwin_demo.pipeline import Pipeline
+                    oracle_spacing: float = 1.5, force_stage2: bool = False) -> None:
+    from pengwin_demo.pipeline import MIN_BONE_ML, Pipeline
 
+    min_bone = 0.0 if force_stage2 else MIN_BONE_ML
     if oracle:
         anatomy, abbc = _oracles(oracle, oracle_spacing)
-        pipe = Pipeline(device=device, anatomy=anatomy, fragments=abbc)
+        pipe = Pipeline(device=device, anatomy=anatomy, fragments=abbc, min_bone_ml=min_bone)
     else:
-        pipe = Pipeline(device=device)
+        pipe = Pipeline(device=device, min_bone_ml=min_bone)
     t0 = time.perf_counter()
     pipe.load_models()
     load_models_s = time.perf_counter() - t0
@@ -160,13 +161,17 @@ def main() -> None:
                         help="replace both models by the truth (precomputed on a --oracle-spacing grid) "
                              "to time every other stage; no model needed")
     parser.add_argument("--oracle-spacing", type=float, default=1.5, help="mm (default 1.5)")
+    parser.add_argument("--force-stage2", action="store_true",
+                        help="run Stage 2 and recovery even when Stage 1 finds no bone (times every "
+                             "stage with untrained bootstrap models)")
     parser.add_argument("--worker", choices=["pipeline", "reference-stage1"], help=argparse.SUPPRESS)
     parser.add_argument("--ct", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--truth", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "pipeline":
-        return worker_pipeline(args.ct, args.out, args.device, args.truth, args.oracle_spacing)
+        return worker_pipeline(args.ct, args.out, args.device, args.truth, args.oracle_spacing,
+                               args.force_stage2)
     if args.worker == "reference-stage1":
         return worker_reference_stage1(args.ct, args.device)
 
@@ -203,6 +208,8 @@ def main() -> None:
               "--device", args.device]
     if args.oracle:
         worker += ["--truth", str(work / "truth.nii.gz"), "--oracle-spacing", str(args.oracle_spacing)]
+    if args.force_stage2:
+        worker += ["--force-stage2"]
     res, wall, rss = _child(worker)
     labels = read_volume(work / "out" / "labels.nii.gz", kind="label")
     what = (f"ORACLE models (truth on a {args.oracle_spacing} mm grid, precomputed)"

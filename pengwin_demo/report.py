@@ -27,6 +27,7 @@ from .volume import Volume
 __all__ = [
     "REPORT_VERSION",
     "fragment_stats",
+    "labels_present",
     "input_summary",
     "series_summary",
     "build_report",
@@ -71,6 +72,14 @@ def _axis_aligned(direction: np.ndarray) -> bool:
     return bool(np.all(np.isclose(np.abs(direction), 0) | np.isclose(np.abs(direction), 1)))
 
 
+def labels_present(array: np.ndarray) -> list[int]:
+    """Nonzero labels in a uint8 label map, ascending (one pass; ``np.unique`` sorts, and
+    ``np.bincount`` first copies the volume to int64: seconds on a 512 x 512 x 330 map)."""
+    if not array.any():
+        return []
+    return [k + 1 for k, box in enumerate(ndimage.find_objects(array)) if box is not None]
+
+
 def fragment_stats(labels: Volume) -> list[dict[str, Any]]:
     """Size and position of every fragment of a PENGWIN label map.
 
@@ -95,23 +104,33 @@ def fragment_stats(labels: Volume) -> list[dict[str, Any]]:
     if max_label > 30:
         raise ValueError(f"a PENGWIN label map holds 0-30, found label {max_label}")
     boxes = ndimage.find_objects(array, max_label=max_label)
+    present = [lab for lab in range(1, max_label + 1) if boxes[lab - 1] is not None]
     voxel_ml = labels.voxel_volume_mm3 / 1000.0
+    aligned = _axis_aligned(labels.direction)
     out = []
-    for lab in range(1, max_label + 1):
+    for lab in present:
         box = boxes[lab - 1]
-        if box is None:
-            continue
-        idx = np.argwhere(array[box] == lab)
-        idx += np.array([s.start for s in box])
-        centroid = labels.index_to_world(idx.mean(axis=0))[0]
+        start = np.array([s.start for s in box])
+        mask = array[box] == lab
+        centre = np.empty(3)
+        for axis in range(3):  # mean index from the mask's profile along each axis
+            profile = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+            centre[axis] = start[axis] + profile @ np.arange(len(profile)) / profile.sum()
+        if aligned:  # the extreme voxels are on the box faces
+            idx = np.stack([start, np.array([s.stop - 1 for s in box])])
+        else:  # the extreme world points are surface voxels
+            surface = mask & ~ndimage.binary_erosion(mask)
+            idx = np.argwhere(surface) + start
+        centroid = labels.index_to_world(np.asarray(centre))[0]
         lo, hi = _world_bounds(labels, idx)
+        n = int(profile.sum())
         out.append(
             {
                 "label": lab,
                 "bone": bone_name(lab),
                 "rank_in_bone": lab - (bone_of_label(lab) - 1) * 10,
-                "voxels": int(len(idx)),
-                "volume_ml": round(len(idx) * voxel_ml, 3),
+                "voxels": n,
+                "volume_ml": round(n * voxel_ml, 3),
                 "centroid_lps_mm": _round(centroid),
                 "bbox_lps_mm": {"min": _round(lo), "max": _round(hi)},
                 "color_rgb": [int(c) for c in PALETTE_RGB[lab]],

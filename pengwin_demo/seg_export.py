@@ -30,6 +30,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from . import __version__
 from .errors import InputError
 from .labels import PALETTE_RGB, bone_of_label
+from .report import labels_present
 from .volume import Volume
 
 __all__ = ["labels_to_seg", "write_dicom_seg", "segment_label"]
@@ -111,7 +112,7 @@ def labels_to_seg(
     """
     if not source_headers:
         raise InputError("DICOM SEG needs the source DICOM series; the input was not DICOM.")
-    present = [int(v) for v in np.unique(labels.array) if v]
+    present = labels_present(labels.array)
     if not present:
         raise InputError("DICOM SEG needs at least one fragment; the label map is empty.")
     sources, warnings = _fixed_sources(list(source_headers))
