@@ -27,7 +27,6 @@ How a case is made
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ from .phantom_anatomy import AnatomyParams, build_structures, sample_anatomy
 from .phantom_fractures import (
     FRAGMENT_COUNT_PROBABILITIES,
     FracturePlan,
-    Motion,
     plan_fractures,
     sample_fragment_counts,
 )
@@ -60,8 +58,6 @@ from .phantom_render import (
 from .phantom_sdf import rotation_matrix
 from .phantom_tissue import soft_tissue
 from .volume import Volume
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "FRAGMENT_COUNT_PROBABILITIES",
@@ -179,9 +175,6 @@ def _sample_grid(rng, cfg: SizeConfig, bone_lo: np.ndarray, bone_hi: np.ndarray)
     origin = np.array([cx, cy, cz]) - direction @ (spacing_xyz * (shape_xyz - 1) / 2)
     geom = Volume(np.zeros((1, 1, 1), np.uint8), (sz, sxy, sxy), tuple(origin), direction)
     return geom, (int(nz), int(nxy), int(nxy)), stored_as
-
-
-# -- rendering ----------------------------------------------------------------------
 
 
 # -- public API ---------------------------------------------------------------------
