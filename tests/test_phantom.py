@@ -89,6 +89,10 @@ def test_requested_fragment_counts_are_met():
     assert ph.fragments == {1: 1, 2: 4, 3: 7}
     lab = ph.labels.array
     assert set(np.unique(lab).tolist()) == {0, 1, 11, 12, 13, 14, 21, 22, 23, 24, 25, 26, 27}
+    # a comminuted bone has small pieces beside its main fragments (volumes in mL)
+    ml = np.prod(ph.labels.spacing_zyx_mm) / 1000
+    right = [float((lab == v).sum() * ml) for v in range(21, 28)]
+    assert right[0] > 50 and 0.2 <= right[-1] <= 5.0
     with pytest.raises(ValueError):
         generate_phantom(21, n_fragments={"sacrum": 11})
     with pytest.raises(ValueError):
