@@ -50,6 +50,10 @@ from .volume import bounding_box
 
 log = logging.getLogger(__name__)
 
+OPEN_SECTION = 0.25
+"""Two instances continue into each other only over an open contact of at least this
+times (smaller instance's voxels)^(2/3) faces (a fraction of its typical cross-section)."""
+
 
 @dataclass
 class RecoveryResult:
@@ -409,17 +413,17 @@ def _merge_open_contacts(
     """
     n = vote_bone.shape[0]
     groups = _UnionFind(n)
-    total = _pair_counts(inst, connectivity=6)
-    if total:
-        open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
-        for (p, q), n_total in total.items():
+    faces = _face_contacts(inst, a)
+    sizes = np.bincount(inst[a > 0], minlength=n)
+    if faces:
+        for (p, q), (n_open, n_total) in faces.items():
             siblings = sibling_of[p] != 0 and sibling_of[p] == sibling_of[q]
             if not (siblings or (big[p] and big[q])):
                 continue
-            share = open_.get((p, q), 0) / n_total
             needed = sibling_open_fraction if siblings else merge_open_fraction
             same_bone = vote_bone[p] == vote_bone[q] or 0 in (vote_bone[p], vote_bone[q])
-            if share >= needed and same_bone:
+            section = not siblings  # siblings were one core: no cross-section test
+            if same_bone and _continues(n_open, n_total, sizes[p], sizes[q], needed, section):
                 groups.union(p, q)
     return np.array([groups.find(i) for i in range(n)], dtype=np.int64)
 
@@ -480,7 +484,7 @@ def _assign_missing_bones(
     for i in missing:
         nbrs = {k: n for k, n in touch.get(i, {}).items() if inst_bone[k] > 0}
         if sizes[i] < min_fragment_vox and nbrs:
-            inst_bone[i] = inst_bone[max(nbrs, key=nbrs.get)]
+            inst_bone[i] = inst_bone[max(nbrs, key=lambda k: nbrs[k][-1])]
         else:
             far.append(i)
     if not far:
@@ -532,30 +536,52 @@ class _UnionFind:
         return rk
 
 
-def _contact_table(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
-    """(p, q) -> (open face contacts, all 26-neighbour contacts) between instances.
+def _face_contacts(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
+    """(p, q) -> (open, all) face contacts between instances.
 
-    Open contacts are face contacts with neither voxel in the border class: the two
-    instances continue into each other there, with no fracture zone between them.
+    Open contacts have neither voxel in the border class: the two instances continue
+    into each other there, with no fracture zone between them.
     """
-    total = _pair_counts(inst, connectivity=26)
+    total = _pair_counts(inst, connectivity=6)
     open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
     return {pq: (open_.get(pq, 0), n) for pq, n in total.items()}
 
 
+def _continues(
+    n_open: int, n_faces: int, size_p: int, size_q: int, fraction: float, section: bool = True
+) -> bool:
+    """Do two instances continue into each other (no border between them)?
+
+    At least ``fraction`` of their face contacts are open, and the open contact is a real
+    cross-section, not a thin bridge: at least ``OPEN_SECTION`` x (smaller size)^(2/3)
+    faces. A core cut in two meets its other half over the bone's whole section; a few
+    boundary voxels laid around the outer edge of a fracture by surface noise do not.
+    """
+    if n_faces == 0 or n_open < fraction * n_faces:
+        return False
+    return not section or n_open >= OPEN_SECTION * float(min(size_p, size_q)) ** (2.0 / 3.0)
+
+
+def _contact_table(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(p, q) -> (open faces, faces, all 26-neighbour contacts) between instances
+    (faces as in :func:`_face_contacts`)."""
+    faces = _face_contacts(inst, a)
+    return {pq: faces.get(pq, (0, 0)) + (n,) for pq, n in _pair_counts(inst, connectivity=26).items()}
+
+
 def _neighbours(root, contacts, groups, inst_bone, same_bone: bool = True):
-    """Groups touching group ``root`` (of the same bone unless told) -> (open, all) contacts.
+    """Groups touching group ``root`` (of the same bone unless told) -> summed contacts.
 
     """
-    out: dict[int, tuple[int, int]] = {}
-    for (p, q), (n_open, n_all) in contacts.items():
+    out: dict[int, tuple[int, int, int]] = {}
+    for (p, q), counts in contacts.items():
         rp, rq = groups.find(p), groups.find(q)
         if rp == rq or root not in (rp, rq):
             continue
         other = rq if rp == root else rp
         if not same_bone or inst_bone[other] == inst_bone[root]:
-            o, t = out.get(other, (0, 0))
-            out[other] = (o + n_open, t + n_all)
+            prev = out.get(other, (0, 0, 0))
+            out[other] = tuple(x + y for x, y in zip(prev, counts))
     return out
 
 
@@ -564,10 +590,10 @@ def _neighbour_picker(sizes, merge_open_fraction):
     (open share of their contact at least ``merge_open_fraction``) if any, else the one it
     touches most; ties to the larger."""
 
-    def pick(nbrs: dict[int, tuple[int, int]]) -> int:
+    def pick(r: int, nbrs: dict[int, tuple[int, int, int]]) -> int:
         def key(k):
-            n_open, n_all = nbrs[k]
-            return (n_open >= merge_open_fraction * n_all, n_all, sizes[k])
+            n_open, n_faces, n_all = nbrs[k]
+            return (_continues(n_open, n_faces, sizes[r], sizes[k], merge_open_fraction), n_all, sizes[k])
 
         return max(nbrs, key=key)
 
@@ -593,7 +619,7 @@ def _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min
             r, contacts, groups, inst_bone, same_bone=False
         )
         if nbrs:
-            target = pick(nbrs)
+            target = pick(r, nbrs)
             groups.union(target, r)
             sizes[target] += sizes[r]
             sizes[r] = 0
@@ -619,7 +645,7 @@ def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_b
             r = min(roots, key=lambda i: (sizes[i], i))
             nbrs = _neighbours(r, contacts, groups, inst_bone)
             if nbrs:
-                target = pick(nbrs)
+                target = pick(r, nbrs)
             else:  # touches no fragment of its bone: the nearest one by centroid
                 others = [k for k in roots if k != r]
                 target = min(others, key=lambda k: float(np.sum((centroids[k] - centroids[r]) ** 2)))
