@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NAIVE = dict(border_mm=6.0, border_radius_fraction=None, border_shell_only=True,
-             extra_core_min_vox=None, min_core_vox=1)
+             extra_core_min_vox=None, min_core_vox=1, zone_half_thickness=False)
 
 CHILD = textwrap.dedent(
     """

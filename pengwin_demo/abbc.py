@@ -25,6 +25,10 @@ What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
   fragment's largest inscribed radius (its maximum distance to its own surface, mm). A
   fixed 6 mm zone swallows small and thin fragments whole. The same width on both sides
   of a fracture keeps the wall centred on it, so growth meets on the true fracture surface.
+* The zone never takes more than half the local thickness: a voxel is in it only if it
+  is at least as close to the other fragment as to the background. A flange two voxels
+  thick lying on its neighbour keeps its outer half open, so recovery reaches it from
+  its own fragment.
 * Every voxel 26-adjacent to another fragment of the same bone is border whatever the
   width (the *contact layer*): the open (boundary/core) voxels of two same-bone
   fragments are never 26-adjacent, so the wall cannot leak on any grid.
@@ -110,6 +114,7 @@ def abbc_targets(
     stray_vox: int = STRAY_VOX,
     extra_core_min_vox: int | None = MIN_CORE_VOX,
     border_shell_only: bool = False,
+    zone_half_thickness: bool = True,
     parallel: int = 2,
 ) -> np.ndarray:
     """Compute the ABBC map of a PENGWIN fragment label map.
@@ -150,6 +155,11 @@ def abbc_targets(
         of the fracture. True (the article): only the boundary shell in the zone becomes
         border and core there is demoted to boundary (the wall is then as thick as the
         shell, which differs from one side to the other).
+    zone_half_thickness : bool
+        A voxel is in the fracture zone only if it is at least as close to the other
+        fragment as to the background, so the zone never takes more than half of a thin
+        flange lying on its neighbour (the contact layer still does). Without it, such a
+        flange is all border and recovery gives it to the neighbour.
     parallel : int
         Threads for the distance transforms.
 
@@ -181,6 +191,11 @@ def abbc_targets(
     # cut the bone there, the bone goes on).
     dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
     dist = dist.astype(np.float32, copy=False)
+    # distance (mm) to the background, for the half-thickness limit of the fracture zone
+    depth = None
+    if zone_half_thickness:
+        depth = edt.edt(labels > 0, anisotropy=tuple(spacing), black_border=False,
+                        parallel=parallel).astype(np.float32, copy=False)
     clock.lap("distance")
 
     boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
@@ -197,7 +212,7 @@ def abbc_targets(
     zone_margin = np.ceil(max_width / spacing).astype(int) + 1
     margin = np.maximum(smooth_margin, zone_margin)
 
-    zone_args = (boxes, widths, spacing, parallel, border_shell_only)
+    zone_args = (boxes, widths, spacing, parallel, border_shell_only, depth)
     for lab in present:
         box = _grow_box(boxes[lab], margin, labels.shape)
         lab_crop = labels[box]
@@ -223,7 +238,7 @@ def abbc_targets(
         _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
         region = out[box]
         region[frag] = classes[frag]
-    del comps, dist
+    del comps, dist, depth
 
     _separate_cores(out, labels, min_core_vox, max_core_fraction)
     clock.lap("separate")
@@ -268,11 +283,11 @@ def _core_boundary(d, frag, sigma_axes, lap_weights, threshold, core_mm) -> np.n
 
 
 def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spacing, parallel,
-                         shell_only) -> None:
+                         shell_only, depth) -> None:
     """Fracture zone, in place: all of it -> border; or, with ``shell_only`` (the article),
     boundary there -> border, core there -> boundary, contact layer -> border."""
     zone, contact = _fracture_zone(
-        lab, lab_crop, frag, box, boxes, widths, spacing, parallel
+        lab, lab_crop, frag, box, boxes, widths, spacing, parallel, depth
     )
     if zone is None:
         return
@@ -285,7 +300,7 @@ def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spaci
     classes[contact] = ABBC_BORDER
 
 
-def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel):
+def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, depth=None):
     """Voxels of ``frag`` within the pair width of another fragment of the same bone.
 
     Neighbours that share a width are handled by one distance transform, on the part of
@@ -323,7 +338,11 @@ def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel):
         touch = frag_sub & (
             ndimage.maximum_filter(other_mask.view(np.uint8), size=3, mode="constant") > 0
         )
-        near = (frag_sub & (d_other <= width)) | touch
+        near = frag_sub & (d_other <= width)
+        if depth is not None:  # never more than half the local thickness
+            whole = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub))
+            near &= d_other <= depth[whole]
+        near |= touch
         if not near.any():
             continue
         if zone is None:

@@ -103,7 +103,13 @@ def test_two_slabs_same_bone_symmetric_wall_on_the_fracture_plane():
     assert border_x.tolist() == [20, 21, 22, 23]
     left = np.count_nonzero((out == ABBC_BORDER) & (labels == 1))
     right = np.count_nonzero((out == ABBC_BORDER) & (labels == 2))
-    assert left == right == 2 * 20 * 20, "the wall has the same width on both sides"
+    assert left == right, "the wall has the same width on both sides"
+    # 2 voxels a side inside the bone; on the bone's outer surface (1 mm from the
+    # background) only the contact layer: the zone takes at most half the local thickness
+    mid = np.nonzero(out[15, 15] == ABBC_BORDER)[0].tolist()
+    rim = np.nonzero(out[5, 15] == ABBC_BORDER)[0].tolist()
+    assert mid == [20, 21, 22, 23] and rim == [21, 22]
+    assert left > 1.8 * 20 * 20
     assert core_components(labels, out, 1) == 1 and core_components(labels, out, 2) == 1
 
 
@@ -185,7 +191,8 @@ def test_thin_plate_against_a_block_is_not_swallowed_by_border(thickness):
     assert np.count_nonzero(out[plate] == ABBC_BORDER) < plate.sum()
     # the naive reading (fixed 6 mm, no scaling) drowns the plate in border
     naive = abbc_targets(labels, ISO, border_mm=6.0, border_radius_fraction=None, min_core_vox=1,
-                         extra_core_min_vox=None, border_shell_only=True)
+                         extra_core_min_vox=None, border_shell_only=True,
+                         zone_half_thickness=False)
     assert np.count_nonzero(naive[plate] == ABBC_CORE) < np.count_nonzero(out[plate] == ABBC_CORE)
 
 
@@ -386,7 +393,7 @@ def test_core_splinters_cut_off_by_the_zone_are_demoted():
 def test_border_shell_only_demotes_core_to_boundary_in_the_zone():
     labels = two_slabs()
     out = abbc_targets(labels, ISO, border_mm=6.0, border_radius_fraction=None,
-                       border_shell_only=True)
+                       border_shell_only=True, zone_half_thickness=False)
     check_all(labels, out, ISO, max_width_mm=6.0)
     zone = (labels > 0) & (np.abs(np.arange(44) - 21.5) <= 6)[None, None, :]
     assert not np.any(out[zone] == ABBC_CORE), "no core within the zone"

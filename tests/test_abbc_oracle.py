@@ -35,6 +35,7 @@ NAIVE = dict(  # the article read literally: 6 mm zone, no scaling, no core guar
     border_shell_only=True,
     extra_core_min_vox=None,
     min_core_vox=1,
+    zone_half_thickness=False,
 )
 
 
