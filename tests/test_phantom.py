@@ -234,3 +234,21 @@ def test_joint_gaps_separate_the_bones():
     # and they do come close: the gaps are joints, not empty space
     assert values_inside("left_hip", "sacrum").min() <= a.si_gap + 1.5
     assert values_inside("left_femur", "left_hip").min() <= a.hip_gap + 1.5
+
+
+@pytest.mark.slow
+def test_full_size_case():
+    ph = generate_phantom(1, "full")
+    ct, lab = ph.ct, ph.labels.array
+    nz, ny, nx = ct.shape
+    assert (ny, nx) == (512, 512) and 100 <= nz <= 480
+    sz, sy, sx = ct.spacing_zyx_mm
+    assert 0.6 <= sx == sy <= 1.0 and 0.5 <= sz <= 3.0
+    assert ph.fragments == ph.requested_fragments
+    # every labelled bone lies inside the field of view
+    for face in (lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]):
+        assert not face.any()
+    # the cortical shell is resolved at this size: its voxels reach cortical HU
+    bone = lab > 0
+    shell = bone & ~ndimage.binary_erosion(bone)
+    assert 1000 <= np.percentile(ct.array[shell], 90) <= 1900
