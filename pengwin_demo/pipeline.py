@@ -357,8 +357,8 @@ class Pipeline:
 
     def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail) -> PipelineResult:
         from .io import write_like
-        from .meshes import fragment_meshes, write_scene_glb, write_stls
-        from .report import build_report, fragment_stats, series_summary, write_report
+        from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
+        from .report import build_report, fragment_stats, labels_present, series_summary, write_report
 
         clock = _Stopwatch(progress)
         warnings: list[str] = []
@@ -419,8 +419,6 @@ class Pipeline:
         labels = ct.with_array(nearest_onto(labels_grid, ct))
         out_dir.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Any] = {"labels": write_like(labels.array, ct, out_dir / "labels.nii.gz")}
-        from .report import labels_present
-
         present = labels_present(labels.array)
         if bone_ml >= self.min_bone_ml and not present:
             warnings.append("pelvic bone was found but no fragment survived recovery")
@@ -448,14 +446,13 @@ class Pipeline:
         fragments = fragment_stats(labels)
         stl_rel = {p.name: str(p.relative_to(out_dir)) for p in paths["stl"]}
         for f in fragments:
-            from .meshes import stl_name
-
             f["stl"] = stl_rel.get(stl_name(f["label"]))
         headers = ct_input.dicom_headers or []
         series = None
         if ct_input.series is not None or headers:
+            n_slices = getattr(ct_input.series, "n_slices", None) or len(headers) or None
             series = series_summary(ct_input.series, headers[0] if headers else None,
-                                    n_slices=len(headers) or None)
+                                    n_slices=n_slices)
             if series is not None and thick:
                 series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick, 3)
         inference = {
