@@ -127,31 +127,35 @@ def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarra
 
 # -- fast path: components + fields only where seeds compete ---------------------------------
 def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
-    owner = seeds.copy()
-    free_all = domain & (seeds == 0)
+    owner = seeds.astype(np.uint32, copy=True)
+    free_all = domain & (owner == 0)
     box = bounding_box(free_all, margin_vox=1)
     if box is None:
         return owner
     free = free_all[box]
-    sub_seeds = seeds[box]
-    comps, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True)
-    comps = comps.astype(np.uint32, copy=False)
-    offset = np.uint32(seeds.max())
-    touching = _touching_seeds(np.where(free, comps + offset, sub_seeds), int(offset))
-    lut = np.zeros(n_comps + 1, dtype=np.uint32)
+    region = owner[box]
+    offset = np.uint32(owner.max())
+    # one array holds both: seed ids 1..offset, free component c as offset + c
+    joint, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True)
+    joint = joint.astype(np.uint32, copy=False)
+    np.add(joint, offset, out=joint, where=free)
+    np.copyto(joint, region, where=~free)
+    touching = _touching_seeds(joint, int(offset))
+    lut = np.arange(int(offset) + n_comps + 1, dtype=np.uint32)
+    lut[int(offset) + 1 :] = 0
     contested = []
     for comp, sids in touching.items():
         if len(sids) == 1:
-            lut[comp] = next(iter(sids))
+            lut[int(offset) + comp] = next(iter(sids))
         else:
             contested.append(comp)
-    region = owner[box]
-    region[...] = np.where(free, lut[comps], sub_seeds)
+    sub_seeds = region.copy()
+    region[...] = lut[joint]
     if contested:
-        boxes = cc3d.statistics(comps)["bounding_boxes"]
+        boxes = cc3d.statistics(joint)["bounding_boxes"]
         for comp in contested:
-            cbox = _grow_box(boxes[comp], comps.shape)
-            sub_comp = comps[cbox] == comp
+            cbox = _grow_box(boxes[int(offset) + comp], joint.shape)
+            sub_comp = joint[cbox] == int(offset) + comp
             near = ndi.binary_dilation(sub_comp, _BALL6)
             cell_seeds = sub_seeds[cbox]
             ids = np.fromiter(touching[comp], dtype=np.uint32)

@@ -178,10 +178,10 @@ def recover_fragments(
     big = votes.sum(axis=1) >= min_fragment_vox
     sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
     sibling_of[: n_seeds + 1] = core_of_seed
-    lut = _merge_open_contacts(
+    lut, faces = _merge_open_contacts(
         inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
     )
-    lab, seed_count, n_inst = _apply_lut(lab, lut, seed_count)
+    lab, seed_count, n_inst, new_id = _apply_lut(lab, lut, seed_count)
 
     # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
     votes = _bone_votes(lab, anat, n_inst)
@@ -192,7 +192,9 @@ def recover_fragments(
     inst_bone = _majority_bone(votes)
     inst.ravel()[flat] = lab
     sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
-    contacts = _contact_table(inst, a)
+    # face contacts carried over from step 4 unless a split changed the instances
+    faces = None if n_split else _renumber_pairs(faces, new_id)
+    contacts = _contact_table(inst, a, faces)
     _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
     covered = votes[:, 1:].sum(axis=1)
     poor = [i for i in range(1, n_inst + 1) if sizes[i] >= min_fragment_vox and covered[i] < 0.5 * sizes[i]]
@@ -387,7 +389,7 @@ def _apply_lut(lab, lut, seed_count):
     compact[used] = np.arange(used.size)
     new_seed = np.bincount(compact[lut], weights=seed_count, minlength=used.size).astype(np.int64)
     new_seed[0] = 0
-    return compact[rep].astype(np.uint32), new_seed, used.size - 1
+    return compact[rep].astype(np.uint32), new_seed, used.size - 1, compact[lut]
 
 
 def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], int]:
@@ -401,7 +403,7 @@ def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], i
 
 def _merge_open_contacts(
     inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict]:
     """LUT merging big instances whose face contacts are mostly outside the border class.
 
     Seeds cut from one core component (``sibling_of`` equal and nonzero) were one core
@@ -425,7 +427,7 @@ def _merge_open_contacts(
             section = not siblings  # siblings were one core: no cross-section test
             if same_bone and _continues(n_open, n_total, sizes[p], sizes[q], needed, section):
                 groups.union(p, q)
-    return np.array([groups.find(i) for i in range(n)], dtype=np.int64)
+    return np.array([groups.find(i) for i in range(n)], dtype=np.int64), faces
 
 
 def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
@@ -562,10 +564,24 @@ def _continues(
     return not section or n_open >= OPEN_SECTION * float(min(size_p, size_q)) ** (2.0 / 3.0)
 
 
-def _contact_table(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int, int]]:
+def _renumber_pairs(pairs: dict, new_id: np.ndarray) -> dict:
+    """Sum pair counts under a renumbering (pairs that become one instance vanish)."""
+    out: dict = {}
+    for (p, q), counts in pairs.items():
+        a, b = int(new_id[p]), int(new_id[q])
+        if a == b:
+            continue
+        key = (a, b) if a < b else (b, a)
+        prev = out.get(key)
+        out[key] = counts if prev is None else tuple(x + y for x, y in zip(prev, counts))
+    return out
+
+
+def _contact_table(inst, a, faces: dict | None = None) -> dict[tuple[int, int], tuple[int, int, int]]:
     """(p, q) -> (open faces, faces, all 26-neighbour contacts) between instances
-    (faces as in :func:`_face_contacts`)."""
-    faces = _face_contacts(inst, a)
+    (faces as in :func:`_face_contacts`, computed unless given)."""
+    if faces is None:
+        faces = _face_contacts(inst, a)
     return {pq: faces.get(pq, (0, 0)) + (n,) for pq, n in _pair_counts(inst, connectivity=26).items()}
 
 
