@@ -126,6 +126,7 @@ def test_small_phantom_invariants(seed):
     check_all(labels, abbc, spacing, max_width_mm=2.0)
 
 
+@pytest.mark.slow
 def test_small_phantoms_oracle():
     """2 mm voxels: a flange one or two voxels thick lying on its neighbour is all contact
     layer (border), and a one-voxel slip at a fracture surface costs a small fragment

@@ -88,6 +88,12 @@ def check_walls(labels, abbc) -> None:
 
 def check_all(labels, abbc, spacing, max_width_mm=2.0) -> None:
     check_partition(labels, abbc)
+    from pengwin_demo.volume import bounding_box
+
+    box = bounding_box(labels > 0, margin_vox=1)
+    if box is None:
+        return
+    labels, abbc = labels[box], abbc[box]  # the other checks only look at bone
     check_core_per_fragment(labels, abbc)
     check_cores_apart(labels, abbc)
     check_border_near_same_bone(labels, abbc, spacing, max_width_mm)
