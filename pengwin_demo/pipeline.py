@@ -294,6 +294,18 @@ class Pipeline:
         }
         return {"anatomy": anatomy, "abbc": abbc}
 
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Names, backends, versions and spacings of the loaded models (loads them)."""
+        self.load_models()
+        return dict(self._info)
+
+    @property
+    def model_warnings(self) -> list[str]:
+        """Warnings from loading the models (e.g. TotalSegmentator fell back to bundled)."""
+        self.load_models()
+        return list(self._model_warnings)
+
     def device_name(self) -> str:
         """The resolved device ("cpu", "cuda", "cuda:0"...)."""
         try:

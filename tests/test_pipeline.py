@@ -335,3 +335,16 @@ def test_fast_nearest_upsampling_equals_simpleitk(spacing):
     np.testing.assert_array_equal(nearest_onto(coarse, fine), resample_onto(coarse, fine, "nearest").array)
     shifted = Volume(coarse.array, coarse.spacing_zyx_mm, (-2.0, 4.5, 5.0), coarse.direction)
     np.testing.assert_array_equal(nearest_onto(shifted, fine), resample_onto(shifted, fine, "nearest").array)
+
+
+@needs_models
+def test_totalsegmentator_without_weights_falls_back_with_a_warning():
+    from pengwin_demo.models import totalsegmentator_missing_weights
+
+    if not totalsegmentator_missing_weights():
+        pytest.skip("TotalSegmentator weights are installed here; the fallback cannot be shown")
+    pipe = Pipeline(device="cpu", anatomy="totalsegmentator")
+    assert any("TotalSegmentator unavailable" in w for w in pipe.model_warnings)
+    info = pipe.model_info
+    assert info["anatomy"]["backend"] == "bundled" and info["anatomy"]["name"] == "anatomy"
+    assert info["fragments"]["target_spacing_zyx_mm"] is not None
