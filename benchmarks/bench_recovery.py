@@ -24,8 +24,8 @@ Part 2, imperfect predictions: fragment IoU against corruption level on the real
 fractured sacrum (cropped to its bone), for every corruption in
 :mod:`pengwin_demo.abbc_noise`: border with gaps, border thinner/thicker, spurious core
 specks, fragments whose core is missing, salt-and-pepper class noise and jittered bone
-surface. For the surface jitter the best any recovery could reach (the ground truth cut
-to the jittered bone) is printed beside it.
+surface. For the surface jitter the best any recovery could reach (the ground truth on
+the jittered bone, added voxels labelled like a neighbour) is printed beside it.
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ def curve(gt: np.ndarray, spacing) -> None:
         res, wall, _ = timed(recover_fragments, corrupted, anatomy, spacing, min_fragment_vox=MIN_FRAGMENT_VOX)
         line = (f"   {kind:22s} {str(level):>6s}   IoU {fragment_iou(res.labels, gt_merged):.3f}   "
                 f"fragments {len(res.fragments)}/{n_true}   {wall:5.2f} s")
-        if ceiling:
-            best = np.where(corrupted > 0, gt_merged, 0).astype(np.uint8)
+        if ceiling:  # the ground truth on the jittered bone; added voxels take a neighbour's label
+            from scipy import ndimage as ndi
+
+            grown = ndi.grey_dilation(gt_merged, footprint=ndi.generate_binary_structure(3, 1))
+            best = np.where(corrupted > 0, np.where(gt_merged > 0, gt_merged, grown), 0).astype(np.uint8)
             line += f"   (ground truth on the jittered bone: {fragment_iou(best, gt_merged):.3f})"
         print(line, flush=True)
 
