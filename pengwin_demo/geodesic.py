@@ -33,6 +33,7 @@ Arrays are indexed (z, y, x); ``spacing_zyx_mm`` is in the same order, in mm.
 from __future__ import annotations
 
 import cc3d
+import edt
 import numpy as np
 import skfmm
 from scipy import ndimage as ndi
@@ -55,6 +56,7 @@ def grow_labels(
     passable: np.ndarray,
     spacing_zyx_mm,
     method: str = "fast",
+    seed_groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Geodesic Voronoi partition of the passable voxels among labelled seeds.
 
@@ -69,6 +71,12 @@ def grow_labels(
         Voxel size along (z, y, x), mm: distances are physical, not in voxels.
     method : {"fast", "reference"}
         See the module docstring; both return the same partition up to ties.
+    seed_groups : ndarray of int, optional
+        Fast path only: group id per seed id (index 0 unused, 0 = no group). Where all
+        seeds competing for a component share one nonzero group, the caller only needs
+        *a* sensible partition between them (it will test whether they are one object),
+        and the component is split by straight-line (Euclidean, edt) distance instead of
+        geodesic fields.
 
     Returns
     -------
@@ -93,7 +101,7 @@ def grow_labels(
     if method == "reference":
         out[box] = _grow_reference(sub_seeds, sub_domain, spacing)
     else:
-        out[box] = _grow_fast(sub_seeds, sub_domain, spacing)
+        out[box] = _grow_fast(sub_seeds, sub_domain, spacing, seed_groups)
     return out
 
 
@@ -126,7 +134,7 @@ def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarra
 
 
 # -- fast path: components + fields only where seeds compete ---------------------------------
-def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
+def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing, seed_groups=None) -> np.ndarray:
     owner = seeds.astype(np.uint32, copy=True)
     free_all = domain & (owner == 0)
     box = bounding_box(free_all, margin_vox=1)
@@ -152,9 +160,9 @@ def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
     sub_seeds = region.copy()
     region[...] = lut[joint]
     if contested:
-        boxes = cc3d.statistics(joint)["bounding_boxes"]
+        boxes = _boxes_of(joint, free, int(offset), contested)
         for comp in contested:
-            cbox = _grow_box(boxes[int(offset) + comp], joint.shape)
+            cbox = _grow_box(boxes[comp], joint.shape)
             sub_comp = joint[cbox] == int(offset) + comp
             near = ndi.binary_dilation(sub_comp, _BALL6)
             cell_seeds = sub_seeds[cbox]
@@ -163,12 +171,46 @@ def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
             # the touching seeds' voxels next to the component are the sources; waves
             # cannot come in any other way, so the rest of each seed stays out of the field
             sources = np.where(frontier, cell_seeds, 0)
-            if ids.size > JOINT_FIELD_MIN_SEEDS or np.count_nonzero(sub_comp) > JOINT_FIELD_MIN_VOX:
+            groups = None if seed_groups is None else np.unique(seed_groups[ids])
+            if groups is not None and groups.size == 1 and groups[0] != 0:
+                cells = _split_euclidean(sources, ids, spacing)
+            elif ids.size > JOINT_FIELD_MIN_SEEDS or np.count_nonzero(sub_comp) > JOINT_FIELD_MIN_VOX:
                 cells = _grow_joint(sources, sub_comp | frontier, spacing)
             else:
                 cells = _grow_reference(sources, sub_comp | frontier, spacing)
             cell_region = region[cbox]
             cell_region[sub_comp] = cells[sub_comp]
+    return owner
+
+
+def _boxes_of(joint: np.ndarray, free: np.ndarray, offset: int, comps: list[int]) -> dict:
+    """Bounding boxes (tuples of slices) of the free components ``comps`` (ids without offset)."""
+    flat = np.flatnonzero(free)
+    ids = joint.ravel()[flat].astype(np.int64) - offset
+    pick = np.isin(ids, comps)
+    flat, ids = flat[pick], ids[pick]
+    coords = np.unravel_index(flat, free.shape)
+    n = max(comps) + 1
+    boxes = {}
+    lo = [np.full(n, np.iinfo(np.int64).max) for _ in range(3)]
+    hi = [np.full(n, -1) for _ in range(3)]
+    for axis in range(3):
+        np.minimum.at(lo[axis], ids, coords[axis])
+        np.maximum.at(hi[axis], ids, coords[axis])
+    for c in comps:
+        boxes[c] = tuple(slice(int(lo[a][c]), int(hi[a][c]) + 1) for a in range(3))
+    return boxes
+
+
+def _split_euclidean(sources: np.ndarray, ids: np.ndarray, spacing) -> np.ndarray:
+    """Each voxel to the seed whose source voxels are nearest in a straight line (mm)."""
+    best = np.full(sources.shape, np.inf, dtype=np.float32)
+    owner = np.zeros(sources.shape, dtype=np.uint32)
+    for sid in ids:
+        dist = edt.edt(sources != sid, anisotropy=tuple(spacing), black_border=False, parallel=1)
+        closer = dist < best
+        best[closer] = dist[closer]
+        owner[closer] = sid
     return owner
 
 
