@@ -33,7 +33,6 @@ Arrays are indexed (z, y, x); ``spacing_zyx_mm`` is in the same order, in mm.
 from __future__ import annotations
 
 import cc3d
-import edt
 import numpy as np
 import skfmm
 from scipy import ndimage as ndi
@@ -56,7 +55,6 @@ def grow_labels(
     passable: np.ndarray,
     spacing_zyx_mm,
     method: str = "fast",
-    seed_groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Geodesic Voronoi partition of the passable voxels among labelled seeds.
 
@@ -71,12 +69,6 @@ def grow_labels(
         Voxel size along (z, y, x), mm: distances are physical, not in voxels.
     method : {"fast", "reference"}
         See the module docstring; both return the same partition up to ties.
-    seed_groups : ndarray of int, optional
-        Fast path only: group id per seed id (index 0 unused, 0 = no group). Where all
-        seeds competing for a component share one nonzero group, the caller only needs
-        *a* sensible partition between them (it will test whether they are one object),
-        and the component is split by straight-line (Euclidean, edt) distance instead of
-        geodesic fields.
 
     Returns
     -------
@@ -101,7 +93,7 @@ def grow_labels(
     if method == "reference":
         out[box] = _grow_reference(sub_seeds, sub_domain, spacing)
     else:
-        out[box] = _grow_fast(sub_seeds, sub_domain, spacing, seed_groups)
+        out[box] = _grow_fast(sub_seeds, sub_domain, spacing)
     return out
 
 
@@ -134,7 +126,7 @@ def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarra
 
 
 # -- fast path: components + fields only where seeds compete ---------------------------------
-def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing, seed_groups=None) -> np.ndarray:
+def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
     owner = seeds.astype(np.uint32, copy=True)
     free_all = domain & (owner == 0)
     box = bounding_box(free_all, margin_vox=1)
@@ -171,10 +163,7 @@ def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing, seed_groups=None)
             # the touching seeds' voxels next to the component are the sources; waves
             # cannot come in any other way, so the rest of each seed stays out of the field
             sources = np.where(frontier, cell_seeds, 0)
-            groups = None if seed_groups is None else np.unique(seed_groups[ids])
-            if groups is not None and groups.size == 1 and groups[0] != 0:
-                cells = _split_euclidean(sources, ids, spacing)
-            elif ids.size > JOINT_FIELD_MIN_SEEDS or np.count_nonzero(sub_comp) > JOINT_FIELD_MIN_VOX:
+            if ids.size > JOINT_FIELD_MIN_SEEDS or np.count_nonzero(sub_comp) > JOINT_FIELD_MIN_VOX:
                 cells = _grow_joint(sources, sub_comp | frontier, spacing)
             else:
                 cells = _grow_reference(sources, sub_comp | frontier, spacing)
@@ -200,18 +189,6 @@ def _boxes_of(joint: np.ndarray, free: np.ndarray, offset: int, comps: list[int]
     for c in comps:
         boxes[c] = tuple(slice(int(lo[a][c]), int(hi[a][c]) + 1) for a in range(3))
     return boxes
-
-
-def _split_euclidean(sources: np.ndarray, ids: np.ndarray, spacing) -> np.ndarray:
-    """Each voxel to the seed whose source voxels are nearest in a straight line (mm)."""
-    best = np.full(sources.shape, np.inf, dtype=np.float32)
-    owner = np.zeros(sources.shape, dtype=np.uint32)
-    for sid in ids:
-        dist = edt.edt(sources != sid, anisotropy=tuple(spacing), black_border=False, parallel=1)
-        closer = dist < best
-        best[closer] = dist[closer]
-        owner[closer] = sid
-    return owner
 
 
 def _grow_joint(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:

@@ -155,8 +155,7 @@ def recover_fragments(
 
     # 2. growth through boundary/core; seedless components become instances
     passable = (a == ABBC_BOUNDARY) | (a == ABBC_CORE)
-    # seeds cut from one core component only need a partition for the merge test
-    inst = grow_labels(seeds, passable, spacing, method, seed_groups=_sibling_groups(core_of_seed))
+    inst = grow_labels(seeds, passable, spacing, method)
     n_inst = _append_components(inst, passable & (inst == 0), n_seeds, 6, min_seed_vox)
     if n_inst > n_seeds:
         log.debug("%d boundary/core regions without a core seed", n_inst - n_seeds)
@@ -320,14 +319,6 @@ def _seeds(core: np.ndarray, min_seed_vox: int) -> tuple[np.ndarray, int, np.nda
     seeds.ravel()[where] = np.maximum(seeds.ravel()[where], piece_lut[piece_ids])
     core_of_seed = np.concatenate([[0], whole, parent[split_pieces]]).astype(np.int64)
     return seeds, int(whole.size + split_pieces.size), core_of_seed
-
-
-def _sibling_groups(core_of_seed: np.ndarray) -> np.ndarray:
-    """Group id per seed: its core component where it shares it with another seed, else 0."""
-    counts = np.bincount(core_of_seed[1:], minlength=int(core_of_seed.max()) + 1)
-    groups = np.where(counts[core_of_seed] >= 2, core_of_seed, 0)
-    groups[0] = 0
-    return groups
 
 
 def _components(mask: np.ndarray, connectivity: int, min_vox: int) -> tuple[np.ndarray, int]:
