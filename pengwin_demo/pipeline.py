@@ -70,7 +70,7 @@ _STAGE_START = {
 THICK_SLICE_MM = 2.5
 """Slices thicker than this get a warning: thin fracture lines may be missed."""
 
-MIN_BONE_ML = 20.0
+MIN_BONE_ML = 50.0
 """Less pelvic bone than this (Stage 1 voxels that are also bone-dense, see
 :data:`BONE_HU`) counts as "no pelvic bone found". A scan that covers even part of the
 pelvis holds hundreds of mL; a false Stage-1 hit on a vertebra or rib holds little."""
@@ -424,6 +424,17 @@ class Pipeline:
                                     **self.recovery_kwargs)
             recovery_warnings = list(rec.warnings)
             labels_grid = abbc_vol.with_array(np.ascontiguousarray(rec.labels, dtype=np.uint8))
+            if not labels_grid.array.any():
+                # Stage 1 saw bone but Stage 2 found no fragment in it: for the user this is
+                # "no pelvic bone" (e.g. a vertebra taken for sacrum); recovery's technical
+                # messages go to the log only
+                for w in recovery_warnings:
+                    log.info("recovery: %s", w)
+                recovery_warnings = [
+                    f"no pelvic bone found: Stage 1 marked {bone_ml:.1f} mL as sacrum/hip bone, "
+                    "but Stage 2 found no bone fragment in the scan; check that the scan covers "
+                    "the pelvis. No fragments were produced."
+                ]
         warnings.extend(recovery_warnings)
 
         # -- labels on the input grid -------------------------------------------------
@@ -432,8 +443,6 @@ class Pipeline:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Any] = {"labels": write_like(labels.array, ct, out_dir / "labels.nii.gz")}
         present = labels_present(labels.array)
-        if bone_ml >= self.min_bone_ml and not present:
-            warnings.append("pelvic bone was found but no fragment survived recovery")
 
         # -- meshes -------------------------------------------------------------------
         clock.stage("meshes")

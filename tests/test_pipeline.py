@@ -177,6 +177,16 @@ def test_no_pelvic_bone_finishes_cleanly(tmp_path):
     assert json.loads(result.paths["report"].read_text())["n_fragments"] == 0
 
 
+def test_bone_without_fragments_is_reported_as_no_pelvic_bone(tmp_path):
+    """Stage 1 marks bone (e.g. a vertebra taken for sacrum) but Stage 2 finds nothing."""
+    src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
+    nothing = OracleABBC(truth=lambda grid: np.zeros(grid.shape, np.uint8))
+    result = Pipeline(anatomy=OracleAnatomy(), fragments=nothing).run(src, tmp_path / "out")
+    assert len(result.warnings) == 1, result.warnings
+    assert result.warnings[0].startswith("no pelvic bone found: Stage 1 marked")
+    assert result.fragments == [] and result.paths["stl"] == []
+
+
 def test_thick_slices_and_reduced_resolution_warnings(tmp_path):
     src = write_volume(phantom_ct(spacing=(3.0, 1.0, 1.0)), tmp_path / "thick.nii.gz")
     anatomy = OracleAnatomy((1.0, 1.0, 1.0))
@@ -212,7 +222,8 @@ def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
         def predict(self, volume):
             return anatomy_from_fragments(twelve_pieces(volume))
 
-    result = Pipeline(anatomy=Anatomy(), fragments=OracleABBC(truth=twelve_pieces)).run(src, tmp_path / "out")
+    result = Pipeline(anatomy=Anatomy(), fragments=OracleABBC(truth=twelve_pieces),
+                      min_bone_ml=10).run(src, tmp_path / "out")
     assert any("12 fragments found, more than 10" in w for w in result.warnings)
     assert result.report["bones"]["right_hip"]["fragments"] == 10
 
@@ -224,7 +235,8 @@ def test_dicom_input_with_dicom_seg(tmp_path):
     dss = fac.make_series(n_slices=30, rows=56, columns=128, pixel_spacing_rc_mm=(1.0, 1.1),
                           spacing_z_mm=2.0, origin_lps_mm=(-70.0, -13.0, -9.0))
     fac.write_files(dss, tmp_path / "dicom")
-    pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC())
+    # the factory's pixels are a smooth test field, not bone: no bone-density gate here
+    pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC(), min_bone_ml=0)
     result = pipe.run(tmp_path / "dicom", tmp_path / "out", dicom_seg=True, mesh_detail="coarse")
     seg = hd.seg.segread(result.paths["seg"])
     assert seg.number_of_segments == len(result.fragments) == 4
