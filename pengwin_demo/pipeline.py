@@ -191,11 +191,18 @@ def _folder_version(folder: Path) -> str | None:
             return str(meta["version"])
     except (OSError, ValueError):
         pass
+    recipe = ""
+    try:  # bundled demo models record how they were trained
+        train = json.loads((folder / "training.json").read_text())
+        if train.get("recipe"):
+            recipe = f"{train['recipe']} recipe, {train.get('epochs', '?')} epochs, "
+    except (OSError, ValueError):
+        pass
     ckpts = sorted(folder.glob("fold_*/checkpoint_final.pth"))
     if ckpts:
         stamp = time.gmtime(ckpts[0].stat().st_mtime)
-        return "checkpoint " + time.strftime("%Y-%m-%dT%H:%MZ", stamp)
-    return None
+        return recipe + "checkpoint " + time.strftime("%Y-%m-%dT%H:%MZ", stamp)
+    return recipe.rstrip(", ") or None
 
 
 @dataclass
