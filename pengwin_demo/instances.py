@@ -17,8 +17,9 @@ the bounding box of the bone:
    share is ``open / (open + walled)`` over the face contacts between them, compared
    with ``merge_open_fraction``; a border wall with a few gaps keeps two fragments apart.
 5. **Anatomy**: each instance takes the bone (sacrum, left hip, right hip) most of its
-   voxels have; an instance with at least ``min_fragment_vox`` voxels in a second bone is
-   split there; an instance with no anatomy at all takes the nearest bone's.
+   voxels have; its voxels in a second bone (a wave that crossed a joint) are split off,
+   however few, and as small pieces join a fragment of that bone in step 6; an instance
+   with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
    same-bone instance they touch most; within a bone, fragments are ranked by size
    (largest = lowest label) and beyond ``max_per_bone`` the smallest are merged into
@@ -108,8 +109,8 @@ def recover_fragments(
     min_seed_vox : int
         Core components (and seedless boundary components) smaller than this are not seeds.
     min_fragment_vox : int
-        Fragments smaller than this merge into the same-bone fragment they touch most;
-        also the least voxels of a second bone that make an instance split by anatomy.
+        Fragments smaller than this merge into the same-bone fragment they touch most.
+        (An instance's voxels in a second bone are split off whatever their number.)
     merge_open_fraction : float
         Two instances whose face contacts are at least this share boundary/core on both
         sides (no border between them) are one fragment.
@@ -185,7 +186,7 @@ def recover_fragments(
 
     # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
     votes = _bone_votes(lab, anat, n_inst)
-    lab, votes, seed_count, n_split = _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox)
+    lab, votes, seed_count, n_split = _split_straddlers(lab, anat, votes, seed_count, 1)
     if n_split:
         log.info("split %d instance(s) that straddle two bones", n_split)
     n_inst = votes.shape[0] - 1
@@ -431,7 +432,8 @@ def _merge_open_contacts(
 
 
 def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
-    """Give the voxels an instance has in a second bone their own instance when they are many."""
+    """Give the voxels an instance has in a second bone their own instance when there are at
+    least ``min_fragment_vox`` of them (``recover_fragments`` passes 1: all of them)."""
     majority = _majority_bone(votes)
     n_inst = votes.shape[0] - 1
     rows = [votes]

@@ -96,8 +96,8 @@ def test_empty_map_is_all_background():
 # -- two slabs touching along a plane -------------------------------------------------------
 def test_two_slabs_same_bone_symmetric_wall_on_the_fracture_plane():
     labels = two_slabs()
-    out = abbc_targets(labels, ISO)
-    check_all(labels, out, ISO, max_width_mm=BORDER_MM)
+    out = abbc_targets(labels, ISO, border_mm=2.0)  # a 2 mm zone: 2 voxels a side at 1 mm
+    check_all(labels, out, ISO, max_width_mm=2.0)
     border_x = np.nonzero((out == ABBC_BORDER).any(axis=(0, 1)))[0]
     # border = the voxels within 2 mm of the other slab: x 20,21 | 22,23
     assert border_x.tolist() == [20, 21, 22, 23]
