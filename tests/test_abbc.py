@@ -424,3 +424,26 @@ def test_radius_fraction_narrows_the_zone_for_thin_fragments_only():
 def test_bad_input_raises_input_error(labels, spacing, message):
     with pytest.raises(InputError, match=message):
         abbc_targets(labels, spacing)
+
+
+def test_fragment_joined_only_through_its_own_zone_stays_one_piece():
+    """A bar of fragment 1 sandwiched between fragments 2 and 3 joins its two end blocks.
+    The whole bar is within 2 mm of 2 or 3, so a plain zone would cut fragment 1's
+    boundary/core in two (two cores: recovery would return two fragments). The bar's
+    middle layer stays boundary; its contact layers stay border, so the walls to 2 and 3
+    remain. (Recovery still sees a 1-voxel neck between two cores here; see docs/abbc.md.)"""
+    import cc3d
+
+    labels = np.zeros((24, 30, 60), dtype=np.uint8)
+    labels[:, :, :20] = 1
+    labels[:, :, 40:] = 1
+    labels[0:10, :, 20:40] = 2
+    labels[13:23, :, 20:40] = 3
+    labels[10:13, :, 20:40] = 1  # the bar, 3 voxels thick, as wide as the volume
+    out = abbc_targets(labels, ISO, border_mm=2.0)
+    check_all(labels, out, ISO, max_width_mm=2.0)
+    open_part = (labels == 1) & (out != ABBC_BORDER)
+    assert cc3d.connected_components(open_part, connectivity=6, return_N=True)[1] == 1
+    bar = out[10:13, :, 20:40]
+    assert np.all(bar[0] == ABBC_BORDER) and np.all(bar[2] == ABBC_BORDER)  # walls kept
+    assert np.all(bar[1, :, 1:-1] != ABBC_BORDER)
