@@ -85,12 +85,13 @@ def evaluate_models(
     return out
 
 
-if __name__ == "__main__":  # python -m pengwin_demo.model_quality ANATOMY ABBC [N] [size]
+if __name__ == "__main__":  # python -m pengwin_demo.model_quality ANATOMY ABBC [N] [size] [out.json] [device]
     import sys
 
     logging.basicConfig(level=logging.WARNING)
     a, b = sys.argv[1], sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     size = sys.argv[4] if len(sys.argv) > 4 else "full"
-    res = evaluate_models(a, b, EVAL_SEEDS[:n], size, "cpu", out_json=sys.argv[5] if len(sys.argv) > 5 else None)
+    device = sys.argv[6] if len(sys.argv) > 6 else "auto"
+    res = evaluate_models(a, b, EVAL_SEEDS[:n], size, device, out_json=sys.argv[5] if len(sys.argv) > 5 else None)
     print(json.dumps(res["mean"]))

@@ -265,7 +265,8 @@ class NnunetDirs:
         env = dict(os.environ)
         env.update({
             "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
-            "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": str(n_proc_da),
+            "nnUNet_results": str(self.results),
+            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(n_proc_da)),
             "nnUNet_compile": "f", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "PENGWIN_TORCH_THREADS": str(threads),
         })
