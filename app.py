@@ -243,9 +243,9 @@ def build_demo(with_inbox: bool = False) -> gr.Blocks:
             "for clinical use.**")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="CT upload", file_count="multiple",
-                                 file_types=[".nii", ".gz", ".mha", ".mhd", ".raw", ".nrrd",
-                                             ".zip", ".dcm", ".ima", ""])
+                # no file_types filter: DICOM files often have no extension; the
+                # loader names any file it cannot use and says what to do
+                upload = gr.File(label="CT upload", file_count="multiple")
                 with gr.Row():
                     run_btn = gr.Button("Segment upload", variant="primary")
                     example_btn = gr.Button("Run the example case", variant="secondary",

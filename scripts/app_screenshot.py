@@ -23,7 +23,9 @@ def screenshot_example(url: str, out_png: Path, chromium: str = "/usr/bin/chromi
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="networkidle")
+        # gradio keeps a connection open, so "networkidle" never comes: wait for the button
+        page.goto(url, wait_until="load", timeout=120_000)
+        page.wait_for_selector("#example-button", timeout=120_000)
         page.click("#example-button")
         # the 3D viewer mounts a canvas once the GLB has arrived
         page.wait_for_selector("#model3d canvas", timeout=timeout_ms)
