@@ -226,7 +226,10 @@ def inbox_rows() -> list[list]:
     rows = []
     for job in _watcher_service.recent_jobs():
         secs = job.get("seconds")
-        rows.append([job.get("job_id"), job.get("state"), job.get("received"),
+        state = job.get("state")
+        if job.get("stage"):
+            state = f"{state}: {job['stage']}"
+        rows.append([job.get("job_id"), state, job.get("received"),
                      None if secs is None else round(float(secs), 1), job.get("error") or ""])
     return rows
 
