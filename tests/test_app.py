@@ -120,3 +120,20 @@ def test_real_browser_runs_example_and_shows_3d(served, tmp_path):
 
     screenshot_example(served, shot, chromium)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_old_request_folders_are_purged_and_sessions_cleaned(tmp_path, monkeypatch):
+    import os
+    import time
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(app, "_WORK_ROOT", tmp_path)
+    old = app._new_request_dir("sessionA")
+    (old / "ct.npy").write_bytes(b"x")
+    past = time.time() - (app.KEEP_RESULTS_MINUTES + 1) * 60
+    os.utime(old, (past, past))
+    fresh = app._new_request_dir("sessionB")  # starting a request purges expired ones
+    assert not old.exists() and fresh.exists()
+    assert fresh.parent.parent == tmp_path  # everything stays inside the app's root
+    app._cleanup_session(SimpleNamespace(session_hash="sessionB"))  # tab closed
+    assert not fresh.parent.exists()
