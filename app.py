@@ -202,18 +202,18 @@ def change_axis(viewer, axis, window, overlay):
 
 
 def _summary_markdown(report: dict, warnings: list[str]) -> str:
-    inp = report.get("input", {})
-    lines = [f"**{len(report.get('fragments', []))} fragments** found."]
-    if inp.get("spacing_zyx_mm"):
-        lines.append(f"Input spacing (z, y, x): {tuple(round(s, 2) for s in inp['spacing_zyx_mm'])} mm.")
-    timings = report.get("timings_s") or report.get("timings") or {}
-    if timings:
-        total = timings.get("total", sum(v for v in timings.values() if isinstance(v, (int, float))))
-        lines.append(f"Processed in {total:.1f} s.")
-    for w in warnings:
-        lines.append(f"- ⚠️ {w}")
-    lines.append("\n*Research demo trained on synthetic phantoms: not for clinical use.*")
-    return "\n\n".join(lines[:3]) + ("\n\n" + "\n".join(lines[3:]) if len(lines) > 3 else "")
+    """Fragment count, input spacing, run time, then one bullet per warning."""
+    paragraphs = [f"**{len(report.get('fragments', []))} fragments** found."]
+    spacing = report.get("input", {}).get("spacing_zyx_mm")
+    if spacing:
+        paragraphs.append(f"Input spacing (z, y, x): {tuple(round(v, 2) for v in spacing)} mm.")
+    total_s = report.get("timings_s", {}).get("total")
+    if total_s is not None:
+        paragraphs.append(f"Processed in {total_s:.1f} s.")
+    if warnings:
+        paragraphs.append("\n".join(f"- ⚠️ {w}" for w in warnings))
+    paragraphs.append("*Research demo trained on synthetic phantoms: not for clinical use.*")
+    return "\n\n".join(paragraphs)
 
 
 # -- inbox jobs (watcher in this process) ----------------------------------------------
