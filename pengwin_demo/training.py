@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -246,6 +247,10 @@ class DemoConfig:
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 4
     initial_lr: float = 0.01
+    max_seconds: float | None = None
+    """Training time budget, s (after start-up). When set, training stops at the first epoch
+    end past it and the poly learning-rate schedule runs on elapsed time instead of epochs,
+    so a run of unknown speed (a GPU lent for minutes) still ends with a fully decayed rate."""
 
 
 @dataclass
@@ -391,6 +396,10 @@ def _child_plan(dataset_number: int, cfg: DemoConfig, num_workers: int) -> None:
     preprocess([dataset_number], configurations=(DEMO_CONFIGURATION,), num_processes=(num_workers,))
 
 
+class _BudgetSpent(Exception):
+    """Raised at an epoch end once the training time budget is spent."""
+
+
 def _demo_trainer_class():
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -406,6 +415,41 @@ def _demo_trainer_class():
             self.num_val_iterations_per_epoch = int(cfg.get("val_iterations_per_epoch", 4))
             self.initial_lr = float(cfg.get("initial_lr", 0.01))
             self.save_every = 5
+            self.max_seconds = cfg.get("max_seconds")
+            self._started = None
+
+        def on_train_start(self):
+            super().on_train_start()
+            self._started = time.monotonic()
+
+        def _spent_fraction(self) -> float:
+            if self._started is None:
+                return 0.0
+            return (time.monotonic() - self._started) / float(self.max_seconds)
+
+        def configure_optimizers(self):
+            optimizer, scheduler = super().configure_optimizers()
+            if self.max_seconds:
+                # nnU-Net's poly schedule over per-mille steps of the time budget spent
+                from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+                scheduler = PolyLRScheduler(optimizer, self.initial_lr, 1000)
+                poly_step = scheduler.step
+                scheduler.step = lambda current_step=None: poly_step(min(int(self._spent_fraction() * 1000), 999))
+            return optimizer, scheduler
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            if self.max_seconds and self._spent_fraction() >= 1.0:
+                self.print_to_log_file(f"time budget of {self.max_seconds:.0f} s spent after "
+                                       f"{self.current_epoch} epochs")
+                raise _BudgetSpent
+
+        def run_training(self):
+            try:
+                super().run_training()
+            except _BudgetSpent:
+                self.on_train_end()
 
         def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
             rot, dummy2d, initial, _mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -482,6 +526,8 @@ def train_demo_models(
     parallel: bool = True,
     epochs: int | None = None,
     kinds: tuple[str, ...] = ("anatomy", "abbc"),
+    max_seconds: float | None = None,
+    iterations_per_epoch: int | None = None,
 ) -> dict[str, Path]:
     """Phantoms -> nnU-Net datasets -> plans -> training -> stripped models in ``models_dir``.
 
@@ -503,10 +549,13 @@ def train_demo_models(
         Train both models at the same time (each with ``threads`` threads).
     epochs : int, optional
         Override the recipe's epoch count.
+    max_seconds : float, optional
+        Training time budget per model, s (see :attr:`DemoConfig.max_seconds`); ``epochs``
+        then only caps the run.
+    iterations_per_epoch : int, optional
+        Override the recipe's iterations per epoch.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from .phantom import write_phantom_dataset
 
     work, out = Path(work_dir), Path(models_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -514,6 +563,8 @@ def train_demo_models(
     log_dir.mkdir(exist_ok=True)
     phantoms = work / f"phantoms_{size}_{seed}_{cases}"
     if not (phantoms / "phantoms.json").is_file():
+        from .phantom import write_phantom_dataset
+
         log.info("writing %d %s phantoms (seed %d) to %s", cases, size, seed, phantoms)
         write_phantom_dataset(phantoms, cases, seed, size, progress=True)
     dirs = NnunetDirs.under(work)
@@ -523,7 +574,15 @@ def train_demo_models(
     configs = {k: DEMO_CONFIGS[recipe][k] for k in kinds}
     if epochs is not None:
         configs = {k: DemoConfig(**{**asdict(c), "epochs": int(epochs)}) for k, c in configs.items()}
+    if max_seconds is not None:
+        configs = {k: DemoConfig(**{**asdict(c), "max_seconds": float(max_seconds)}) for k, c in configs.items()}
+    if iterations_per_epoch is not None:
+        configs = {k: DemoConfig(**{**asdict(c), "iterations_per_epoch": int(iterations_per_epoch)})
+                   for k, c in configs.items()}
     for kind in kinds:
+        if preprocessed_ready(kind, DEMO_DATASET_ID, dirs, configs[kind]):
+            log.info("%s: reusing the preprocessed %s data in %s", kind, DEMO_CONFIGURATION, dirs.preprocessed)
+            continue
         plan_and_preprocess(numbers[kind], dirs, configs[kind], 1, log_dir / f"plan_{kind}.log", threads)
 
     def one(kind: str) -> Path:
@@ -542,6 +601,30 @@ def train_demo_models(
     else:
         done = {k: one(k) for k in kinds}
     return done
+
+
+def preprocessed_ready(kind: str, dataset_id: int, dirs: NnunetDirs, cfg: DemoConfig) -> bool:
+    """Whether ``dirs.preprocessed`` already holds this dataset's ``3d_demo`` data for ``cfg``.
+
+    True when the plans' ``3d_demo`` entry has ``cfg``'s spacing, patch, batch and features
+    and every training case of the raw dataset has its preprocessed image and segmentation.
+    """
+    name = dataset_folder_name(kind, dataset_id)
+    base = dirs.preprocessed / name
+    try:
+        plans = json.loads((base / "nnUNetPlans.json").read_text())
+        n_cases = int(json.loads((dirs.raw / name / "dataset.json").read_text())["numTraining"])
+    except (OSError, ValueError, KeyError):
+        return False
+    entry = plans.get("configurations", {}).get(DEMO_CONFIGURATION)
+    if not entry:
+        return False
+    same = (entry.get("spacing") == [float(v) for v in cfg.spacing_zyx_mm]
+            and entry.get("patch_size") == [int(v) for v in cfg.patch_size_vox]
+            and entry.get("batch_size") == int(cfg.batch_size)
+            and entry["architecture"]["arch_kwargs"].get("features_per_stage") == list(cfg.features_per_stage))
+    data = base / entry.get("data_identifier", f"nnUNetPlans_{DEMO_CONFIGURATION}")
+    return same and len(list(data.glob("*_seg.b2nd"))) == n_cases
 
 
 def _training_summary(train_log: Path | None) -> dict:

@@ -8,7 +8,11 @@
 # Environment: DEVICE (auto|cuda|cpu, default auto), WORK (scratch, default
 # /tmp/pengwin_gpu_training), OUT (default models/), RECIPE (demo|bootstrap), EPOCHS
 # (default 150 on a GPU, the recipe's on CPU), CASES (training phantoms, default 48 on a GPU),
-# THREADS (torch threads per process), EVAL_CASES (held-out full-size phantoms, default 3).
+# THREADS (torch threads per process), EVAL_CASES (held-out full-size phantoms, default 3),
+# MAX_MINUTES (training time budget per model; the learning rate decays over it; EPOCHS then
+# only caps the run), ITERS (iterations per epoch). A WORK folder that already holds the
+# phantoms' nnU-Net datasets and preprocessed `3d_demo` data is reused as it is (the GPU
+# lease copies one in, so the GPU machine needs no phantom generation or SimpleITK I/O).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +39,8 @@ fi
 ARGS=(--recipe "$RECIPE" --device "$DEVICE" --work-dir "$WORK" --out "$OUT"
       --cases "$CASES" --threads "$THREADS")
 [ -n "${EPOCHS}" ] && ARGS+=(--epochs "$EPOCHS")
+[ -n "${MAX_MINUTES:-}" ] && ARGS+=(--max-minutes "$MAX_MINUTES")
+[ -n "${ITERS:-}" ] && ARGS+=(--iterations-per-epoch "$ITERS")
 
 start=$(date +%s)
 python -m pengwin_demo train-demo-models "${ARGS[@]}"

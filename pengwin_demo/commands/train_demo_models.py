@@ -21,6 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="training time budget per model, minutes (learning rate decays over it)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None,
+                        help="override the recipe's iterations per epoch")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other")
     parser.add_argument("--only", choices=("anatomy", "abbc"), default=None, help="train one model only")
 
@@ -35,6 +39,8 @@ def run(args) -> int:
         args.work_dir, Path(args.out) if args.out else MODELS_DIR, recipe=args.recipe, cases=args.cases,
         seed=args.seed, size=args.size, device=device, threads=args.threads,
         parallel=not args.sequential, epochs=args.epochs, kinds=kinds,
+        max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
+        iterations_per_epoch=args.iterations_per_epoch,
     )
     for kind, folder in out.items():
         print(f"{kind}: {folder}")
