@@ -294,7 +294,11 @@ def _apply_fracture_zone(classes, lab, lab_crop, frag, box, boxes, widths, spaci
     )
     if zone is None:
         return
-    zone = _keep_fragment_whole(zone, contact, frag)
+    whole = _keep_fragment_whole(zone, contact, frag)
+    # contact-layer voxels given back hold a fragment together; they touch the neighbour's
+    # contact layer (its wall), never its core: no core there
+    classes[zone & ~whole & contact & (classes == ABBC_CORE)] = ABBC_BOUNDARY
+    zone = whole
     if not shell_only:
         classes[zone] = ABBC_BORDER
         return
@@ -317,10 +321,20 @@ def _keep_fragment_whole(zone, contact, frag):
     core; recovery would then return one fragment per piece. A 6-connected component of
     the zone (contact layer excluded) that touches two or more pieces of the fragment's
     non-zone part of at least ``BRIDGE_PART_VOX`` voxels is given back to boundary, except
-    its contact layer, which stays border (the wall to the neighbour stays).
+    its contact layer, which stays border (the wall to the neighbour stays). Pieces still
+    apart after that (joined only through the contact layer: the fragment is only two or
+    three voxels thick there) are joined to the largest piece by the cheapest 6-connected
+    path through the zone (:func:`_join_pieces`); the neighbour's own contact layer
+    remains the wall there.
 
     Arrays are boolean on the fragment's crop, (z, y, x).
     """
+    zone = _open_zone_bridges(zone, contact, frag)
+    return _join_pieces(zone, contact, frag)
+
+
+def _open_zone_bridges(zone, contact, frag):
+    """Zone without its non-contact components that join two big pieces of the rest."""
     rest = frag & ~zone
     parts, n_parts = cc3d.connected_components(rest, connectivity=6, return_N=True)
     if n_parts < 2:
@@ -345,6 +359,83 @@ def _keep_fragment_whole(zone, contact, frag):
     if not joining:
         return zone
     return zone & ~np.isin(bridges, joining)
+
+
+CONTACT_PATH_COST = 4.0
+"""Cost of a contact-layer voxel on a path joining two pieces of a fragment (1 for other
+zone voxels): paths keep to the inner zone where they can, so the wall stays whole."""
+
+
+def _join_pieces(zone, contact, frag):
+    """Zone without the cheapest paths that join every big piece of the rest to the largest.
+
+    Pieces of ``frag & ~zone`` (6-connected, at least ``BRIDGE_PART_VOX`` voxels) other
+    than the largest are joined to it by a 6-connected path of zone voxels (Dijkstra over
+    the zone, a contact-layer voxel costing ``CONTACT_PATH_COST``, any other 1); pieces the
+    zone does not reach stay apart (the fragment itself is in pieces there).
+    """
+    rest = frag & ~zone
+    parts, n_parts = cc3d.connected_components(rest, connectivity=6, return_N=True)
+    if n_parts < 2:
+        return zone
+    sizes = np.bincount(parts.ravel(), minlength=n_parts + 1)
+    sizes[0] = 0
+    big = np.flatnonzero(sizes >= BRIDGE_PART_VOX)
+    if big.size < 2:
+        return zone
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    main = int(big[np.argmax(sizes[big])])
+    shape = zone.shape
+    index = np.full(shape, -1, dtype=np.int64)
+    z_idx = np.flatnonzero(zone)
+    m = z_idx.size
+    index.ravel()[z_idx] = np.arange(m)
+    cost = np.where(contact.ravel()[z_idx], CONTACT_PATH_COST, 1.0)
+    rows, cols, weights = [], [], []
+    src_nodes, touch_part, touch_node = [], [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a_i, b_i = index[tuple(lo)], index[tuple(hi)]
+        a_p, b_p = parts[tuple(lo)], parts[tuple(hi)]
+        both = (a_i >= 0) & (b_i >= 0)
+        rows.append(a_i[both])
+        cols.append(b_i[both])
+        for node, part in ((a_i, b_p), (b_i, a_p)):  # zone voxel beside a piece
+            sel = (node >= 0) & (part > 0)
+            touch_node.append(node[sel])
+            touch_part.append(part[sel].astype(np.int64))
+    touch_node = np.concatenate(touch_node)
+    touch_part = np.concatenate(touch_part)
+    src_nodes = np.unique(touch_node[touch_part == main])
+    if src_nodes.size == 0:
+        return zone
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    w = 0.5 * (cost[r] + cost[c])
+    source = m  # a virtual node next to the main piece
+    r = np.concatenate([r, np.full(src_nodes.size, source)])
+    c = np.concatenate([c, src_nodes])
+    w = np.concatenate([w, 0.5 * cost[src_nodes]])
+    graph = coo_matrix((w, (r, c)), shape=(m + 1, m + 1)).tocsr()
+    dist, pred = dijkstra(graph, directed=False, indices=source, return_predecessors=True)
+    keep = zone.copy()
+    flat_keep = keep.ravel()
+    for part in big:
+        if part == main:
+            continue
+        cand = touch_node[touch_part == part]
+        cand = cand[np.isfinite(dist[cand])]
+        if cand.size == 0:
+            continue
+        node = int(cand[np.argmin(dist[cand])])
+        while node != source and node >= 0:
+            flat_keep[z_idx[node]] = False
+            node = int(pred[node])
+    return keep
 
 
 def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, depth=None):
@@ -439,6 +530,7 @@ def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox,
             keep = csizes >= extra_core_min_vox
             keep[int(np.argmax(csizes))] = True
             keep[0] = False
+            keep &= ~_minor_cores_in_shared_piece(classes, frag, cc, csizes)
             classes[core & ~keep[cc]] = ABBC_BOUNDARY
             core = classes == ABBC_CORE
 
@@ -448,6 +540,33 @@ def _finish_core(classes, frag, d, min_core_vox, max_core_fraction, stray_vox,
         return
     classes[core] = ABBC_BOUNDARY
     classes[_deepest_region(d, frag, target)] = ABBC_CORE
+
+
+SHARED_CORE_FRACTION = 0.1
+"""A core component is demoted when a core at least 1 / this fraction its size lies in the
+same 6-connected boundary/core piece of the fragment (see :func:`_finish_core`)."""
+
+
+def _minor_cores_in_shared_piece(classes, frag, cc, csizes) -> np.ndarray:
+    """Core components (ids of ``cc``) that share a 6-connected boundary/core piece of the
+    fragment with a core more than ten times larger (``SHARED_CORE_FRACTION``).
+
+    Growth from the large core reaches everything in that piece through boundary, so the
+    small one adds nothing but a second seed whose region, mostly fracture zone, recovery
+    could keep as a fragment of its own (a thin part of a fragment next to a fracture).
+    Large second cores (deep bone) stay.
+    """
+    minor = np.zeros(csizes.shape, dtype=bool)
+    pieces = cc3d.connected_components(frag & (classes != ABBC_BORDER), connectivity=6)
+    has = cc > 0
+    pairs = np.unique(np.stack([cc[has], pieces[has]]).astype(np.int64), axis=1)
+    for piece in np.unique(pairs[1]):
+        ids = pairs[0][pairs[1] == piece]
+        if ids.size < 2:
+            continue
+        largest = csizes[ids].max()
+        minor[ids[csizes[ids] < SHARED_CORE_FRACTION * largest]] = True
+    return minor
 
 
 def _deepest_region(d, frag, target) -> np.ndarray:

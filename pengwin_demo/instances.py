@@ -180,7 +180,7 @@ def recover_fragments(
     sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
     sibling_of[: n_seeds + 1] = core_of_seed
     lut, faces = _merge_open_contacts(
-        inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+        inst, a, an, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
     )
     lab, seed_count, n_inst, new_id = _apply_lut(lab, lut, seed_count)
 
@@ -212,6 +212,8 @@ def recover_fragments(
     centroids = _centroids(flat, lab, bone.shape, n_inst, spacing)
     pick = _neighbour_picker(sizes, merge_open_fraction)
     _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
+    split_ids = range(n_inst - n_split + 1, n_inst + 1)
+    _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction)
     _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
 
     root = np.array([groups.find(i) for i in range(n_inst + 1)], dtype=np.int64)
@@ -403,12 +405,17 @@ def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], i
 
 
 def _merge_open_contacts(
-    inst, a, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+    inst, a, an, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
 ) -> tuple[np.ndarray, dict]:
     """LUT merging big instances whose face contacts are mostly outside the border class.
 
     Seeds cut from one core component (``sibling_of`` equal and nonzero) were one core
     until the erosion split it, so they need less evidence: ``sibling_open_fraction``.
+
+    Two big instances of one bone that touch, within that bone's anatomy, only through
+    open voxels (not a single border voxel between them, however narrow the contact) are
+    one fragment too: two cores of one fragment joined by a neck of boundary. Contacts in
+    another bone's territory (two waves that crossed a joint) do not count for this.
 
     Apart from siblings, only instances of at least ``min_fragment_vox`` (``big``) are
     merged here: a small one (a spurious core speck, say) could otherwise bridge two
@@ -418,6 +425,7 @@ def _merge_open_contacts(
     groups = _UnionFind(n)
     faces = _face_contacts(inst, a)
     sizes = np.bincount(inst[a > 0], minlength=n)
+    unwalled = []
     if faces:
         for (p, q), (n_open, n_total) in faces.items():
             siblings = sibling_of[p] != 0 and sibling_of[p] == sibling_of[q]
@@ -426,7 +434,18 @@ def _merge_open_contacts(
             needed = sibling_open_fraction if siblings else merge_open_fraction
             same_bone = vote_bone[p] == vote_bone[q] or 0 in (vote_bone[p], vote_bone[q])
             section = not siblings  # siblings were one core: no cross-section test
-            if same_bone and _continues(n_open, n_total, sizes[p], sizes[q], needed, section):
+            if not same_bone:
+                continue
+            if _continues(n_open, n_total, sizes[p], sizes[q], needed, section):
+                groups.union(p, q)
+            elif n_open == n_total:
+                unwalled.append((p, q))
+    if unwalled:  # all-open contacts: count them again within the instances' own bone
+        own = np.where((an == vote_bone[inst]) | (vote_bone[inst] == 0), inst, 0)
+        own_faces = _face_contacts(own.astype(np.uint32, copy=False), a)
+        for p, q in unwalled:
+            n_open, n_total = own_faces.get((p, q), (0, 0))
+            if n_open > 0 and n_open == n_total:
                 groups.union(p, q)
     return np.array([groups.find(i) for i in range(n)], dtype=np.int64), faces
 
@@ -645,6 +664,30 @@ def _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min
             if sizes[r] < min_island_vox:
                 sizes[r] = 0
             done.add(r)
+
+
+def _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction) -> None:
+    """Join the pieces split off by anatomy (step 5) to the fragment of their bone they
+    continue into, whatever their size.
+
+    Such a piece was grown by the wave of another bone's seed across a joint; it has no
+    core of its own. When its face contacts with a fragment of its own bone are at least
+    ``merge_open_fraction`` open (no fracture zone between them), it is that fragment's
+    bone the other wave took; otherwise (walled off: a fragment whose core was missed) it
+    stays a fragment of its own.
+    """
+    for r in split_ids:
+        if groups.find(r) != r or sizes[r] == 0:
+            continue
+        nbrs = _neighbours(r, contacts, groups, inst_bone)
+        open_nbrs = {
+            k: c[0] for k, c in nbrs.items() if c[1] > 0 and c[0] >= merge_open_fraction * c[1]
+        }
+        if open_nbrs:
+            target = max(open_nbrs, key=lambda k: (open_nbrs[k], sizes[k]))
+            groups.union(target, r)
+            sizes[target] += sizes[r]
+            sizes[r] = 0
 
 
 def _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings) -> None:
