@@ -327,9 +327,17 @@ def plan_and_preprocess(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, 
 
 
 def train(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, device: str = "cpu",
-          log_file: Path | None = None, threads: int = 2) -> Path:
-    """Train ``3d_demo`` on all cases (fold "all"); returns the nnU-Net results folder."""
-    _run_child(["_train", str(dataset_number), json.dumps(asdict(cfg)), device], dirs, threads, log_file)
+          log_file: Path | None = None, threads: int = 2, extend: bool = False) -> Path:
+    """Train ``3d_demo`` on all cases (fold "all"); returns the nnU-Net results folder.
+
+    An interrupted run resumes from its latest checkpoint. With ``extend``, a finished run
+    continues from its final checkpoint for ``cfg.epochs`` more epochs; that needs
+    ``cfg.max_seconds`` (the learning rate restarts and decays over the time budget).
+    """
+    if extend and not cfg.max_seconds:
+        raise ValueError("continuing a finished training needs a time budget (max_seconds)")
+    _run_child(["_train", str(dataset_number), json.dumps(asdict(cfg)), device] + (["extend"] if extend else []),
+               dirs, threads, log_file)
     matches = sorted(dirs.results.glob(f"Dataset{dataset_number:03d}_*/nnUNetTrainerDemo__nnUNetPlans__{DEMO_CONFIGURATION}"))
     if not matches:
         raise ModelError(f"training of dataset {dataset_number} left no results folder in {dirs.results}")
@@ -459,7 +467,7 @@ def _demo_trainer_class():
     return nnUNetTrainerDemo
 
 
-def _child_train(dataset_number: int, cfg: DemoConfig, device: str) -> None:
+def _child_train(dataset_number: int, cfg: DemoConfig, device: str, extend: bool = False) -> None:
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -473,9 +481,13 @@ def _child_train(dataset_number: int, cfg: DemoConfig, device: str) -> None:
     trainer_cls = _demo_trainer_class()
     plans["continue_training"] = False
     trainer = trainer_cls(plans, DEMO_CONFIGURATION, "all", dataset_json, torch.device(device))
-    ckpt = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    if ckpt.is_file():  # resume an interrupted run
-        trainer.load_checkpoint(str(ckpt))
+    out = Path(trainer.output_folder)
+    if (out / "checkpoint_latest.pth").is_file():  # resume an interrupted run
+        trainer.load_checkpoint(str(out / "checkpoint_latest.pth"))
+    elif extend and (out / "checkpoint_final.pth").is_file():
+        # continue a finished run for cfg.epochs more epochs (learning rate over the time budget)
+        trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
+        trainer.num_epochs = trainer.current_epoch + int(cfg.epochs)
     trainer.run_training()
 
 
@@ -484,7 +496,7 @@ def _main(argv: list[str]) -> int:
     if cmd == "_plan":
         _child_plan(int(argv[1]), DemoConfig(**json.loads(argv[2])), int(argv[3]))
     elif cmd == "_train":
-        _child_train(int(argv[1]), DemoConfig(**json.loads(argv[2])), argv[3])
+        _child_train(int(argv[1]), DemoConfig(**json.loads(argv[2])), argv[3], argv[4:5] == ["extend"])
     else:
         raise SystemExit(f"unknown step {cmd}")
     return 0
@@ -528,6 +540,7 @@ def train_demo_models(
     kinds: tuple[str, ...] = ("anatomy", "abbc"),
     max_seconds: float | None = None,
     iterations_per_epoch: int | None = None,
+    extend: bool = False,
 ) -> dict[str, Path]:
     """Phantoms -> nnU-Net datasets -> plans -> training -> stripped models in ``models_dir``.
 
@@ -554,6 +567,8 @@ def train_demo_models(
         then only caps the run.
     iterations_per_epoch : int, optional
         Override the recipe's iterations per epoch.
+    extend : bool
+        Continue finished trainings in ``work_dir`` (needs ``max_seconds``), see :func:`train`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -586,7 +601,8 @@ def train_demo_models(
         plan_and_preprocess(numbers[kind], dirs, configs[kind], 1, log_dir / f"plan_{kind}.log", threads)
 
     def one(kind: str) -> Path:
-        results = train(numbers[kind], dirs, configs[kind], device, log_dir / f"train_{kind}.log", threads)
+        results = train(numbers[kind], dirs, configs[kind], device, log_dir / f"train_{kind}.log", threads,
+                        extend=extend)
         target = out / kind
         if target.exists():
             shutil.rmtree(target)

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
                         help="training time budget per model, minutes (learning rate decays over it)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
                         help="override the recipe's iterations per epoch")
+    parser.add_argument("--extend", action="store_true",
+                        help="continue finished trainings in --work-dir for --epochs more epochs within --max-minutes")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other")
     parser.add_argument("--only", choices=("anatomy", "abbc"), default=None, help="train one model only")
 
@@ -40,7 +42,7 @@ def run(args) -> int:
         seed=args.seed, size=args.size, device=device, threads=args.threads,
         parallel=not args.sequential, epochs=args.epochs, kinds=kinds,
         max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
-        iterations_per_epoch=args.iterations_per_epoch,
+        iterations_per_epoch=args.iterations_per_epoch, extend=args.extend,
     )
     for kind, folder in out.items():
         print(f"{kind}: {folder}")
