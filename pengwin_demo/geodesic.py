@@ -16,16 +16,18 @@ Two implementations of one function, :func:`grow_labels`:
 
     * a component touched by one seed belongs to it entirely (exact, no distance field);
     * a component touched by none is unreachable (label 0, as in the reference);
-    * a component touched by several is cropped to its own box, with only those seeds
-      and, as sources, only their voxels next to the component (instead of the whole
-      domain box for every seed, marching through every seed's interior too). Up to eight
-      seeds and a small component: one fast-marching run per seed, as in the reference.
-      More seeds or a large component: one joint fast-marching field from all of them, and a
-      marker watershed on it carries each seed's label down the field; this differs from
-      the per-seed arg-min near the walls between cells (see docs/recovery.md: 99.96 %
-      agreement on the final labels of a full-size phantom).
-
-    Elsewhere the partition equals the reference's up to ties on the cell walls.
+    * the components touched by several ("contested") are first grown together by one
+      multi-source Dijkstra on their own voxels (6-neighbour edges, one spacing long;
+      scipy.sparse.csgraph), never on their bounding box. The Dijkstra distance is a path
+      of face steps, never shorter than the fast-marching one, so it bounds how far any
+      seed's wave has to travel inside the component. Then, where that is cheap, the
+      reference's answer replaces it: one scikit-fmm field per touching seed, from its
+      voxels next to the component, cropped to their box grown by that bound and stopped
+      there (``narrow``), arg-min in id order. That is every component within 6 mm of
+      its seeds (fracture zones) and any whose per-seed boxes add up to at most 6 M
+      voxels. Only large boundary/core regions shared by two cores of one fragment keep
+      the Dijkstra labels; their walls may sit a voxel or two off the reference's (see
+      docs/recovery.md for the measured agreement).
 
 Both use the 6-neighbour stencil of scikit-fmm, so "reachable" means 6-connected.
 Arrays are indexed (z, y, x); ``spacing_zyx_mm`` is in the same order, in mm.
@@ -36,19 +38,12 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 import skfmm
-from scipy import ndimage as ndi
-from skimage.segmentation import watershed
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
 from .volume import bounding_box
 
 METHODS = ("fast", "reference")
-_BALL6 = ndi.generate_binary_structure(3, 1)
-
-JOINT_FIELD_MIN_VOX = 50_000
-JOINT_FIELD_MIN_SEEDS = 8
-"""Contested components with more voxels than ``JOINT_FIELD_MIN_VOX``, or with more seeds
-than ``JOINT_FIELD_MIN_SEEDS``, get one joint distance field and a watershed instead of
-one field per seed (cheaper, a little off on the cell walls)."""
 
 
 def grow_labels(
@@ -112,11 +107,14 @@ def _grow_reference(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarra
     return owner
 
 
-def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarray:
-    """Geodesic distance (mm, float32) from ``source`` avoiding ``blocked``; inf if unreachable."""
+def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing, narrow: float = 0.0) -> np.ndarray:
+    """Geodesic distance (mm, float32) from ``source`` avoiding ``blocked``; inf if unreachable.
+
+    With ``narrow`` > 0 the march stops at that distance (mm); farther voxels are inf.
+    """
     phi = np.where(source, -1.0, 1.0)
     try:
-        dist = skfmm.distance(np.ma.MaskedArray(phi, blocked), dx=list(spacing))
+        dist = skfmm.distance(np.ma.MaskedArray(phi, blocked), dx=list(spacing), narrow=narrow)
     except ValueError:  # no zero level set: the source fills its whole reachable set
         out = np.full(source.shape, np.inf, dtype=np.float32)
         out[source] = -1.0
@@ -127,6 +125,18 @@ def _fmm_distance(source: np.ndarray, blocked: np.ndarray, spacing) -> np.ndarra
 
 
 # -- fast path: components + fields only where seeds compete ---------------------------------
+_CONTESTED = np.uint32(np.iinfo(np.uint32).max)  # placeholder in the output until decided
+
+FIELD_MAX_RANGE_MM = 6.0
+FIELD_MAX_WORK_VOX = 6_000_000
+"""Which contested components get the reference's per-seed fast-marching fields (exact):
+those whose every voxel lies within ``FIELD_MAX_RANGE_MM`` of a touching seed (fracture
+zones, small pockets), and those whose per-seed boxes add up to at most
+``FIELD_MAX_WORK_VOX`` voxels. The others (large boundary/core regions shared by two seeds
+of one fragment) keep the multi-source Dijkstra labels, whose walls may sit a voxel or
+two away from the reference's."""
+
+
 def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
     owner = seeds.astype(np.uint32, copy=True)
     free_all = domain & (owner == 0)
@@ -135,73 +145,193 @@ def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
         return owner
     free = free_all[box]
     region = owner[box]
-    offset = np.uint32(owner.max())
+    offset = int(owner.max())
     # one array holds both: seed ids 1..offset, free component c as offset + c
-    joint, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True)
-    joint = joint.astype(np.uint32, copy=False)
-    np.add(joint, offset, out=joint, where=free)
+    joint, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True, out_dtype=np.uint32)
+    np.add(joint, np.uint32(offset), out=joint, where=free)
     np.copyto(joint, region, where=~free)
-    touching = _touching_seeds(joint, int(offset))
-    lut = np.arange(int(offset) + n_comps + 1, dtype=np.uint32)
-    lut[int(offset) + 1 :] = 0
-    contested = []
+    touching = _touching_seeds(joint, offset)
+    lut = np.arange(offset + n_comps + 1, dtype=np.uint32)
+    lut[offset + 1 :] = 0
+    n_seeds = np.zeros(n_comps + 1, dtype=np.int64)
     for comp, sids in touching.items():
-        if len(sids) == 1:
-            lut[int(offset) + comp] = next(iter(sids))
-        else:
-            contested.append(comp)
-    sub_seeds = region.copy()
+        n_seeds[comp] = len(sids)
+        lut[offset + comp] = next(iter(sids)) if len(sids) == 1 else _CONTESTED
+    if not np.any(n_seeds > 1):
+        region[...] = lut[joint]
+        return owner
+    seeds_box = region.copy()  # seed ids, 0 on free voxels
     region[...] = lut[joint]
-    if contested:
-        boxes = _boxes_of(joint, free, int(offset), contested)
-        for comp in contested:
-            cbox = _grow_box(boxes[comp], joint.shape)
-            sub_comp = joint[cbox] == int(offset) + comp
-            near = ndi.binary_dilation(sub_comp, _BALL6)
-            cell_seeds = sub_seeds[cbox]
-            ids = np.fromiter(touching[comp], dtype=np.uint32)
-            frontier = near & ~sub_comp & np.isin(cell_seeds, ids)
-            # the touching seeds' voxels next to the component are the sources; waves
-            # cannot come in any other way, so the rest of each seed stays out of the field
-            sources = np.where(frontier, cell_seeds, 0)
-            if ids.size > JOINT_FIELD_MIN_SEEDS or np.count_nonzero(sub_comp) > JOINT_FIELD_MIN_VOX:
-                cells = _grow_joint(sources, sub_comp | frontier, spacing)
-            else:
-                cells = _grow_reference(sources, sub_comp | frontier, spacing)
-            cell_region = region[cbox]
-            cell_region[sub_comp] = cells[sub_comp]
+    flat = np.flatnonzero(region == _CONTESTED)  # voxels of contested components, raster order
+    comp_of = joint.ravel()[flat] - np.uint32(offset)
+    labels, dist, contacts = _grow_graph(flat, seeds_box, joint, spacing)
+    _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, region.shape, spacing)
+    region[np.unravel_index(flat, region.shape)] = labels
     return owner
 
 
-def _boxes_of(joint: np.ndarray, free: np.ndarray, offset: int, comps: list[int]) -> dict:
-    """Bounding boxes (tuples of slices) of the free components ``comps`` (ids without offset)."""
-    flat = np.flatnonzero(free)
-    ids = joint.ravel()[flat].astype(np.int64) - offset
-    pick = np.isin(ids, comps)
-    flat, ids = flat[pick], ids[pick]
-    coords = np.unravel_index(flat, free.shape)
-    n = max(comps) + 1
-    boxes = {}
-    lo = [np.full(n, np.iinfo(np.int64).max) for _ in range(3)]
-    hi = [np.full(n, -1) for _ in range(3)]
-    for axis in range(3):
-        np.minimum.at(lo[axis], ids, coords[axis])
-        np.maximum.at(hi[axis], ids, coords[axis])
-    for c in comps:
-        boxes[c] = tuple(slice(int(lo[a][c]), int(hi[a][c]) + 1) for a in range(3))
-    return boxes
+def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacing):
+    """Multi-source Dijkstra over the free voxels ``flat`` and their 6-neighbour edges.
 
+    Parameters
+    ----------
+    flat : ndarray of int
+        Sorted raster indices into ``seeds`` of free voxels, each 6-connected through free
+        voxels of ``flat`` to a seed voxel.
+    seeds : ndarray of uint32, shape (Z, Y, X)
+        Seed ids, 0 on free voxels.
+    scratch : ndarray of uint32, same shape, C-contiguous
+        Overwritten; must hold values under 2**31 elsewhere than ``flat``.
+    spacing : sequence of 3 float
+        Voxel size (z, y, x), mm: the length of an edge along that axis.
 
-def _grow_joint(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
-    """One fast-marching field from all seeds, labels carried down it by a watershed.
+    Returns
+    -------
+    labels : ndarray of uint32
+        Per voxel of ``flat``, the seed nearest along the graph.
+    dist : ndarray of float64
+        That distance, mm: a path of face steps, so never shorter than the straight line
+        (nor than scikit-fmm's distance, which starts half a voxel from the seed).
+    contacts : tuple of ndarray
+        ``(voxel, seed_flat, seed_id)``: every face between a voxel of ``flat`` (its index
+        in ``flat``) and a seed voxel (raster index).
 
-    The watershed floods voxels in order of their geodesic distance, each taking the
-    label of the already-flooded neighbour it was reached from: the seed whose wave got
-    there first, up to a voxel on the walls between cells.
+    Each seed is one source node joined to the voxels it touches (edge: the face's
+    spacing). Only these voxels are visited, never their bounding box.
     """
-    dist = _fmm_distance(seeds > 0, ~domain, spacing)
-    dist[~domain] = 0.0
-    return watershed(dist, markers=seeds.astype(np.int32), mask=domain, connectivity=1).astype(np.uint32)
+    shape = seeds.shape
+    n = flat.size
+    strides = (shape[1] * shape[2], shape[2], 1)
+    seeds_flat = seeds.ravel()
+    node_of = scratch.reshape(-1)
+    base = np.uint32(2**31)  # node ids are stored as base + index, above any label in scratch
+    node_of[flat] = base + np.arange(n, dtype=np.uint32)
+    coords = np.unravel_index(flat, shape)
+    nbr = np.empty((n, 6), dtype=np.uint32)
+    src_node, src_pos, src_dir = [], [], []
+    for k, (axis, step) in enumerate((a, s) for a in range(3) for s in (-1, 1)):
+        nb = flat + step * strides[axis]
+        edge = (coords[axis] == 0) if step < 0 else (coords[axis] == shape[axis] - 1)
+        if edge.any():  # on the array's face: point to itself (a harmless self-loop)
+            nb[edge] = flat[edge]
+        nbr[:, k] = node_of[nb]
+        touch = np.flatnonzero(seeds_flat[nb])
+        src_node.append(touch)
+        src_pos.append(nb[touch])
+        src_dir.append(np.full(touch.size, k, dtype=np.int8))
+    valid = nbr >= base
+    src_node = np.concatenate(src_node)
+    src_pos = np.concatenate(src_pos)
+    src_dir = np.concatenate(src_dir)
+    src_id = seeds_flat[src_pos]
+    step_mm = np.repeat(np.asarray(spacing, dtype=np.float64), 2)
+    # one source node per seed id, one edge to each voxel it touches (its shortest face)
+    ids, which = np.unique(src_id, return_inverse=True)
+    order = np.lexsort((step_mm[src_dir], which.astype(np.int64) * n + src_node))
+    key = which[order].astype(np.int64) * n + src_node[order]
+    first = order[np.concatenate(([True], key[1:] != key[:-1]))]  # sorted by seed, voxel
+    n_src = ids.size
+    indptr = np.empty(n + n_src + 1, dtype=np.int64)
+    indptr[0] = 0
+    np.cumsum(valid.sum(axis=1), out=indptr[1 : n + 1])
+    indptr[n + 1 :] = indptr[n] + np.cumsum(np.bincount(which[first], minlength=n_src))
+    indices = np.concatenate(((nbr[valid] - base).astype(np.int32), src_node[first].astype(np.int32)))
+    data = np.concatenate((np.broadcast_to(step_mm, (n, 6))[valid], step_mm[src_dir[first]]))
+    graph = csr_matrix((data, indices, indptr), shape=(n + n_src, n + n_src))
+    dist, _, origin = dijkstra(graph, directed=True, indices=np.arange(n, n + n_src), min_only=True,
+                               return_predecessors=True)
+    return ids[origin[:n] - n], dist[:n], (src_node, src_pos, src_id)
+
+
+def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing):
+    """Recompute, as the reference does, the contested components where that is cheap.
+
+    A seed wins voxels only within the component's largest graph distance ``far`` (an
+    upper bound of the fast-marching distances) of its contacts. So each seed's scikit-fmm
+    field is computed on its contacts' box grown by ``far`` (cut to the component's box),
+    with only its contacts (sources) and the component passable, stopped at ``far``
+    (``narrow``); arg-min over seeds in id order, as in the reference. Done for components
+    with ``far`` <= ``FIELD_MAX_RANGE_MM`` and for those whose boxes add up to at most
+    ``FIELD_MAX_WORK_VOX`` voxels; the others keep the graph labels.
+    """
+    h = np.asarray(spacing, dtype=np.float64)
+    far = np.zeros(n_comps + 1)
+    np.maximum.at(far, comp_of, dist)
+    reach = far + h.max()
+    margin = np.ceil(reach[:, None] / h[None, :]).astype(np.int64) + 2  # per component, axis
+    # component boxes (grown by one voxel) and each (component, seed) contact box
+    coords = np.unravel_index(flat, shape)
+    comp_lo = np.empty((n_comps + 1, 3), dtype=np.int64)
+    comp_hi = np.empty((n_comps + 1, 3), dtype=np.int64)
+    for axis in range(3):
+        lo = np.full(n_comps + 1, shape[axis], dtype=np.int64)
+        hi = np.full(n_comps + 1, -1, dtype=np.int64)
+        np.minimum.at(lo, comp_of, coords[axis])
+        np.maximum.at(hi, comp_of, coords[axis])
+        comp_lo[:, axis] = np.maximum(lo - 1, 0)
+        comp_hi[:, axis] = np.minimum(hi + 2, shape[axis])
+    src_node, src_pos, src_id = contacts
+    ids, id_of = np.unique(src_id, return_inverse=True)
+    key = comp_of[src_node].astype(np.int64) * ids.size + id_of  # (component, seed)
+    keys, key_of = np.unique(key, return_inverse=True)
+    key_comp = keys // ids.size
+    scoords = np.unravel_index(src_pos, shape)
+    sub_lo = np.empty((keys.size, 3), dtype=np.int64)
+    sub_hi = np.empty((keys.size, 3), dtype=np.int64)
+    for axis in range(3):
+        lo = np.full(keys.size, shape[axis], dtype=np.int64)
+        hi = np.full(keys.size, -1, dtype=np.int64)
+        np.minimum.at(lo, key_of, scoords[axis])
+        np.maximum.at(hi, key_of, scoords[axis])
+        sub_lo[:, axis] = np.maximum(lo - margin[key_comp, axis], comp_lo[key_comp, axis])
+        sub_hi[:, axis] = np.minimum(hi + margin[key_comp, axis] + 1, comp_hi[key_comp, axis])
+    work = np.bincount(key_comp, weights=np.prod(sub_hi - sub_lo, axis=1), minlength=n_comps + 1)
+    exact = (far <= FIELD_MAX_RANGE_MM) | (work <= FIELD_MAX_WORK_VOX)
+    exact[0] = False
+    exact[np.bincount(comp_of, minlength=n_comps + 1) == 0] = False
+    if not exact.any():
+        return
+    # voxels and contacts of the chosen components, grouped by component (and seed)
+    pick = np.flatnonzero(exact[comp_of])
+    pick = pick[np.argsort(comp_of[pick], kind="stable")]
+    comps, vox_start = np.unique(comp_of[pick], return_index=True)
+    vox_stop = np.append(vox_start[1:], pick.size)
+    cpick = np.flatnonzero(exact[comp_of[src_node]])
+    cpick = cpick[np.argsort(key_of[cpick], kind="stable")]
+    ckey = key_of[cpick]
+    for c, v0, v1 in zip(comps, vox_start, vox_stop):
+        vox = pick[v0:v1]
+        vc = np.stack([x[vox] for x in coords], axis=1)
+        best = np.full(vox.size, np.inf, dtype=np.float32)
+        owner = labels[vox].copy()
+        for k in np.flatnonzero(key_comp == c):  # this component's seeds, in id order
+            con = cpick[np.searchsorted(ckey, k) : np.searchsorted(ckey, k, side="right")]
+            lo, hi = sub_lo[k], sub_hi[k]
+            inside = np.flatnonzero(np.all((vc >= lo) & (vc < hi), axis=1))
+            at = tuple((vc[inside] - lo).T)
+            source = tuple(x[con] - l for x, l in zip(scoords, lo))
+            val = _fmm_at(source, at, tuple(int(x) for x in hi - lo), spacing, float(reach[c]))
+            closer = val < best[inside]
+            best[inside[closer]] = val[closer]
+            owner[inside[closer]] = ids[keys[k] % ids.size]
+        labels[vox] = owner
+
+
+def _fmm_at(source, at, size, spacing, narrow: float) -> np.ndarray:
+    """scikit-fmm distance (mm, float32) at voxels ``at`` of a ``size`` box, from ``source``.
+
+    Only ``source`` and ``at`` (tuples of index arrays) are passable; the march stops at
+    ``narrow`` mm, beyond which (and where unreachable) the distance is inf.
+    """
+    phi = np.ones(size)
+    phi[source] = -1.0
+    blocked = np.ones(size, dtype=bool)
+    blocked[source] = False
+    blocked[at] = False
+    dist = skfmm.distance(np.ma.MaskedArray(phi, blocked), dx=list(spacing), narrow=narrow)
+    val = np.asarray(np.ma.getdata(dist)[at], dtype=np.float32)
+    val[np.ma.getmaskarray(dist)[at]] = np.inf
+    return val
 
 
 def _touching_seeds(joint: np.ndarray, offset: int) -> dict[int, set[int]]:
@@ -215,10 +345,3 @@ def _touching_seeds(joint: np.ndarray, offset: int) -> dict[int, set[int]]:
         if lo <= offset < hi:  # a seed next to a free component
             touching.setdefault(int(hi - offset), set()).add(int(lo))
     return touching
-
-
-def _grow_box(bbox, shape, margin_vox: int = 1):
-    return tuple(
-        slice(max(s.start - margin_vox, 0), min(s.stop + margin_vox, n))
-        for s, n in zip(bbox, shape)
-    )
