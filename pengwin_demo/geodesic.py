@@ -79,6 +79,8 @@ def grow_labels(
         raise ValueError(f"seeds {seeds.shape} and passable {passable.shape} must be equal 3D shapes")
     spacing = tuple(float(s) for s in spacing_zyx_mm)
     seeds = np.asarray(seeds)
+    if method == "fast":
+        return _grow_fast(seeds, np.asarray(passable, dtype=bool), spacing)
     out = np.zeros(seeds.shape, dtype=np.uint32)
     domain = passable.astype(bool, copy=False) | (seeds > 0)
     box = bounding_box(domain, margin_vox=1)
@@ -86,10 +88,7 @@ def grow_labels(
         return out
     sub_seeds = seeds[box].astype(np.uint32, copy=False)
     sub_domain = domain[box]
-    if method == "reference":
-        out[box] = _grow_reference(sub_seeds, sub_domain, spacing)
-    else:
-        out[box] = _grow_fast(sub_seeds, sub_domain, spacing)
+    out[box] = _grow_reference(sub_seeds, sub_domain, spacing)
     return out
 
 
@@ -137,40 +136,89 @@ of one fragment) keep the multi-source Dijkstra labels, whose walls may sit a vo
 two away from the reference's."""
 
 
-def _grow_fast(seeds: np.ndarray, domain: np.ndarray, spacing) -> np.ndarray:
-    owner = seeds.astype(np.uint32, copy=True)
-    free_all = domain & (owner == 0)
-    box = bounding_box(free_all, margin_vox=1)
-    if box is None:
+def _grow_fast(seeds: np.ndarray, passable: np.ndarray, spacing) -> np.ndarray:
+    owner = np.array(seeds, dtype=np.uint32, order="C")  # the output: seeds keep their ids
+    n_seed_ids = int(owner.max(initial=0))
+    free = passable & (owner == 0)
+    inner = bounding_box(free)
+    if inner is None or n_seed_ids == 0:
         return owner
-    free = free_all[box]
-    region = owner[box]
-    offset = int(owner.max())
-    # one array holds both: seed ids 1..offset, free component c as offset + c
-    joint, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True, out_dtype=np.uint32)
-    np.add(joint, np.uint32(offset), out=joint, where=free)
-    np.copyto(joint, region, where=~free)
-    touching = _touching_seeds(joint, offset)
-    lut = np.arange(offset + n_comps + 1, dtype=np.uint32)
-    lut[offset + 1 :] = 0
-    n_seeds = np.zeros(n_comps + 1, dtype=np.int64)
-    for comp, sids in touching.items():
-        n_seeds[comp] = len(sids)
-        lut[offset + comp] = next(iter(sids)) if len(sids) == 1 else _CONTESTED
-    if not np.any(n_seeds > 1):
-        region[...] = lut[joint]
-        return owner
-    seeds_box = region.copy()  # seed ids, 0 on free voxels
-    region[...] = lut[joint]
-    flat = np.flatnonzero(region == _CONTESTED)  # voxels of contested components, raster order
-    comp_of = joint.ravel()[flat] - np.uint32(offset)
-    labels, dist, contacts = _grow_graph(flat, seeds_box, joint, spacing)
-    _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, region.shape, spacing)
-    region[np.unravel_index(flat, region.shape)] = labels
+    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(inner, owner.shape))
+    # a free voxel on the array's face has no neighbour beyond it
+    on_face = any(b.start == i.start or b.stop == i.stop for b, i in zip(box, inner))
+    whole = all(b.start == 0 and b.stop == n for b, n in zip(box, owner.shape))
+    free = np.ascontiguousarray(free[box])
+    seeds_box = owner if whole else owner[box].copy()  # seed ids, 0 on free voxels
+    comps, n_comps = cc3d.connected_components(free, connectivity=6, return_N=True, out_dtype=np.uint32)
+    comps = np.ascontiguousarray(comps)
+    flat = np.flatnonzero(free)  # every free voxel, raster order in the box
+    comp_of = comps.reshape(-1)[flat]
+    # which seeds touch each free component: its voxels' face neighbours that are seeds
+    touch = _touch_table(flat, comp_of, n_comps, seeds_box, n_seed_ids, on_face)
+    n_touching = np.asarray(touch.sum(axis=1)).ravel()
+    lut = np.where(n_touching == 1, np.asarray(touch.argmax(axis=1)).ravel(), 0).astype(np.uint32)
+    lut[n_touching > 1] = _CONTESTED
+    labels = lut[comp_of]  # unreachable components stay 0
+    contested = np.flatnonzero(labels == _CONTESTED)
+    if contested.size:
+        cflat = flat[contested]
+        ccomp = comp_of[contested]
+        grown, dist, contacts = _grow_graph(cflat, seeds_box, comps, spacing, on_face)
+        _refine_exact(grown, dist, contacts, cflat, ccomp, n_comps, free.shape, spacing)
+        labels[contested] = grown
+    if whole:
+        owner.reshape(-1)[flat] = labels
+    else:
+        idx = np.unravel_index(flat, free.shape)
+        owner[tuple(i + s.start for i, s in zip(idx, box))] = labels
     return owner
 
 
-def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacing):
+def _neighbours(flat: np.ndarray, shape, on_face: bool):
+    """Raster indices of the 6 face neighbours of ``flat`` in an array of ``shape``.
+
+    Yields them in the order z-1, z+1, y-1, y+1, x-1, x+1. With ``on_face`` (some voxel
+    may lie on the array's face) such a voxel gets itself as its neighbour beyond that face.
+    """
+    strides = (shape[1] * shape[2], shape[2], 1)
+    coords = np.unravel_index(flat, shape) if on_face else None
+    for axis in range(3):
+        for step in (-1, 1):
+            nb = flat + step * strides[axis]
+            if on_face:
+                edge = (coords[axis] == 0) if step < 0 else (coords[axis] == shape[axis] - 1)
+                nb[edge] = flat[edge]
+            yield nb
+
+
+_DENSE_TOUCH_MAX = 50_000_000  # entries of the dense (component, seed) table; sparse beyond
+
+
+def _touch_table(flat, comp_of, n_comps: int, seeds: np.ndarray, n_seed_ids: int, on_face: bool):
+    """Boolean table (component, seed id): the seed shares a face with the component."""
+    seeds_flat = seeds.reshape(-1)
+    if (n_comps + 1) * (n_seed_ids + 1) <= _DENSE_TOUCH_MAX:
+        table = np.zeros((n_comps + 1, n_seed_ids + 1), dtype=bool)
+        for nb in _neighbours(flat, seeds.shape, on_face):
+            sid = seeds_flat[nb]
+            hit = np.flatnonzero(sid)
+            table[comp_of[hit], sid[hit]] = True
+        return table
+    pairs = []  # many components and seeds: a sparse table of the pairs that occur
+    for nb in _neighbours(flat, seeds.shape, on_face):
+        sid = seeds_flat[nb]
+        hit = np.flatnonzero(sid)
+        pairs.append(np.unique(comp_of[hit].astype(np.int64) * (n_seed_ids + 1) + sid[hit]))
+    pairs = np.unique(np.concatenate(pairs))
+    from scipy.sparse import coo_matrix
+
+    return coo_matrix(
+        (np.ones(pairs.size, dtype=bool), (pairs // (n_seed_ids + 1), pairs % (n_seed_ids + 1))),
+        shape=(n_comps + 1, n_seed_ids + 1),
+    ).tocsr()
+
+
+def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacing, on_face: bool = True):
     """Multi-source Dijkstra over the free voxels ``flat`` and their 6-neighbour edges.
 
     Parameters
@@ -184,6 +232,8 @@ def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacin
         Overwritten; must hold values under 2**31 elsewhere than ``flat``.
     spacing : sequence of 3 float
         Voxel size (z, y, x), mm: the length of an edge along that axis.
+    on_face : bool
+        Whether a voxel of ``flat`` may lie on the array's face (see :func:`_neighbours`).
 
     Returns
     -------
@@ -201,19 +251,14 @@ def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacin
     """
     shape = seeds.shape
     n = flat.size
-    strides = (shape[1] * shape[2], shape[2], 1)
-    seeds_flat = seeds.ravel()
+    seeds_flat = seeds.reshape(-1)
     node_of = scratch.reshape(-1)
     base = np.uint32(2**31)  # node ids are stored as base + index, above any label in scratch
     node_of[flat] = base + np.arange(n, dtype=np.uint32)
-    coords = np.unravel_index(flat, shape)
     nbr = np.empty((n, 6), dtype=np.uint32)
     src_node, src_pos, src_dir = [], [], []
-    for k, (axis, step) in enumerate((a, s) for a in range(3) for s in (-1, 1)):
-        nb = flat + step * strides[axis]
-        edge = (coords[axis] == 0) if step < 0 else (coords[axis] == shape[axis] - 1)
-        if edge.any():  # on the array's face: point to itself (a harmless self-loop)
-            nb[edge] = flat[edge]
+    # a voxel on the array's face points to itself beyond it: a harmless self-loop
+    for k, nb in enumerate(_neighbours(flat, shape, on_face)):
         nbr[:, k] = node_of[nb]
         touch = np.flatnonzero(seeds_flat[nb])
         src_node.append(touch)

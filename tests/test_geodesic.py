@@ -129,3 +129,11 @@ def test_phantom_growth_matches_reference():
     ref2 = grow_labels(ref1, bone, spacing, method="reference")
     fast2 = grow_labels(ref1, bone, spacing, method="fast")  # same input: compare phase 2 alone
     assert _agreement(fast2, ref2, bone) >= 0.999
+
+
+def test_many_components_and_seeds_use_the_sparse_touch_table(monkeypatch):
+    seeds, passable = _zone_case()
+    dense = grow_labels(seeds, passable, SPACING, method="fast")
+    monkeypatch.setattr(geodesic, "_DENSE_TOUCH_MAX", 0)
+    sparse = grow_labels(seeds, passable, SPACING, method="fast")
+    assert np.array_equal(dense, sparse)
