@@ -118,6 +118,7 @@ def abbc_targets(
     extra_core_min_vox: int | None = MIN_CORE_VOX,
     border_shell_only: bool = False,
     zone_half_thickness: bool = True,
+    symmetric_walls: bool = True,
     parallel: int = 2,
 ) -> np.ndarray:
     """Compute the ABBC map of a PENGWIN fragment label map.
@@ -243,6 +244,9 @@ def abbc_targets(
         region[frag] = classes[frag]
     del comps, dist, depth
 
+    if symmetric_walls and not border_shell_only:
+        _symmetric_walls(out, labels, present, boxes, widths, spacing, zone_margin, parallel)
+        clock.lap("symmetric")
     _separate_cores(out, labels, min_core_vox, max_core_fraction)
     clock.lap("separate")
     log.debug("abbc_targets %s: %s", labels.shape, clock)
@@ -489,6 +493,79 @@ def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, d
         zone[sub] |= near
         contact[sub] |= touch
     return zone, contact
+
+
+WALL_TOLERANCE_VOX = 0.7
+"""Slack (voxels of the finest axis) of the symmetric-wall test: a zone voxel stays border
+when twice its distance to the neighbour is at most the neighbour's open bone's distance
+plus this (see :func:`_symmetric_walls`)."""
+
+
+def _symmetric_walls(out, labels, present, boxes, widths, spacing, margin, parallel) -> None:
+    """Thin each fracture zone to the thickness of the zone facing it, in place.
+
+    Recovery splits a wall between the open (boundary/core) bone on its two sides, so the
+    wall is split on the fracture only when it is as thick on one side as on the other. The
+    zone of a fragment facing a thin one (a flange kept half open, a thin part of a
+    fragment) is thinned to match: a zone voxel of A at distance ``d`` from neighbour B
+    stays border only if B's open bone is at least ``2 d`` away (then B's zone there is at
+    least ``d`` thick). The contact layer always stays border, so the wall never opens.
+    Arrays are the bone box's (z, y, x); ``out`` holds the classes of every fragment.
+    """
+    tol = WALL_TOLERANCE_VOX * float(np.min(spacing))
+    before = out.copy()  # every fragment is tested against the walls as they were
+    for lab in present:
+        box = _grow_box(boxes[lab], margin, labels.shape)
+        lab_crop = labels[box]
+        region = before[box]
+        frag = lab_crop == lab
+        cand = frag & (region == ABBC_BORDER)
+        if not cand.any():
+            continue
+        bone = bone_of_labels(lab)
+        same = (lab_crop > 0) & (bone_of_labels(lab_crop) == bone) & ~frag
+        contact = frag & (ndimage.maximum_filter(same.view(np.uint8), size=3, mode="constant") > 0)
+        cand &= ~contact
+        if not cand.any():
+            continue
+        justified = np.zeros(frag.shape, dtype=bool)
+        nearest = np.full(frag.shape, np.inf, dtype=np.float32)  # distance to the nearest neighbour
+        for other, obox in boxes.items():
+            if other == lab or bone_of_labels(other) != bone:
+                continue
+            width = widths[(min(lab, other), max(lab, other))]
+            reach = np.ceil(width / spacing).astype(int) + 1
+            sub = _intersect(_grow_box(obox, reach, None), box)
+            if sub is None:
+                continue
+            sub = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(sub, box))
+            cand_sub = cand[sub]
+            if not cand_sub.any():
+                continue
+            other_mask = lab_crop[sub] == other
+            if not other_mask.any():
+                continue
+            d_other = edt.edt(~other_mask, anisotropy=tuple(spacing), black_border=False,
+                              parallel=parallel)
+            near = cand_sub & (d_other <= width + 1e-3)
+            if not near.any():
+                continue
+            ok = near
+            open_other = other_mask & (region[sub] != ABBC_BORDER)
+            if open_other.any():
+                d_open = edt.edt(~open_other, anisotropy=tuple(spacing), black_border=False,
+                                 parallel=parallel)
+                ok = near & (2.0 * d_other <= d_open + tol)
+            # the wall a voxel belongs to is the one to its nearest neighbour
+            nearer = near & (d_other < nearest[sub])
+            nearest[sub] = np.where(nearer, d_other, nearest[sub])
+            js = justified[sub]
+            js[nearer] = ok[nearer]
+            tie = near & ~nearer & (d_other == nearest[sub])
+            js[tie] |= ok[tie]
+        release = cand & ~justified
+        if release.any():
+            out[box][release] = ABBC_BOUNDARY
 
 
 def _intersect(a, b):

@@ -109,7 +109,9 @@ def test_two_slabs_same_bone_symmetric_wall_on_the_fracture_plane():
     mid = np.nonzero(out[15, 15] == ABBC_BORDER)[0].tolist()
     rim = np.nonzero(out[5, 15] == ABBC_BORDER)[0].tolist()
     assert mid == [20, 21, 22, 23] and rim == [21, 22]
-    assert left > 1.8 * 20 * 20
+    # one voxel in from the rim the wall thins on both sides alike (symmetric walls: the
+    # other side's open bone at the rim is diagonally near), elsewhere 2 voxels a side
+    assert left > 1.6 * 20 * 20
     assert core_components(labels, out, 1) == 1 and core_components(labels, out, 2) == 1
 
 
