@@ -271,17 +271,24 @@ def _grow_graph(flat: np.ndarray, seeds: np.ndarray, scratch: np.ndarray, spacin
     src_id = seeds_flat[src_pos]
     step_mm = np.repeat(np.asarray(spacing, dtype=np.float64), 2)
     # one source node per seed id, one edge to each voxel it touches (its shortest face)
-    ids, which = np.unique(src_id, return_inverse=True)
-    order = np.lexsort((step_mm[src_dir], which.astype(np.int64) * n + src_node))
-    key = which[order].astype(np.int64) * n + src_node[order]
-    first = order[np.concatenate(([True], key[1:] != key[:-1]))]  # sorted by seed, voxel
+    ids, which = _small_ids(src_id)
     n_src = ids.size
+    # (voxel, seed) pairs once each, with their shortest face; the key is sorted within
+    # each direction's run, so the stable sort only merges six runs
+    key = src_node.astype(np.int64) * n_src + which
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    start = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    pair_w = np.minimum.reduceat(step_mm[src_dir[order]], start)
+    pair_node = src_node[order[start]]
+    pair_src = which[order[start]]
+    by_src = np.argsort(pair_src, kind="stable")  # rows of the source nodes, in seed order
     indptr = np.empty(n + n_src + 1, dtype=np.int64)
     indptr[0] = 0
     np.cumsum(valid.sum(axis=1), out=indptr[1 : n + 1])
-    indptr[n + 1 :] = indptr[n] + np.cumsum(np.bincount(which[first], minlength=n_src))
-    indices = np.concatenate(((nbr[valid] - base).astype(np.int32), src_node[first].astype(np.int32)))
-    data = np.concatenate((np.broadcast_to(step_mm, (n, 6))[valid], step_mm[src_dir[first]]))
+    indptr[n + 1 :] = indptr[n] + np.cumsum(np.bincount(pair_src, minlength=n_src))
+    indices = np.concatenate(((nbr[valid] - base).astype(np.int32), pair_node[by_src].astype(np.int32)))
+    data = np.concatenate((np.broadcast_to(step_mm, (n, 6))[valid], pair_w[by_src]))
     graph = csr_matrix((data, indices, indptr), shape=(n + n_src, n + n_src))
     dist, _, origin = dijkstra(graph, directed=True, indices=np.arange(n, n + n_src), min_only=True,
                                return_predecessors=True)
@@ -316,9 +323,8 @@ def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing
         comp_lo[:, axis] = np.maximum(lo - 1, 0)
         comp_hi[:, axis] = np.minimum(hi + 2, shape[axis])
     src_node, src_pos, src_id = contacts
-    ids, id_of = np.unique(src_id, return_inverse=True)
-    key = comp_of[src_node].astype(np.int64) * ids.size + id_of  # (component, seed)
-    keys, key_of = np.unique(key, return_inverse=True)
+    ids, id_of = _small_ids(src_id)
+    keys, key_of = _small_ids(comp_of[src_node].astype(np.int64) * ids.size + id_of)  # (component, seed)
     key_comp = keys // ids.size
     scoords = np.unravel_index(src_pos, shape)
     sub_lo = np.empty((keys.size, 3), dtype=np.int64)
@@ -360,6 +366,24 @@ def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing
             best[inside[closer]] = val[closer]
             owner[inside[closer]] = ids[keys[k] % ids.size]
         labels[vox] = owner
+
+
+def _small_ids(values: np.ndarray, dense_max: int = 50_000_000):
+    """``np.unique(values, return_inverse=True)`` for non-negative ints, by counting.
+
+    The inverse is int16 when it fits (so that a stable sort of it is a radix sort).
+    Falls back to sorting when the values span more than ``dense_max``.
+    """
+    top = int(values.max(initial=0)) + 1
+    if top > dense_max:
+        uniq, inverse = np.unique(values, return_inverse=True)
+    else:
+        present = np.bincount(values, minlength=top) > 0
+        uniq = np.flatnonzero(present)
+        rank = np.cumsum(present) - 1
+        inverse = rank[values]
+    dtype = np.int16 if uniq.size < 2**15 else np.int64
+    return uniq.astype(values.dtype, copy=False), inverse.astype(dtype, copy=False)
 
 
 def _fmm_at(source, at, size, spacing, narrow: float) -> np.ndarray:
