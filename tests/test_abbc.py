@@ -449,3 +449,57 @@ def test_fragment_joined_only_through_its_own_zone_stays_one_piece():
     bar = out[10:13, :, 20:40]
     assert np.all(bar[0] == ABBC_BORDER) and np.all(bar[2] == ABBC_BORDER)  # walls kept
     assert np.all(bar[1, :, 1:-1] != ABBC_BORDER)
+
+
+def _block_under_a_plate():
+    """Fragment 1, a block; fragment 2, a big block beside it (face to face at x = 30) with
+    a plate two voxels thick lying on top of fragment 1 (z 20-21)."""
+    labels = np.zeros((30, 40, 60), dtype=np.uint8)
+    labels[5:20, 5:35, 5:30] = 1
+    labels[5:28, 5:35, 30:55] = 2
+    labels[20:22, 5:35, 5:30] = 2
+    return labels
+
+
+def test_symmetric_walls_thin_the_zone_facing_a_thin_plate():
+    """The plate keeps half its thickness open (its zone is its contact layer); the block's
+    zone under it is thinned to the same one voxel, so recovery splits the wall on the
+    fracture. Where two thick parts meet (x = 30) the wall stays 2 voxels a side."""
+    from pengwin_demo.instances import recover_fragments
+
+    labels = _block_under_a_plate()
+    out = abbc_targets(labels, ISO, border_mm=2.0)
+    plain = abbc_targets(labels, ISO, border_mm=2.0, symmetric_walls=False)
+    for m in (out, plain):
+        check_all(labels, m, ISO, max_width_mm=2.0)
+    under = (slice(10, 30), slice(8, 25))  # (y, x) away from every edge
+    assert np.all(plain[19][under] == ABBC_BORDER) and np.all(plain[18][under] == ABBC_BORDER)
+    assert np.all(out[19][under] == ABBC_BORDER) and np.all(out[18][under] != ABBC_BORDER)
+    assert np.all(out[20][under] == ABBC_BORDER) and np.all(out[21][under] != ABBC_BORDER)
+    side = out[10:16, 10:30, 26:34]  # the face-to-face wall, mid-height
+    assert np.all(side[:, :, 2:6] == ABBC_BORDER) and np.all(side[:, :, [1, 6]] != ABBC_BORDER)
+    anatomy = (labels > 0).astype(np.uint8)
+    pred = recover_fragments(out, anatomy, ISO, min_fragment_vox=1000).labels
+    block, plate = pred[15, 20, 15], pred[21, 20, 15]
+    assert block != plate
+    assert np.all(pred[19][under] == block) and np.all(pred[20][under] == plate)
+
+
+def test_fragment_joined_only_through_its_contact_layers_stays_one_piece():
+    """As above, but the bar is two voxels thick: all of it is contact layer (it touches 2
+    below and 3 above). A path through the bar joins the two end blocks' open bone; the
+    walls on the neighbours' side (their contact layers) stay, so nothing leaks."""
+    import cc3d
+
+    labels = np.zeros((24, 30, 60), dtype=np.uint8)
+    labels[:, :, :20] = 1
+    labels[:, :, 40:] = 1
+    labels[0:10, :, 20:40] = 2
+    labels[12:22, :, 20:40] = 3
+    labels[10:12, :, 20:40] = 1  # the bar, 2 voxels thick
+    out = abbc_targets(labels, ISO, border_mm=2.0)
+    check_all(labels, out, ISO, max_width_mm=2.0)
+    open_part = (labels == 1) & (out != ABBC_BORDER)
+    assert cc3d.connected_components(open_part, connectivity=6, return_N=True)[1] == 1
+    assert np.all(out[9, :, 21:39] == ABBC_BORDER) and np.all(out[12, :, 21:39] == ABBC_BORDER)
+    assert np.count_nonzero(out[10:12, :, 20:40] != ABBC_BORDER) < 3 * 20  # a path, not the bar

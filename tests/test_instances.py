@@ -275,6 +275,64 @@ def test_instance_straddling_two_bones_is_split_by_anatomy(toy):
     assert np.mean(result.labels[gt == 21] == 21) > 0.99
 
 
+def _two_blocks_and_a_neck(wall: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two cored blocks of bone joined by a 2 x 2 voxel neck of boundary (x 26-34).
+
+    ``wall=False``: one fragment with two cores, no border anywhere (issue #6: a core split
+    in two must stay one fragment). ``wall=True``: the blocks are two fragments of the bone
+    that touch face to face, with a border wall two voxels a side and a 2 x 2 hole of
+    boundary in it (a gap in a predicted wall). Returns (abbc, ground-truth labels)."""
+    shape = (20, 20, 62)
+    abbc = np.zeros(shape, dtype=np.uint8)
+    gt = np.zeros(shape, dtype=np.uint8)
+    if wall:
+        gt[2:18, 2:18, 2:31] = 1
+        gt[2:18, 2:18, 31:60] = 2
+        abbc[gt > 0] = ABBC_BOUNDARY
+        abbc[2:18, 2:18, 29:33] = ABBC_BORDER
+        abbc[9:11, 9:11, 29:33] = ABBC_BOUNDARY  # the hole
+    else:
+        gt[2:18, 2:18, 2:26] = 1
+        gt[2:18, 2:18, 34:60] = 1
+        gt[9:11, 9:11, 26:34] = 1  # the neck
+        abbc[gt > 0] = ABBC_BOUNDARY
+    abbc[5:15, 5:15, 6:22] = ABBC_CORE
+    abbc[5:15, 5:15, 40:56] = ABBC_CORE
+    return abbc, gt
+
+
+@pytest.mark.parametrize("wall", [False, True])
+def test_two_cores_joined_without_border_are_one_fragment(wall):
+    """Two seeds whose regions meet only in open bone (a 4-face neck, far less than the
+    cross-section test asks) are one fragment; the same 4 open faces as a hole in a wall
+    between two fragments keep them apart."""
+    abbc, gt = _two_blocks_and_a_neck(wall)
+    anatomy = (gt > 0).astype(np.uint8)
+    result = recover_fragments(abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000)
+    assert len(result.fragments) == (2 if wall else 1)
+    assert fragment_iou(result.labels, gt) >= 0.99
+    if not wall:
+        assert [f["seeds"] for f in result.fragments] == [2]
+
+
+def test_piece_taken_across_a_joint_joins_its_own_bone():
+    """The sacrum's wave crosses a joint (no border between bones) and takes the near part
+    of a hip fragment whose core lies far from the joint; anatomy splits that part off
+    (more than 1000 voxels), and it rejoins the hip fragment it continues into without
+    border instead of becoming a second hip fragment."""
+    shape = (22, 22, 70)
+    gt = np.zeros(shape, dtype=np.uint8)
+    gt[2:20, 2:20, 2:30] = 1  # sacrum
+    gt[2:20, 2:20, 30:68] = 21  # right hip, touching the sacrum at x = 30
+    abbc = np.where(gt > 0, ABBC_BOUNDARY, 0).astype(np.uint8)
+    abbc[5:17, 5:17, 5:27] = ABBC_CORE  # sacrum core up to the joint
+    abbc[5:17, 5:17, 58:66] = ABBC_CORE  # hip core far from it
+    anatomy = anatomy_from_fragments(gt)
+    result = recover_fragments(abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000)
+    assert sorted(f["label"] for f in result.fragments) == [1, 21]
+    assert np.array_equal(result.labels, gt)
+
+
 def test_more_than_ten_fragments_in_one_bone_are_merged():
     shape = (20, 30, 150)
     gt = np.zeros(shape, dtype=np.uint8)
