@@ -32,6 +32,14 @@ What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
 * Every voxel 26-adjacent to another fragment of the same bone is border whatever the
   width (the *contact layer*): the open (boundary/core) voxels of two same-bone
   fragments are never 26-adjacent, so the wall cannot leak on any grid.
+* **Symmetric walls**: a zone voxel stays border only where the zone facing it is as thick
+  (its neighbour's open bone at least twice as far as the neighbour itself). Recovery
+  splits a wall between the open bone on its two sides, so a wall thicker on one side
+  (facing a thin plate kept half open, say) would be split off the fracture.
+* A fragment's boundary/core stays in one piece: zone voxels that alone join two parts of
+  it are given back to boundary (a path through the contact layer where nothing else
+  joins them; the neighbour's contact layer stays the wall), and a core component sharing
+  its open piece with a core ten times its size is demoted (one seed grows through it).
 * Every fragment keeps a core: when the fracture zone (or thinness) leaves it less than
   ``min_core_vox`` core voxels, its deepest voxels (one 26-connected piece) become core.
 * A fragment keeps **one** core component where possible: splinters of core that the zone

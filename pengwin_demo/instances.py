@@ -16,9 +16,12 @@ the bounding box of the bone:
    lies mostly in boundary/core (not border) - a core split in two - are merged. The
    share is ``open / (open + walled)`` over the face contacts between them, compared
    with ``merge_open_fraction``; a border wall with a few gaps keeps two fragments apart.
+   Two big instances of one bone whose contact (counted within that bone's anatomy) has
+   no border at all merge however narrow it is (two cores joined by a neck).
 5. **Anatomy**: each instance takes the bone (sacrum, left hip, right hip) most of its
    voxels have; its voxels in a second bone (a wave that crossed a joint) are split off,
-   however few, and as small pieces join a fragment of that bone in step 6; an instance
+   however few, and join a fragment of that bone in step 6 (small pieces the one they
+   touch most, larger ones the one they continue into without border); an instance
    with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
    same-bone instance they touch most; within a bone, fragments are ranked by size
