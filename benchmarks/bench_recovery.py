@@ -17,7 +17,9 @@ truth (the oracle) and its anatomy map is the ground truth's bones. Printed:
   into their neighbour first, and all fragments).
 
 Both run in this process one after the other, so other load on the machine hits both;
-the CPU-time ratio is the steadier figure on a shared machine. ``--real-full`` adds the
+the CPU-time ratio is the steadier figure on a shared machine. A ``growth`` line splits
+off the time spent in :func:`pengwin_demo.geodesic.grow_labels` (both growth phases),
+the only step where the two methods differ. ``--real-full`` adds the
 real fractured sacrum on its whole 512 x 512 x 357 grid.
 
 Part 2, imperfect predictions: fragment IoU against corruption level on the real
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from pengwin_demo import abbc_noise  # noqa: E402
+from pengwin_demo import abbc_noise, instances  # noqa: E402
 from pengwin_demo.abbc import abbc_targets  # noqa: E402
 from pengwin_demo.instances import recover_fragments  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
@@ -58,6 +60,33 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+class GrowthClock:
+    """Times the geodesic growth (``grow_labels``) inside ``recover_fragments``, per method.
+
+    ``recover_fragments`` calls it twice (through boundary/core, then through the border);
+    the rest of the recovery (seeds, merges, anatomy) is identical for both methods.
+    """
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+
+    def __enter__(self):
+        self._orig = instances.grow_labels
+
+        def clocked(seeds, passable, spacing, method="fast"):
+            out, wall, cpu = timed(self._orig, seeds, passable, spacing, method)
+            self.cpu[method] = self.cpu.get(method, 0.0) + cpu
+            self.wall[method] = self.wall.get(method, 0.0) + wall
+            return out
+
+        instances.grow_labels = clocked
+        return self
+
+    def __exit__(self, *exc) -> None:
+        instances.grow_labels = self._orig
+
+
 def speed(name: str, gt: np.ndarray, spacing, repeat: int, reference: bool) -> None:
     print(f"\n== {name}: grid {gt.shape} (z, y, x), spacing {tuple(round(s, 3) for s in spacing)} mm, "
           f"{len(np.unique(gt)) - 1} fragments, {np.count_nonzero(gt):,} bone voxels")
@@ -69,9 +98,10 @@ def speed(name: str, gt: np.ndarray, spacing, repeat: int, reference: bool) -> N
     gt_merged = merge_small_fragments(gt, MIN_FRAGMENT_VOX)
     runs = []
     for _ in range(repeat):
-        fast, wall, cpu = timed(recover_fragments, abbc, anatomy, spacing, method="fast")
-        runs.append((wall, cpu))
-    wall_f, cpu_f = min(runs)
+        with GrowthClock() as clock:
+            fast, wall, cpu = timed(recover_fragments, abbc, anatomy, spacing, method="fast")
+        runs.append((wall, cpu, clock.wall["fast"], clock.cpu["fast"]))
+    wall_f, cpu_f, grow_wall_f, grow_cpu_f = min(runs)
     print(f"   fast      : {wall_f:6.2f} s wall (best of {repeat}), {cpu_f:6.2f} s CPU, "
           f"{len(fast.fragments)} fragments, IoU {fragment_iou(fast.labels, gt_merged):.4f} "
           f"(all fragments {fragment_iou(fast.labels, gt):.4f})")
@@ -79,13 +109,19 @@ def speed(name: str, gt: np.ndarray, spacing, repeat: int, reference: bool) -> N
         print(f"               warnings: {fast.warnings}")
     if not reference:
         return
-    ref, wall_r, cpu_r = timed(recover_fragments, abbc, anatomy, spacing, method="reference")
+    with GrowthClock() as clock:
+        ref, wall_r, cpu_r = timed(recover_fragments, abbc, anatomy, spacing, method="reference")
     bone = abbc > 0
     agree = float(np.mean(fast.labels[bone] == ref.labels[bone]))
     print(f"   reference : {wall_r:6.2f} s wall, {cpu_r:6.2f} s CPU, {len(ref.fragments)} fragments, "
           f"IoU {fragment_iou(ref.labels, gt_merged):.4f} (all fragments {fragment_iou(ref.labels, gt):.4f})")
     print(f"   speed-up  : {wall_r / wall_f:5.1f}x wall, {cpu_r / cpu_f:5.1f}x CPU; "
           f"agreement on bone voxels {100 * agree:.3f} %")
+    grow_wall_r, grow_cpu_r = clock.wall["reference"], clock.cpu["reference"]
+    print(f"   growth    : (grow_labels, both phases) fast {grow_wall_f:.2f} s wall / {grow_cpu_f:.2f} s CPU, "
+          f"reference {grow_wall_r:.2f} / {grow_cpu_r:.2f} s: {grow_wall_r / grow_wall_f:.1f}x wall, "
+          f"{grow_cpu_r / grow_cpu_f:.1f}x CPU; the rest of the recovery {wall_f - grow_wall_f:.2f} s wall / "
+          f"{cpu_f - grow_cpu_f:.2f} s CPU (fast run)")
 
 
 def curve(gt: np.ndarray, spacing) -> None:
