@@ -380,15 +380,34 @@ def test_core_splinters_cut_off_by_the_zone_are_demoted():
     frag = np.zeros(classes.shape, dtype=bool)
     frag[1:11, 1:11, 1:29] = True
     classes[frag] = ABBC_BOUNDARY
-    classes[3:9, 3:9, 3:15] = ABBC_CORE  # main core, 432 voxels
-    classes[5:7, 5:7, 20:22] = ABBC_CORE  # splinter, 8 voxels
-    classes[4:8, 4:8, 24:28] = ABBC_CORE  # second large core, 64 voxels
+    classes[3:9, 3:9, 3:12] = ABBC_CORE  # main core, 324 voxels
+    classes[5:7, 5:7, 15:17] = ABBC_CORE  # splinter, 8 voxels
+    classes[3:8, 3:8, 20:28] = ABBC_CORE  # second large core, 200 voxels
     d = np.ones(classes.shape, dtype=np.float32)
     _finish_core(classes, frag, d, 50, 0.5, 100, 50)
-    assert np.all(classes[5:7, 5:7, 20:22] == ABBC_BOUNDARY)
-    assert np.all(classes[3:9, 3:9, 3:15] == ABBC_CORE)
-    assert np.all(classes[4:8, 4:8, 24:28] == ABBC_CORE)
+    assert np.all(classes[5:7, 5:7, 15:17] == ABBC_BOUNDARY)
+    assert np.all(classes[3:9, 3:9, 3:12] == ABBC_CORE)
+    assert np.all(classes[3:8, 3:8, 20:28] == ABBC_CORE)
     assert np.all(classes[~frag] == 0) and np.all(classes[frag] > 0)
+
+
+def test_minor_core_sharing_open_bone_with_a_large_one_is_demoted():
+    """A 64-voxel core in the same boundary/core piece as a 432-voxel one (under
+    SHARED_CORE_FRACTION of it) is demoted: growth from the large one reaches it anyway.
+    The same core behind a border wall (another piece of the fragment's open bone) stays."""
+    for walled in (False, True):
+        classes = np.zeros((12, 12, 30), dtype=np.uint8)
+        frag = np.zeros(classes.shape, dtype=bool)
+        frag[1:11, 1:11, 1:29] = True
+        classes[frag] = ABBC_BOUNDARY
+        classes[3:9, 3:9, 3:15] = ABBC_CORE  # 432 voxels
+        classes[4:8, 4:8, 24:28] = ABBC_CORE  # 64 voxels
+        if walled:
+            classes[1:11, 1:11, 19:21] = ABBC_BORDER
+        _finish_core(classes, frag, np.ones(classes.shape, np.float32), 50, 0.5, 100, 50)
+        minor = classes[4:8, 4:8, 24:28]
+        assert np.all(minor == (ABBC_CORE if walled else ABBC_BOUNDARY)), walled
+        assert np.all(classes[3:9, 3:9, 3:15] == ABBC_CORE)
 
 
 # -- options ----------------------------------------------------------------------------------
