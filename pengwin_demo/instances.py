@@ -444,7 +444,8 @@ def _merge_open_contacts(
             elif n_open == n_total:
                 unwalled.append((p, q))
     if unwalled:  # all-open contacts: count them again within the instances' own bone
-        own = np.where((an == vote_bone[inst]) | (vote_bone[inst] == 0), inst, 0)
+        inst_bone = vote_bone.astype(np.uint8)[inst]  # uint8, (z, y, x) of the bone box
+        own = np.where((an == inst_bone) | (inst_bone == 0), inst, 0)
         own_faces = _face_contacts(own.astype(np.uint32, copy=False), a)
         for p, q in unwalled:
             n_open, n_total = own_faces.get((p, q), (0, 0))
