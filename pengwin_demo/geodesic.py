@@ -25,8 +25,12 @@ Two implementations of one function, :func:`grow_labels`:
       voxels next to the component, cropped to their box grown by that bound and stopped
       there (``narrow``), arg-min in id order. That is every component within 6 mm of
       its seeds (fracture zones) and any whose per-seed boxes add up to at most 6 M
-      voxels. Only large boundary/core regions shared by two cores of one fragment keep
-      the Dijkstra labels; their walls may sit a voxel or two off the reference's (see
+      voxels. A larger component whose seeds' Dijkstra cells are compact (a boundary
+      region that holes in a predicted wall join across several fragments) gets each
+      seed's field on its cell grown by a 3-voxel band instead, which is the reference's
+      wherever the Dijkstra wall lies within the band of the fast-marching one. Only large
+      boundary/core regions shared by two or three cores of one fragment keep the
+      Dijkstra labels; their walls may sit a voxel or two off the reference's (see
       docs/recovery.md for the measured agreement).
 
 Both use the 6-neighbour stencil of scikit-fmm, so "reachable" means 6-connected.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 import skfmm
+from scipy import ndimage as ndi
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
@@ -130,10 +135,11 @@ FIELD_MAX_RANGE_MM = 6.0
 FIELD_MAX_WORK_VOX = 6_000_000
 """Which contested components get the reference's per-seed fast-marching fields (exact):
 those whose every voxel lies within ``FIELD_MAX_RANGE_MM`` of a touching seed (fracture
-zones, small pockets), and those whose per-seed boxes add up to at most
-``FIELD_MAX_WORK_VOX`` voxels. The others (large boundary/core regions shared by two seeds
-of one fragment) keep the multi-source Dijkstra labels, whose walls may sit a voxel or
-two away from the reference's."""
+zones, small pockets), and those whose per-seed boxes (around the seed's contacts, or
+else around its Dijkstra cell) add up to at most ``FIELD_MAX_WORK_VOX`` voxels. The others
+(large boundary/core regions shared by two or three cores of one fragment) keep the
+multi-source Dijkstra labels, whose walls may sit a voxel or two away from the
+reference's."""
 
 
 def _grow_fast(seeds: np.ndarray, passable: np.ndarray, spacing) -> np.ndarray:
@@ -337,35 +343,86 @@ def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing
         sub_lo[:, axis] = np.maximum(lo - margin[key_comp, axis], comp_lo[key_comp, axis])
         sub_hi[:, axis] = np.minimum(hi + margin[key_comp, axis] + 1, comp_hi[key_comp, axis])
     work = np.bincount(key_comp, weights=np.prod(sub_hi - sub_lo, axis=1), minlength=n_comps + 1)
-    exact = (far <= FIELD_MAX_RANGE_MM) | (work <= FIELD_MAX_WORK_VOX)
-    exact[0] = False
-    exact[np.bincount(comp_of, minlength=n_comps + 1) == 0] = False
-    if not exact.any():
+    exact = (far <= FIELD_MAX_RANGE_MM) | ((work <= FIELD_MAX_WORK_VOX) & _CONTACT_BOXES)
+    # the other route: each seed's field on its Dijkstra cell and a band (box of the cell)
+    id_index = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.int64)
+    id_index[ids] = np.arange(ids.size)
+    cell_key = comp_of.astype(np.int64) * ids.size + id_index[labels]
+    cell_ext = np.ones(cell_key.max(initial=0) + 1)
+    for axis in range(3):
+        lo = np.full(cell_ext.size, shape[axis], dtype=np.int64)
+        hi = np.full(cell_ext.size, -1, dtype=np.int64)
+        np.minimum.at(lo, cell_key, coords[axis])
+        np.maximum.at(hi, cell_key, coords[axis])
+        cell_ext *= np.clip(hi - lo + 1 + 2 * (CELL_BAND_VOX + 2), 0, shape[axis])  # 0 if absent
+    cell_work = np.bincount(np.arange(cell_ext.size) // ids.size, weights=cell_ext, minlength=n_comps + 1)
+    by_cells = ~exact & (cell_work[: n_comps + 1] <= FIELD_MAX_WORK_VOX)
+    present = np.bincount(comp_of, minlength=n_comps + 1) > 0
+    present &= exact | by_cells
+    present[0] = False
+    if not present.any():
         return
-    # voxels and contacts of the chosen components, grouped by component (and seed)
-    pick = np.flatnonzero(exact[comp_of])
+    # voxels and contacts of every contested component, grouped by component (and seed)
+    pick = np.flatnonzero(present[comp_of])
     pick = pick[np.argsort(comp_of[pick], kind="stable")]
     comps, vox_start = np.unique(comp_of[pick], return_index=True)
     vox_stop = np.append(vox_start[1:], pick.size)
-    cpick = np.flatnonzero(exact[comp_of[src_node]])
-    cpick = cpick[np.argsort(key_of[cpick], kind="stable")]
+    cpick = np.argsort(key_of, kind="stable")
     ckey = key_of[cpick]
     for c, v0, v1 in zip(comps, vox_start, vox_stop):
         vox = pick[v0:v1]
         vc = np.stack([x[vox] for x in coords], axis=1)
         best = np.full(vox.size, np.inf, dtype=np.float32)
-        owner = labels[vox].copy()
+        graph = labels[vox]
+        owner = graph.copy()
         for k in np.flatnonzero(key_comp == c):  # this component's seeds, in id order
+            sid = ids[keys[k] % ids.size]
             con = cpick[np.searchsorted(ckey, k) : np.searchsorted(ckey, k, side="right")]
-            lo, hi = sub_lo[k], sub_hi[k]
-            inside = np.flatnonzero(np.all((vc >= lo) & (vc < hi), axis=1))
+            source = [x[con] for x in scoords]
+            if exact[c]:
+                lo, hi = sub_lo[k], sub_hi[k]
+                inside = np.flatnonzero(np.all((vc >= lo) & (vc < hi), axis=1))
+                narrow = float(reach[c])
+            else:
+                inside, lo, hi, narrow = _cell_domain(graph == sid, vc, dist[vox], source, comp_lo[c],
+                                                      comp_hi[c], h)
             at = tuple((vc[inside] - lo).T)
-            source = tuple(x[con] - l for x, l in zip(scoords, lo))
-            val = _fmm_at(source, at, tuple(int(x) for x in hi - lo), spacing, float(reach[c]))
+            val = _fmm_at(tuple(x - l for x, l in zip(source, lo)), at, tuple(int(x) for x in hi - lo),
+                          spacing, narrow)
             closer = val < best[inside]
             best[inside[closer]] = val[closer]
-            owner[inside[closer]] = ids[keys[k] % ids.size]
+            owner[inside[closer]] = sid
         labels[vox] = owner
+
+
+_CONTACT_BOXES = True  # tests switch the contact-box route off to exercise the cell route
+CELL_BAND_VOX = 3
+"""Band (voxels) around a seed's Dijkstra cell inside which its fast-marching field is
+computed on a component too large for whole per-seed boxes."""
+
+
+def _cell_domain(cell, vc, dist, source, comp_lo, comp_hi, h):
+    """Where one seed's field is needed in a large component: its Dijkstra cell and a band.
+
+    ``cell`` marks the component's voxels (coordinates ``vc``) that the Dijkstra gave to
+    the seed, ``source`` its contact voxels. The fast-marching wall lies within
+    ``CELL_BAND_VOX`` of the Dijkstra wall, and a seed's shortest paths stay inside its own
+    cell, so the field on the cell grown by that band (6-neighbour dilation, cut to the
+    component) is the reference's wherever the seed can win. Returns the indices into
+    ``vc`` of that domain, the box (lo, hi) and the march's stop distance (mm).
+    """
+    w = CELL_BAND_VOX
+    pts = np.concatenate((vc[cell], np.stack(source, axis=1)))
+    lo = np.maximum(pts.min(axis=0) - w - 2, comp_lo)
+    hi = np.minimum(pts.max(axis=0) + w + 3, comp_hi)
+    size = tuple(int(x) for x in hi - lo)
+    inbox = np.flatnonzero(np.all((vc >= lo) & (vc < hi), axis=1))
+    grown = np.zeros(size, dtype=bool)
+    grown[tuple((pts - lo).T)] = True
+    grown = ndi.binary_dilation(grown, iterations=w)
+    inside = inbox[grown[tuple((vc[inbox] - lo).T)]]
+    narrow = float(dist[inside].max(initial=0.0)) + float(h.max())
+    return inside, lo, hi, narrow
 
 
 def _small_ids(values: np.ndarray, dense_max: int = 50_000_000):
