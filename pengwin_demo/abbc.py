@@ -37,7 +37,7 @@ What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
   splits a wall between the open bone on its two sides, so a wall thicker on one side
   (facing a thin plate kept half open, say) would be split off the fracture.
 * A fragment's boundary/core stays in one piece: zone voxels that alone join two parts of
-  it are given back to boundary (a path through the contact layer where nothing else
+  it get back the class they had before the zone (a path through the contact layer where nothing else
   joins them; the neighbour's contact layer stays the wall), and a core component sharing
   its open piece with a core five times its size is demoted (one seed grows through it).
 * Every fragment keeps a core: when the fracture zone (or thinness) leaves it less than
@@ -332,7 +332,7 @@ def _keep_fragment_whole(zone, contact, frag):
     along it), the zone can cut the fragment's boundary/core into pieces that each get a
     core; recovery would then return one fragment per piece. A 6-connected component of
     the zone (contact layer excluded) that touches two or more pieces of the fragment's
-    non-zone part of at least ``BRIDGE_PART_VOX`` voxels is given back to boundary, except
+    non-zone part of at least ``BRIDGE_PART_VOX`` voxels gets back its pre-zone class, except
     its contact layer, which stays border (the wall to the neighbour stays). Pieces still
     apart after that (joined only through the contact layer: the fragment is only two or
     three voxels thick there) are joined to the largest piece by the cheapest 6-connected

@@ -458,16 +458,3 @@ def _fmm_at(source, at, size, spacing, narrow: float) -> np.ndarray:
     val = np.asarray(np.ma.getdata(dist)[at], dtype=np.float32)
     val[np.ma.getmaskarray(dist)[at]] = np.inf
     return val
-
-
-def _touching_seeds(joint: np.ndarray, offset: int) -> dict[int, set[int]]:
-    """Free component id -> ids of the seeds that share a face with it.
-
-    ``joint`` holds seed ids 1..offset and free component c as ``offset + c``.
-    """
-    touching: dict[int, set[int]] = {}
-    for a, b in cc3d.contacts(joint, connectivity=6, surface_area=False):
-        lo, hi = (a, b) if a < b else (b, a)
-        if lo <= offset < hi:  # a seed next to a free component
-            touching.setdefault(int(hi - offset), set()).add(int(lo))
-    return touching

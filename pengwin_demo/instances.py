@@ -4,7 +4,9 @@ The network predicts four geometric classes (ABBC: 0 background, 1 boundary, 2 c
 3 border = fracture zone). Fragments are recovered from them by classical steps, all on
 the bounding box of the bone:
 
-1. **Seeds**: 26-connected components of core; components under ``min_seed_vox`` dropped.
+1. **Seeds**: 26-connected components of core; components under ``min_seed_vox`` dropped;
+   a component that one 6-erosion splits into pieces gives one seed per piece (siblings,
+   which need less evidence to merge again in step 4).
 2. **Growth through bone**: every boundary/core voxel goes to the seed whose geodesic wave
    (physical spacing, border and background impassable) reaches it first
    (:func:`pengwin_demo.geodesic.grow_labels`). Boundary/core components that no seed
@@ -24,7 +26,7 @@ the bounding box of the bone:
    touch most, larger ones the one they continue into without border); an instance
    with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
-   same-bone instance they touch most; within a bone, fragments are ranked by size
+   same-bone instance they continue into without border, else the one they touch most; within a bone, fragments are ranked by size
    (largest = lowest label) and beyond ``max_per_bone`` the smallest are merged into
    their neighbours, with a warning.
 
