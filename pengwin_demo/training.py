@@ -661,6 +661,11 @@ def _training_summary(train_log: Path | None) -> dict:
     }
 
 
+TARGET_IOU_A = 0.95
+TARGET_IOU_F = 0.85
+"""The project's quality targets on held-out full-size phantoms (end to end)."""
+
+
 def write_model_card(model_dir: Path, kind: str, cfg: DemoConfig, *, recipe: str, cases: int, seed: int,
                      size: str, device: str, train_log: Path | None = None,
                      quality: dict | None = None) -> Path:
@@ -676,11 +681,26 @@ def write_model_card(model_dir: Path, kind: str, cfg: DemoConfig, *, recipe: str
         info["quality"] = quality
     elif (model_dir / "training.json").is_file():
         info["quality"] = json.loads((model_dir / "training.json").read_text()).get("quality")
+    if (model_dir / "training.json").is_file():  # hand-written notes survive a rewrite
+        notes = json.loads((model_dir / "training.json").read_text()).get("notes")
+        if notes:
+            info["notes"] = notes
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
     classes = ", ".join(f"{v} {k}" for k, v in (ANATOMY_LABELS if kind == "anatomy" else ABBC_LABELS).items())
     weights = sum(p.stat().st_size for p in model_dir.rglob("*.pth"))
     q = info.get("quality")
+    extended = ("" if not cfg.max_seconds else
+                f", then continued with `train-demo-models --recipe {recipe} --only {kind} --extend "
+                f"--epochs {cfg.epochs} --max-minutes {cfg.max_seconds / 60:g}` (learning rate restarted "
+                f"and decayed over that time budget)")
     quality_text = "not measured yet." if not q else "\n".join(f"- {k}: {v}" for k, v in q.items())
+    if q and "anatomy IoU-A (end to end, official)" in q:
+        met = (q["anatomy IoU-A (end to end, official)"] >= TARGET_IOU_A
+               and q["fragment IoU-F (end to end, official)"] >= TARGET_IOU_F)
+        quality_text += (f"\n\nThe project's targets (IoU-A >= {TARGET_IOU_A}, IoU-F >= {TARGET_IOU_F} on "
+                         f"held-out full-size phantoms) are {'met' if met else '**NOT met**'}.")
+    if info.get("notes"):
+        quality_text += "\n\n" + "\n\n".join(info["notes"])
     bootstrap = ("\n**Bootstrap model**: a few minutes of training so that the pipeline runs; "
                  "expect poor quality. Replaced by the full demo recipe.\n" if recipe == "bootstrap" else "")
     text = f"""# {kind} demo model (nnU-Net v2, `{DEMO_CONFIGURATION}`)
@@ -701,7 +721,7 @@ phantoms; it has never seen a real CT and says nothing about real patients.
 - Files: inference only (dataset.json, plans.json, fingerprint, `fold_all/checkpoint_final.pth`
   with float16 weights and no optimizer state), {weights / 1e6:.2f} MB of weights. The trainer
   name in the checkpoint is nnU-Net's stock `{INFERENCE_TRAINER_NAME}` (same network).
-- Reproduce: `python -m pengwin_demo train-demo-models --recipe {recipe}`.
+- Reproduce: `python -m pengwin_demo train-demo-models --recipe {recipe}`{extended}.
 
 ## Measured quality
 
