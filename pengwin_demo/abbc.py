@@ -460,16 +460,9 @@ def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, d
     fragment of the bone is near. ``contact`` holds the voxels 26-adjacent to another
     fragment of the bone (always in the zone, whatever the width).
     """
-    bone = bone_of_labels(lab)
     groups: dict[float, list] = {}
-    for other, obox in boxes.items():
-        if other == lab or bone_of_labels(other) != bone:
-            continue
-        width = widths[(min(lab, other), max(lab, other))]
-        reach = np.ceil(width / spacing).astype(int) + 1
-        sub = _intersect(_grow_box(obox, reach, None), box)
-        if sub is not None:
-            groups.setdefault(width, []).append((other, sub))
+    for other, width, sub in _near_neighbours(lab, box, boxes, widths, spacing):
+        groups.setdefault(width, []).append((other, sub))
     zone = contact = None
     for width, members in groups.items():
         lo = np.min([[s.start for s in sub] for _, sub in members], axis=0)
@@ -538,14 +531,7 @@ def _symmetric_walls(out, labels, present, boxes, widths, spacing, margin, paral
             continue
         justified = np.zeros(frag.shape, dtype=bool)
         nearest = np.full(frag.shape, np.inf, dtype=np.float32)  # distance to the nearest neighbour
-        for other, obox in boxes.items():
-            if other == lab or bone_of_labels(other) != bone:
-                continue
-            width = widths[(min(lab, other), max(lab, other))]
-            reach = np.ceil(width / spacing).astype(int) + 1
-            sub = _intersect(_grow_box(obox, reach, None), box)
-            if sub is None:
-                continue
+        for other, width, sub in _near_neighbours(lab, box, boxes, widths, spacing):
             sub = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(sub, box))
             cand_sub = cand[sub]
             if not cand_sub.any():
@@ -574,6 +560,20 @@ def _symmetric_walls(out, labels, present, boxes, widths, spacing, margin, paral
         release = cand & ~justified
         if release.any():
             out[box][release] = ABBC_BOUNDARY
+
+
+def _near_neighbours(lab, box, boxes, widths, spacing):
+    """Yield (other, width_mm, sub) for each other fragment of ``lab``'s bone whose box, grown
+    by its zone width (+1 voxel), meets ``box``; ``sub`` is that overlap (volume slices)."""
+    bone = bone_of_labels(lab)
+    for other, obox in boxes.items():
+        if other == lab or bone_of_labels(other) != bone:
+            continue
+        width = widths[(min(lab, other), max(lab, other))]
+        reach = np.ceil(width / spacing).astype(int) + 1
+        sub = _intersect(_grow_box(obox, reach, None), box)
+        if sub is not None:
+            yield other, width, sub
 
 
 def _intersect(a, b):
