@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -586,14 +586,10 @@ def train_demo_models(
     numbers = {"abbc": DEMO_DATASET_ID, "anatomy": DEMO_DATASET_ID + 1}
     if not all((dirs.raw / dataset_folder_name(k, DEMO_DATASET_ID) / "dataset.json").is_file() for k in kinds):
         prepare_datasets(phantoms, dirs.raw, DEMO_DATASET_ID, num_workers=max(1, threads), overwrite=True)
-    configs = {k: DEMO_CONFIGS[recipe][k] for k in kinds}
-    if epochs is not None:
-        configs = {k: DemoConfig(**{**asdict(c), "epochs": int(epochs)}) for k, c in configs.items()}
-    if max_seconds is not None:
-        configs = {k: DemoConfig(**{**asdict(c), "max_seconds": float(max_seconds)}) for k, c in configs.items()}
-    if iterations_per_epoch is not None:
-        configs = {k: DemoConfig(**{**asdict(c), "iterations_per_epoch": int(iterations_per_epoch)})
-                   for k, c in configs.items()}
+    overrides = {name: cast(value) for name, cast, value in (
+        ("epochs", int, epochs), ("max_seconds", float, max_seconds),
+        ("iterations_per_epoch", int, iterations_per_epoch)) if value is not None}
+    configs = {k: replace(DEMO_CONFIGS[recipe][k], **overrides) for k in kinds}
     for kind in kinds:
         if preprocessed_ready(kind, DEMO_DATASET_ID, dirs, configs[kind]):
             log.info("%s: reusing the preprocessed %s data in %s", kind, DEMO_CONFIGURATION, dirs.preprocessed)
