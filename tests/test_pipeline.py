@@ -337,7 +337,7 @@ def test_cli_segment_says_which_model_is_missing(tmp_path, capsys):
 # coarse ones (such ties may go either way, in SimpleITK too, by floating-point rounding)
 @pytest.mark.parametrize("spacing", [(2.1, 1.7, 1.3), (3.1, 0.7, 2.3)])
 def test_fast_nearest_upsampling_equals_simpleitk(spacing):
-    from pengwin_demo.pipeline import nearest_onto
+    from pengwin_demo.upsample import nearest_onto
     from pengwin_demo.volume import resample_onto, resample_to_spacing
 
     rng = np.random.default_rng(0)
