@@ -62,7 +62,7 @@ def evaluate_models(
         with tempfile.TemporaryDirectory(prefix="pengwin-eval-") as tmp:
             result = pipe.run(ct, tmp)
         seconds = time.perf_counter() - t0
-        anat_vol, _ = pipe._predict(models["anatomy"], ct, pipe.device_name(), "anatomy", [])
+        anat_vol, _, _ = pipe._predict(models["anatomy"], ct, pipe.device_name(), "anatomy", [])
         from .volume import resample_onto
 
         anat = resample_onto(anat_vol, ct, "nearest").array if not anat_vol.same_grid(ct) else anat_vol.array

@@ -240,6 +240,24 @@ class SegmentationModel:
         ndarray of uint8, shape (Z, Y, X)
             Class ids on exactly the input grid.
         """
+        return self._run(volume, False)[0]
+
+    def predict_with_foreground(self, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+        """Segment a CT volume; also return the network's foreground probability.
+
+        Returns
+        -------
+        labels : ndarray of uint8, shape (Z, Y, X)
+            As :meth:`predict`.
+        foreground : ndarray of float32, shape (Z, Y, X)
+            1 minus the softmax probability of class 0 (background), on the input grid:
+            its 0.5 level places the bone surface between voxel centres
+            (:func:`pengwin_demo.upsample.smooth_labels_onto` uses it).
+        """
+        seg, fg = self._run(volume, True)
+        return seg, fg
+
+    def _run(self, volume: Volume, with_foreground: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if volume.array.ndim != 3 or min(volume.shape) < 1:
             raise InputError(f"the model needs a 3D CT, got an array of shape {volume.shape}")
         image = volume.to_sitk()
@@ -247,14 +265,24 @@ class SegmentationModel:
         array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)[None]
         spacing_zyx = [float(s) for s in oriented.GetSpacing()[::-1]]
         with self._lock:  # nnU-Net predictors are not thread safe
-            seg = self.predictor.predict_single_npy_array(array, {"spacing": spacing_zyx}, None, None, False)
-        seg = np.asarray(seg).astype(np.uint8, copy=False)
-        seg_image = sitk.GetImageFromArray(seg)
-        seg_image.CopyInformation(oriented)
-        back = Volume.from_sitk(sitk.DICOMOrient(seg_image, _orientation_code(image)))
-        if not back.same_grid(volume, tol_mm=1e-3):
-            back = resample_onto(back, volume, "nearest")
-        return np.ascontiguousarray(back.array, dtype=np.uint8)
+            out = self.predictor.predict_single_npy_array(array, {"spacing": spacing_zyx}, None, None,
+                                                          with_foreground)
+        seg, probabilities = out if with_foreground else (out, None)
+        code = _orientation_code(image)
+
+        def back_onto_input(arr: np.ndarray, interpolation: str) -> np.ndarray:
+            img = sitk.GetImageFromArray(arr)
+            img.CopyInformation(oriented)
+            back = Volume.from_sitk(sitk.DICOMOrient(img, code))
+            if not back.same_grid(volume, tol_mm=1e-3):
+                back = resample_onto(back, volume, interpolation)
+            return np.ascontiguousarray(back.array)
+
+        labels = back_onto_input(np.asarray(seg).astype(np.uint8, copy=False), "nearest").astype(np.uint8, copy=False)
+        if probabilities is None:
+            return labels, None
+        fg = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+        return labels, back_onto_input(fg.astype(np.float32, copy=False), "linear").astype(np.float32, copy=False)
 
     __call__ = predict
 

@@ -408,7 +408,7 @@ class Pipeline:
 
         # -- stage 1 ------------------------------------------------------------------
         clock.stage("anatomy")
-        anatomy_vol, anatomy_grid = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
+        anatomy_vol, anatomy_grid, _ = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
         dense = np.count_nonzero((anatomy_vol.array > 0) & (anatomy_grid.array >= BONE_HU))
         bone_ml = dense * anatomy_vol.voxel_volume_mm3 / 1000.0
         stage1_voxels = int(np.count_nonzero(anatomy_vol.array))
@@ -423,11 +423,12 @@ class Pipeline:
             )
             labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
                                  ct.origin_lps_mm, ct.direction)
-            abbc_grid = None
+            abbc_grid = abbc_foreground = None
         else:
             # -- stage 2 --------------------------------------------------------------
             clock.stage("abbc")
-            abbc_vol, abbc_grid = self._predict(models["abbc"], ct, device, "ABBC", warnings)
+            abbc_vol, abbc_grid, abbc_foreground = self._predict(
+                models["abbc"], ct, device, "ABBC", warnings, with_foreground=self.smooth_labels)
             if not anatomy_vol.same_grid(abbc_vol, tol_mm=1e-3):
                 anatomy_vol = resample_onto(anatomy_vol, abbc_vol, "nearest")
             # -- recovery -------------------------------------------------------------
@@ -454,7 +455,7 @@ class Pipeline:
         # -- labels on the input grid -------------------------------------------------
         clock.stage("labels")
         if self.smooth_labels and not labels_grid.same_grid(ct, tol_mm=1e-4):
-            labels = ct.with_array(smooth_labels_onto(labels_grid, ct))
+            labels = ct.with_array(smooth_labels_onto(labels_grid, ct, foreground=abbc_foreground))
         else:
             labels = ct.with_array(nearest_onto(labels_grid, ct))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -556,19 +557,29 @@ class Pipeline:
             spacing = coarse
         return tuple(float(s) for s in spacing)
 
-    def _predict(self, model, ct: Volume, device: str, what: str, warnings: list[str]):
-        """Run a model on its own grid; return (label Volume on that grid, grid info)."""
+    def _predict(self, model, ct: Volume, device: str, what: str, warnings: list[str],
+                 with_foreground: bool = False):
+        """Run a model on its own grid; return (label Volume on that grid, the CT on that grid,
+        the model's foreground probability there or None).
+
+        The probability is asked for only ``with_foreground`` and from models that offer it
+        (:meth:`pengwin_demo.models.SegmentationModel.predict_with_foreground`)."""
         spacing = self._inference_spacing(model, ct, device, what, warnings)
         if spacing is None or np.allclose(spacing, ct.spacing_zyx_mm, rtol=1e-3):
             grid = ct
         else:
             grid = resample_to_spacing(ct, spacing, "linear")
-        pred = np.asarray(model.predict(grid))
-        if pred.shape != grid.shape:
+        foreground = None
+        if with_foreground and hasattr(model, "predict_with_foreground"):
+            pred, foreground = model.predict_with_foreground(grid)
+        else:
+            pred = model.predict(grid)
+        pred = np.asarray(pred)
+        if pred.shape != grid.shape or (foreground is not None and foreground.shape != grid.shape):
             raise ModelError(
                 f"the {what} model returned shape {pred.shape} for an input of shape {grid.shape}"
             )
-        return grid.with_array(pred.astype(np.uint8, copy=False)), grid
+        return grid.with_array(pred.astype(np.uint8, copy=False)), grid, foreground
 
     @staticmethod
     def _write_seg(ct_input, labels: Volume, out_dir: Path, warnings: list[str]) -> Path | None:

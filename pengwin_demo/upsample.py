@@ -35,7 +35,7 @@ def _box_onto(source: Volume, box: Box, target: Volume, margin_vox: int = 1) -> 
 
 
 def _linear_onto(indicator: Volume, reference: Volume) -> np.ndarray:
-    """Linear interpolation of a 0/1 uint8 ``indicator`` onto ``reference``'s grid (float32, 0 outside)."""
+    """Linear interpolation of a 0/1 indicator (or a [0, 1] field) onto ``reference``'s grid (float32, 0 outside)."""
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(reference.to_sitk())
     resampler.SetInterpolator(sitk.sitkLinear)
@@ -45,12 +45,14 @@ def _linear_onto(indicator: Volume, reference: Volume) -> np.ndarray:
     return sitk.GetArrayFromImage(resampler.Execute(image))
 
 
-def smooth_labels_onto(source: Volume, target: Volume, *, level: float = 0.5) -> np.ndarray:
+def smooth_labels_onto(source: Volume, target: Volume, *, foreground: np.ndarray | None = None,
+                       level: float = 0.5) -> np.ndarray:
     """Resample a label map onto ``target``'s grid with smooth label surfaces.
 
-    A target voxel is labelled where the linearly interpolated foreground indicator
-    (``source > 0``) reaches ``level``; it takes the label whose own interpolated indicator
-    is largest there. Each label is interpolated over its own bounding box only.
+    A target voxel is labelled where the linearly interpolated foreground field reaches
+    ``level``; it takes the label whose own interpolated indicator is largest there (so
+    no voxel farther than one source voxel from a label gets it). Each label is
+    interpolated over its own bounding box only.
 
     Parameters
     ----------
@@ -58,9 +60,14 @@ def smooth_labels_onto(source: Volume, target: Volume, *, level: float = 0.5) ->
         uint8 label map (z, y, x), e.g. fragments on the model grid.
     target : Volume
         The grid to label (e.g. the CT); only its geometry is used.
+    foreground : ndarray of float, shape ``source.shape``, optional
+        The foreground field on the source grid, e.g. a network's foreground probability
+        (:meth:`pengwin_demo.models.SegmentationModel.predict_with_foreground`): it carries
+        where between two voxel centres the surface lies, which the labels cannot. Default:
+        the indicator ``source > 0`` (the surface then lies halfway between labelled and
+        unlabelled voxel centres).
     level : float
-        Foreground level of the interpolated indicator (0.5: the surface halfway between
-        labelled and unlabelled voxel centres).
+        Level of the interpolated foreground field that is the surface.
 
     Returns
     -------
@@ -79,7 +86,13 @@ def smooth_labels_onto(source: Volume, target: Volume, *, level: float = 0.5) ->
         return out
     sub = target.crop(union)
     grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-    p_fg = _linear_onto(source.crop(grown).with_array((labels[grown] > 0).astype(np.uint8)), sub)
+    if foreground is None:
+        field = (labels[grown] > 0).astype(np.uint8)
+    else:
+        if foreground.shape != labels.shape:
+            raise ValueError(f"foreground shape {foreground.shape} differs from the labels' {labels.shape}")
+        field = np.ascontiguousarray(foreground[grown], dtype=np.float32)
+    p_fg = _linear_onto(source.crop(grown).with_array(field), sub)
     best = np.zeros(sub.shape, dtype=np.float32)
     lab = np.zeros(sub.shape, dtype=np.uint8)
     present = [int(k) for k in np.unique(labels[box]) if k]

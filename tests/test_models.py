@@ -81,6 +81,26 @@ def test_bundled_abbc_model_finds_bone_and_cores(abbc, phantom):
     assert _dice(pred == 2, target == 2) >= MIN_CORE_DICE_ABBC  # cores: the seeds of recovery
 
 
+def test_foreground_probability_places_the_surface_between_coarse_voxels(abbc, phantom):
+    """On a 3 mm grid, the bone taken back to the CT grid: nearest < smooth < smooth with the
+    network's foreground probability (measured: bone Dice 0.911 / 0.926 / 0.933)."""
+    from pengwin_demo.upsample import nearest_onto, smooth_labels_onto
+    from pengwin_demo.volume import resample_to_spacing
+
+    ct, gt = phantom
+    grid = resample_to_spacing(ct, (3.0, 3.0, 3.0), "linear")
+    labels, fg = abbc.predict_with_foreground(grid)
+    assert labels.shape == fg.shape == grid.shape and fg.dtype == np.float32
+    assert 0.0 <= fg.min() and fg.max() <= 1.0
+    assert np.mean((fg >= 0.5) == (labels > 0)) > 0.99  # argmax and probability agree
+    coarse = grid.with_array(labels)
+    bone = gt.array > 0
+    dice = [_dice(a > 0, bone) for a in (nearest_onto(coarse, ct), smooth_labels_onto(coarse, ct),
+                                         smooth_labels_onto(coarse, ct, foreground=fg))]
+    assert dice[0] < dice[1] < dice[2], dice
+    assert dice[2] >= MIN_BONE_DICE
+
+
 def test_prediction_follows_the_patient_not_the_storage_order(anatomy, phantom):
     ct, _ = phantom
     box = (slice(20, 120), slice(None), slice(None))
