@@ -22,7 +22,8 @@ the bounding box of the bone:
    no border at all merge however narrow it is (two cores joined by a neck).
 5. **Anatomy**: each instance takes the bone (sacrum, left hip, right hip) most of its
    voxels have; its voxels in a second bone (a wave that crossed a joint) are split off,
-   however few, and join a fragment of that bone in step 6 (small pieces the one they
+   however few (its voxels the anatomy map leaves unlabelled take the nearest labelled
+   voxel's bone first, so the far bone is not dotted with islands of the near one), and join a fragment of that bone in step 6 (small pieces the one they
    touch most, larger ones the one they continue into without border); an instance
    with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
@@ -191,7 +192,10 @@ def recover_fragments(
 
     # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
     votes = _bone_votes(lab, anat, n_inst)
-    lab, votes, seed_count, n_split = _split_straddlers(lab, anat, votes, seed_count, 1)
+    anat_split = _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing)
+    if anat_split is not anat:
+        votes = _bone_votes(lab, anat_split, n_inst)
+    lab, votes, seed_count, n_split = _split_straddlers(lab, anat_split, votes, seed_count, 1)
     if n_split:
         log.info("split %d instance(s) that straddle two bones", n_split)
     n_inst = votes.shape[0] - 1
@@ -454,6 +458,39 @@ def _merge_open_contacts(
             if n_open > 0 and n_open == n_total:
                 groups.union(p, q)
     return np.array([groups.find(i) for i in range(n)], dtype=np.int64), faces
+
+
+def _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing, margin_mm: float = 20.0):
+    """Anatomy for the bone voxels (flat vectors) of instances that straddle two bones: those
+    without anatomy take the bone of the nearest voxel that has one (Euclidean, mm).
+
+    Without this, an instance that crossed a joint (e.g. the symphysis) keeps every voxel the
+    anatomy map left unlabelled on the far side, and the far bone ends up dotted with islands
+    of the near bone's fragment. Returns ``anat`` itself when nothing is to fill.
+    """
+    straddlers = np.flatnonzero(np.count_nonzero(votes[:, 1:], axis=1) >= 2)
+    if straddlers.size == 0:
+        return anat
+    need = np.isin(lab, straddlers) & (anat == 0)
+    if not need.any():
+        return anat
+    from scipy import ndimage
+
+    where = np.zeros(an.shape, dtype=bool)
+    where.ravel()[flat[need]] = True
+    margin = [max(1, int(np.ceil(margin_mm / sp))) for sp in spacing]
+    box = bounding_box(where, margin_vox=max(margin))
+    sub = an[box]
+    if not sub.any():
+        return anat
+    _, nearest = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
+    filled = sub[tuple(nearest)]
+    del nearest
+    out = anat.copy()
+    idx = np.unravel_index(flat[need], an.shape)
+    local = tuple(i - b.start for i, b in zip(idx, box))
+    out[need] = filled[local]
+    return out
 
 
 def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):

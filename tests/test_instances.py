@@ -333,6 +333,26 @@ def test_piece_taken_across_a_joint_joins_its_own_bone():
     assert np.array_equal(result.labels, gt)
 
 
+def test_anatomy_holes_on_the_far_side_of_a_joint_go_to_that_bone():
+    """As in the test above, but the anatomy map (a coarse model's) leaves every fourth slab
+    of the hip unlabelled: those voxels take the bone of their nearest labelled neighbour
+    (the hip), not the majority of the instance that crossed the joint (the sacrum), so the
+    hip is not dotted with sacrum islands."""
+    shape = (22, 22, 70)
+    gt = np.zeros(shape, dtype=np.uint8)
+    gt[2:20, 2:20, 2:44] = 1  # sacrum, the larger part of the instance
+    gt[2:20, 2:20, 44:68] = 21
+    abbc = np.where(gt > 0, ABBC_BOUNDARY, 0).astype(np.uint8)
+    abbc[5:17, 5:17, 5:40] = ABBC_CORE  # one core: the wave crosses the joint into the hip
+    anatomy = anatomy_from_fragments(gt)
+    holes = np.zeros(shape, dtype=bool)
+    holes[:, :, 46:68:4] = True
+    anatomy[holes & (gt == 21)] = 0
+    result = recover_fragments(abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000)
+    assert sorted(f["label"] for f in result.fragments) == [1, 21]
+    assert np.array_equal(result.labels, gt)
+
+
 def test_more_than_ten_fragments_in_one_bone_are_merged():
     shape = (20, 30, 150)
     gt = np.zeros(shape, dtype=np.uint8)
