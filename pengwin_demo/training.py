@@ -326,6 +326,53 @@ def plan_and_preprocess(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, 
     _run_child(["_plan", str(dataset_number), json.dumps(asdict(cfg)), str(num_workers)], dirs, threads, log_file)
 
 
+def preprocess_only(dataset_number: int, dirs: NnunetDirs, num_workers: int = 1,
+                    log_file: Path | None = None, threads: int = 2) -> None:
+    """Preprocess ``3d_demo`` with the plans already in ``dirs.preprocessed`` (see :func:`init_from_run`)."""
+    _run_child(["_preprocess", str(dataset_number), str(num_workers)], dirs, threads, log_file)
+
+
+TRAINING_FOLDER = f"nnUNetTrainerDemo__nnUNetPlans__{DEMO_CONFIGURATION}"
+
+
+def init_from_run(source_work_dir: str | os.PathLike, kind: str, dataset_id: int, dirs: NnunetDirs) -> None:
+    """Start this work folder's ``kind`` training from another run's final checkpoint.
+
+    Fine-tuning on other phantoms (e.g. full-size ones): the source run's plans (so the
+    intensity normalisation and the network are the same) and its full final checkpoint
+    (weights, optimizer state, epoch) are copied in; preprocess with
+    :func:`preprocess_only`, then :func:`train` with ``extend=True``. Does nothing when this
+    work folder already has a checkpoint for ``kind``.
+
+    Raises
+    ------
+    ModelError
+        The source is not a finished ``train-demo-models`` work folder for ``kind``.
+    """
+    name = dataset_folder_name(kind, dataset_id)
+    out = dirs.results / name / TRAINING_FOLDER / "fold_all"
+    if any(out.glob("checkpoint_*.pth")):
+        return
+    src = sorted((Path(source_work_dir) / "nnUNet_results").glob(f"Dataset*_{name.split('_', 1)[1]}/{TRAINING_FOLDER}"))
+    ckpt = src[0] / "fold_all" / "checkpoint_final.pth" if src else None
+    if ckpt is None or not ckpt.is_file() or not (src[0] / "plans.json").is_file():
+        raise ModelError(
+            f"{source_work_dir} holds no finished {kind} training ({name.split('_', 1)[1]}, "
+            f"{TRAINING_FOLDER}/fold_all/checkpoint_final.pth): give the --work-dir of a "
+            "finished train-demo-models run"
+        )
+    pre = dirs.preprocessed / name
+    pre.mkdir(parents=True, exist_ok=True)
+    plans = json.loads((src[0] / "plans.json").read_text())
+    plans["dataset_name"] = name
+    (pre / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
+    shutil.copy(src[0] / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
+    shutil.copy(dirs.raw / name / "dataset.json", pre / "dataset.json")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ckpt, out / "checkpoint_final.pth")
+    log.info("%s: starting from %s", kind, ckpt)
+
+
 def train(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, device: str = "cpu",
           log_file: Path | None = None, threads: int = 2, extend: bool = False) -> Path:
     """Train ``3d_demo`` on all cases (fold "all"); returns the nnU-Net results folder.
@@ -401,6 +448,12 @@ def _child_plan(dataset_number: int, cfg: DemoConfig, num_workers: int) -> None:
     plans = json.loads(plans_file.read_text())
     plans["configurations"][DEMO_CONFIGURATION] = demo_plans_entry(plans["configurations"]["3d_fullres"], cfg)
     plans_file.write_text(json.dumps(plans, indent=2))
+    preprocess([dataset_number], configurations=(DEMO_CONFIGURATION,), num_processes=(num_workers,))
+
+
+def _child_preprocess(dataset_number: int, num_workers: int) -> None:
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
     preprocess([dataset_number], configurations=(DEMO_CONFIGURATION,), num_processes=(num_workers,))
 
 
@@ -495,6 +548,8 @@ def _main(argv: list[str]) -> int:
     cmd = argv[0]
     if cmd == "_plan":
         _child_plan(int(argv[1]), DemoConfig(**json.loads(argv[2])), int(argv[3]))
+    elif cmd == "_preprocess":
+        _child_preprocess(int(argv[1]), int(argv[2]))
     elif cmd == "_train":
         _child_train(int(argv[1]), DemoConfig(**json.loads(argv[2])), argv[3], argv[4:5] == ["extend"])
     else:
@@ -541,6 +596,7 @@ def train_demo_models(
     max_seconds: float | None = None,
     iterations_per_epoch: int | None = None,
     extend: bool = False,
+    init_from: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Phantoms -> nnU-Net datasets -> plans -> training -> stripped models in ``models_dir``.
 
@@ -569,7 +625,12 @@ def train_demo_models(
         Override the recipe's iterations per epoch.
     extend : bool
         Continue finished trainings in ``work_dir`` (needs ``max_seconds``), see :func:`train`.
+    init_from : path-like, optional
+        Work folder of a finished run whose models this run continues on its own phantoms
+        (fine-tuning, :func:`init_from_run`); implies ``extend``.
     """
+    if init_from is not None:
+        extend = True
     from concurrent.futures import ThreadPoolExecutor
 
     work, out = Path(work_dir), Path(models_dir)
@@ -591,10 +652,15 @@ def train_demo_models(
         ("iterations_per_epoch", int, iterations_per_epoch)) if value is not None}
     configs = {k: replace(DEMO_CONFIGS[recipe][k], **overrides) for k in kinds}
     for kind in kinds:
+        if init_from is not None:
+            init_from_run(init_from, kind, DEMO_DATASET_ID, dirs)
         if preprocessed_ready(kind, DEMO_DATASET_ID, dirs, configs[kind]):
             log.info("%s: reusing the preprocessed %s data in %s", kind, DEMO_CONFIGURATION, dirs.preprocessed)
             continue
-        plan_and_preprocess(numbers[kind], dirs, configs[kind], 1, log_dir / f"plan_{kind}.log", threads)
+        if init_from is not None:
+            preprocess_only(numbers[kind], dirs, 1, log_dir / f"plan_{kind}.log", threads)
+        else:
+            plan_and_preprocess(numbers[kind], dirs, configs[kind], 1, log_dir / f"plan_{kind}.log", threads)
 
     def one(kind: str) -> Path:
         results = train(numbers[kind], dirs, configs[kind], device, log_dir / f"train_{kind}.log", threads,

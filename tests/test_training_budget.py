@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from pengwin_demo.phantom import write_phantom_dataset
+from pengwin_demo.errors import ModelError
 from pengwin_demo.training import (
     DemoConfig,
     NnunetDirs,
+    init_from_run,
     plan_and_preprocess,
     prepare_datasets,
+    preprocess_only,
     preprocessed_ready,
     train,
 )
@@ -61,3 +64,25 @@ def test_time_budget_then_extend(tmp_path):
     changed = [k for k, v in second["network_weights"].items()
                if v.is_floating_point() and not torch.equal(v, first["network_weights"][k])]
     assert changed, "continuing training left the weights unchanged"
+
+    # fine-tuning in another work folder, on other phantoms, from this run's final checkpoint
+    work2 = tmp_path / "finetune"
+    write_phantom_dataset(work2 / "phantoms", 2, seed=43, size="small")
+    dirs2 = NnunetDirs.under(work2)
+    prepare_datasets(work2 / "phantoms", dirs2.raw, dataset_id=DATASET_ID - 1, num_workers=1, progress=False)
+    with pytest.raises(ModelError, match="no finished anatomy training"):
+        init_from_run(tmp_path / "nowhere", "anatomy", DATASET_ID - 1, dirs2)
+    init_from_run(tmp_path, "anatomy", DATASET_ID - 1, dirs2)
+    preprocess_only(DATASET_ID, dirs2, 1, work2 / "plan.log", threads=1)
+    assert preprocessed_ready("anatomy", DATASET_ID - 1, dirs2, TINY)
+    # the source's plans (intensity normalisation, network), not a new fingerprint's
+    import json
+    plans_src = json.loads((results / "plans.json").read_text())
+    name = results.parent.name
+    plans_new = json.loads((dirs2.preprocessed / name / "nnUNetPlans.json").read_text())
+    assert plans_new["foreground_intensity_properties_per_channel"] == plans_src["foreground_intensity_properties_per_channel"]
+    results2 = train(DATASET_ID, dirs2, TINY, "cpu", work2 / "train.log", threads=1, extend=True)
+    third = torch.load(results2 / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert third["current_epoch"] > second["current_epoch"]
+    assert any(not torch.equal(v, second["network_weights"][k])
+               for k, v in third["network_weights"].items() if v.is_floating_point())

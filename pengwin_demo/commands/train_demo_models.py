@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 NAME = "train-demo-models"
@@ -27,6 +28,9 @@ def add_arguments(parser) -> None:
                         help="override the recipe's iterations per epoch")
     parser.add_argument("--extend", action="store_true",
                         help="continue finished trainings in --work-dir for --epochs more epochs within --max-minutes")
+    parser.add_argument("--init-from", default=None, metavar="WORK_DIR",
+                        help="continue the models of a finished run's work folder on this run's phantoms "
+                             "(fine-tuning, e.g. --size full); implies --extend, needs --max-minutes")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other")
     parser.add_argument("--only", choices=("anatomy", "abbc"), default=None, help="train one model only")
 
@@ -35,6 +39,10 @@ def run(args) -> int:
     from ..models import MODELS_DIR, resolve_device
     from ..training import train_demo_models
 
+    if (args.extend or args.init_from) and args.max_minutes is None:
+        print("error: --extend and --init-from continue a finished training and need a time budget: "
+              "add --max-minutes N", file=sys.stderr)
+        return 2
     device = resolve_device(args.device).type
     kinds = (args.only,) if args.only else ("anatomy", "abbc")
     out = train_demo_models(
@@ -42,7 +50,7 @@ def run(args) -> int:
         seed=args.seed, size=args.size, device=device, threads=args.threads,
         parallel=not args.sequential, epochs=args.epochs, kinds=kinds,
         max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
-        iterations_per_epoch=args.iterations_per_epoch, extend=args.extend,
+        iterations_per_epoch=args.iterations_per_epoch, extend=args.extend, init_from=args.init_from,
     )
     for kind, folder in out.items():
         print(f"{kind}: {folder}")
