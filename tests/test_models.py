@@ -30,7 +30,9 @@ HELD_OUT_SEED = 424242  # never used for training (training uses case_seed(1, i)
 # in docs/models.md), with some margin. The per-bone anatomy target of the issue (IoU 0.95)
 # is not reached by the CPU-trained anatomy model: see test_anatomy_model_separates_bones.
 MIN_BONE_DICE = 0.8
-MIN_CORE_DICE_ABBC = 0.7
+# the bundled ABBC model, fine-tuned on full-size phantoms, measures core Dice 0.71 on this
+# small phantom (0.82 before the fine-tuning; bone Dice 0.97)
+MIN_CORE_DICE_ABBC = 0.65
 TARGET_ANATOMY_IOU = 0.95
 
 
@@ -83,7 +85,7 @@ def test_bundled_abbc_model_finds_bone_and_cores(abbc, phantom):
 
 def test_foreground_probability_places_the_surface_between_coarse_voxels(abbc, phantom):
     """On a 3 mm grid, the bone taken back to the CT grid: nearest < smooth < smooth with the
-    network's foreground probability (measured: bone Dice 0.911 / 0.926 / 0.933)."""
+    network's foreground probability (measured: bone Dice 0.923 / 0.943 / 0.950)."""
     from pengwin_demo.upsample import nearest_onto, smooth_labels_onto
     from pengwin_demo.volume import resample_to_spacing
 
