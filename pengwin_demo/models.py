@@ -254,8 +254,7 @@ class SegmentationModel:
             its 0.5 level places the bone surface between voxel centres
             (:func:`pengwin_demo.upsample.smooth_labels_onto` uses it).
         """
-        seg, fg = self._run(volume, True)
-        return seg, fg
+        return self._run(volume, True)
 
     def _run(self, volume: Volume, with_foreground: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if volume.array.ndim != 3 or min(volume.shape) < 1:

@@ -3,10 +3,11 @@
 The learned stages run at the model's spacing (the demo ABBC model at 2 mm), and instance
 recovery labels fragments on that grid. Taken back to the CT's grid by nearest neighbour,
 every fragment is a stack of 2 mm blocks: on held-out full-size phantoms the ground truth
-itself, taken to 2 mm and back that way, keeps only IoU-A 0.89-0.91. Here each label's
-surface is instead the 0.5 level of its linearly interpolated indicator, the same
-probability-level resampling nnU-Net uses to take its predictions back to the input
-grid: IoU-A 0.925-0.928 for the same round trip (see ``docs/pipeline.md``).
+itself, taken to 2 mm and back that way, keeps only IoU-A 0.89-0.91. Here the bone surface
+is instead the 0.5 level of a linearly interpolated foreground field (the network's
+foreground probability, or the labels' indicator), as nnU-Net resamples probabilities to
+take its predictions back to the input grid: IoU-A 0.93 for the same round trip with the
+indicator, 0.98 with a partial-volume foreground (see ``docs/pipeline.md``).
 
 Arrays are indexed (z, y, x); grids are :class:`pengwin_demo.volume.Volume`.
 """
@@ -17,6 +18,7 @@ import itertools
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .volume import Box, Volume, bounding_box, resample_onto
 
@@ -32,6 +34,11 @@ def _box_onto(source: Volume, box: Box, target: Volume, margin_vox: int = 1) -> 
     if np.any(stop <= start):
         return None
     return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))  # type: ignore[return-value]
+
+
+def _grow(box: Box) -> Box:
+    """``box`` grown by one voxel a side (slices past the end are clipped by numpy)."""
+    return tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)  # type: ignore[return-value]
 
 
 def _linear_onto(indicator: Volume, reference: Volume) -> np.ndarray:
@@ -85,7 +92,7 @@ def smooth_labels_onto(source: Volume, target: Volume, *, foreground: np.ndarray
     if union is None:
         return out
     sub = target.crop(union)
-    grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    grown = _grow(box)
     if foreground is None:
         field = (labels[grown] > 0).astype(np.uint8)
     else:
@@ -95,10 +102,11 @@ def smooth_labels_onto(source: Volume, target: Volume, *, foreground: np.ndarray
     p_fg = _linear_onto(source.crop(grown).with_array(field), sub)
     best = np.zeros(sub.shape, dtype=np.float32)
     lab = np.zeros(sub.shape, dtype=np.uint8)
-    present = [int(k) for k in np.unique(labels[box]) if k]
+    boxes = ndimage.find_objects(labels)  # one pass: the box of each label value
+    present = [k for k in range(1, len(boxes) + 1) if boxes[k - 1] is not None]
     for k in present:
-        kbox = bounding_box(labels == k)
-        kgrown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in kbox)
+        kbox = boxes[k - 1]
+        kgrown = _grow(kbox)
         tbox = _box_onto(source, kbox, sub)
         if tbox is None:
             continue
