@@ -23,7 +23,8 @@ the bounding box of the bone:
 5. **Anatomy**: each instance takes the bone (sacrum, left hip, right hip) most of its
    voxels have; its voxels in a second bone (a wave that crossed a joint) are split off,
    however few (its voxels the anatomy map leaves unlabelled take the nearest labelled
-   voxel's bone first, so the far bone is not dotted with islands of the near one), and join a fragment of that bone in step 6 (small pieces the one they
+   voxel's bone first, so the far bone is not dotted with islands of the near one), and
+   join a fragment of that bone in step 6 (small pieces the one they
    touch most, larger ones the one they continue into without border); an instance
    with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 import cc3d
 import edt
 import numpy as np
+from scipy import ndimage
 
 from .errors import InputError
 from .geodesic import METHODS, grow_labels
@@ -474,8 +476,6 @@ def _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing, margin_mm: floa
     need = np.isin(lab, straddlers) & (anat == 0)
     if not need.any():
         return anat
-    from scipy import ndimage
-
     where = np.zeros(an.shape, dtype=bool)
     where.ravel()[flat[need]] = True
     margin = [max(1, int(np.ceil(margin_mm / sp))) for sp in spacing]
