@@ -353,11 +353,12 @@ def init_from_run(source_work_dir: str | os.PathLike, kind: str, dataset_id: int
     out = dirs.results / name / TRAINING_FOLDER / "fold_all"
     if any(out.glob("checkpoint_*.pth")):
         return
-    src = sorted((Path(source_work_dir) / "nnUNet_results").glob(f"Dataset*_{name.split('_', 1)[1]}/{TRAINING_FOLDER}"))
+    task = name.split("_", 1)[1]  # the source run may use another dataset id
+    src = sorted((Path(source_work_dir) / "nnUNet_results").glob(f"Dataset*_{task}/{TRAINING_FOLDER}"))
     ckpt = src[0] / "fold_all" / "checkpoint_final.pth" if src else None
     if ckpt is None or not ckpt.is_file() or not (src[0] / "plans.json").is_file():
         raise ModelError(
-            f"{source_work_dir} holds no finished {kind} training ({name.split('_', 1)[1]}, "
+            f"{source_work_dir} holds no finished {kind} training ({task}, "
             f"{TRAINING_FOLDER}/fold_all/checkpoint_final.pth): give the --work-dir of a "
             "finished train-demo-models run"
         )
@@ -385,7 +386,7 @@ def train(dataset_number: int, dirs: NnunetDirs, cfg: DemoConfig, device: str = 
         raise ValueError("continuing a finished training needs a time budget (max_seconds)")
     _run_child(["_train", str(dataset_number), json.dumps(asdict(cfg)), device] + (["extend"] if extend else []),
                dirs, threads, log_file)
-    matches = sorted(dirs.results.glob(f"Dataset{dataset_number:03d}_*/nnUNetTrainerDemo__nnUNetPlans__{DEMO_CONFIGURATION}"))
+    matches = sorted(dirs.results.glob(f"Dataset{dataset_number:03d}_*/{TRAINING_FOLDER}"))
     if not matches:
         raise ModelError(f"training of dataset {dataset_number} left no results folder in {dirs.results}")
     return matches[0]
