@@ -23,6 +23,11 @@ def add_arguments(parser) -> None:
         "--fragments", default="bundled",
         help="Stage 2 (ABBC) model: bundled (default) or an nnU-Net model folder/zip",
     )
+    parser.add_argument(
+        "--anatomy-map", default=None, metavar="FILE",
+        help="take Stage 1 from this bone map instead of a model: 0 background, 1 sacrum, "
+             "2 left hip, 3 right hip, on any grid covering the CT (resampled nearest)",
+    )
     parser.add_argument("--series", dest="series_uid", default=None,
                         help="DICOM SeriesInstanceUID to segment (default: automatic choice)")
     parser.add_argument("--dicom-seg", action="store_true",
@@ -53,7 +58,7 @@ def run(args) -> int:
         with logging_redirect_tqdm():
             result = pipeline.run(
                 args.input, args.output, progress=progress, series_uid=args.series_uid,
-                dicom_seg=args.dicom_seg, mesh_detail=args.mesh_detail,
+                dicom_seg=args.dicom_seg, mesh_detail=args.mesh_detail, anatomy_map=args.anatomy_map,
             )
     finally:
         if bar is not None:
