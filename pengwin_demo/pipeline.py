@@ -34,6 +34,7 @@ import numpy as np
 
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
+from .plausibility import BONE_HU, MIN_BONE_ML, check_anatomy
 from .upsample import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
@@ -71,16 +72,6 @@ _STAGE_START = {
 
 THICK_SLICE_MM = 2.5
 """Slices thicker than this get a warning: thin fracture lines may be missed."""
-
-MIN_BONE_ML = 50.0
-"""Less pelvic bone than this (Stage 1 voxels that are also bone-dense, see
-:data:`BONE_HU`) counts as "no pelvic bone found". A scan that covers even part of the
-pelvis holds hundreds of mL; a false Stage-1 hit on a vertebra or rib holds little."""
-
-BONE_HU = 150.0
-"""Stage-1 voxels count as bone for the "no pelvic bone" check only at or above this HU
-(cortical bone is 500-2000 HU, cancellous 150-400), so a model that marks soft tissue
-outside its training domain does not start Stage 2."""
 
 DEFAULT_CPU_MAX_VOXELS = 6_000_000
 """On the CPU, a model's input grid is coarsened until it holds at most this many voxels.
@@ -248,6 +239,10 @@ class Pipeline:
     stage2_mask_dilation_mm : float or None
         Before Stage 2, voxels farther than this from Stage-1 bone are set to 0 HU, as in
         the bone-masked training data (:mod:`pengwin_demo.bone_region`); None: no masking.
+    require_pelvis : bool
+        Refuse a scan in which the anatomy model finds fewer than two of the three bones
+        (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
+        A user's anatomy map is trusted to say which bones there are.
 
     Notes
     -----
@@ -267,6 +262,7 @@ class Pipeline:
         smooth_labels: bool = True,
         stage2_margin_mm: float = STAGE2_MARGIN_MM,
         stage2_mask_dilation_mm: float | None = STAGE2_MASK_DILATION_MM,
+        require_pelvis: bool = True,
     ):
         if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
             raise ValueError("stage2_margin_mm and stage2_mask_dilation_mm must be >= 0")
@@ -279,6 +275,7 @@ class Pipeline:
         self.smooth_labels = bool(smooth_labels)
         self.stage2_margin_mm = float(stage2_margin_mm)
         self.stage2_mask_dilation_mm = stage2_mask_dilation_mm
+        self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] | None = None
         self._model_warnings: list[str] = []
         self._load_lock = threading.Lock()
@@ -433,22 +430,21 @@ class Pipeline:
         else:
             anatomy_vol, anatomy_info = self._given_anatomy(anatomy_map, ct)
             anatomy_grid = ct
-        dense = np.count_nonzero((anatomy_vol.array > 0) & (anatomy_grid.array >= BONE_HU))
-        bone_ml = dense * anatomy_vol.voxel_volume_mm3 / 1000.0
+        plausible = check_anatomy(anatomy_vol, anatomy_grid.array, min_bone_ml=self.min_bone_ml,
+                                  min_bones=2 if self.require_pelvis and anatomy_map is None else 1)
+        bone_ml = plausible.dense_ml
         stage1_voxels = int(np.count_nonzero(anatomy_vol.array))
 
         labels_grid: Volume
         recovery_warnings: list[str] = []
-        if bone_ml < self.min_bone_ml:
-            warnings.append(
-                f"no pelvic bone found (Stage 1 found {bone_ml:.1f} mL of sacrum/hip bone, "
-                f"less than {self.min_bone_ml:g} mL); "
-                "check that the scan covers the pelvis. No fragments were produced."
-            )
+        no_fragments = plausible.refusal  # the one sentence saying why, when there are none
+        if plausible.refusal is not None:
+            warnings.append(plausible.refusal)
             labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
                                  ct.origin_lps_mm, ct.direction)
             abbc_grid = abbc_foreground = None
         else:
+            warnings.extend(plausible.warnings)
             # -- stage 2 --------------------------------------------------------------
             clock.stage("abbc")
             abbc_vol, abbc_grid, abbc_foreground, anatomy_vol = self._stage2(
@@ -467,11 +463,12 @@ class Pipeline:
                 # messages go to the log only
                 for w in recovery_warnings:
                     log.info("recovery: %s", w)
-                recovery_warnings = [
+                no_fragments = (
                     f"no pelvic bone found: Stage 1 marked {bone_ml:.1f} mL as sacrum/hip bone, "
                     "but Stage 2 found no bone fragment in the scan; check that the scan covers "
                     "the pelvis. No fragments were produced."
-                ]
+                )
+                recovery_warnings = [no_fragments]
         warnings.extend(recovery_warnings)
 
         # -- labels on the input grid -------------------------------------------------
@@ -526,6 +523,8 @@ class Pipeline:
             "mesh_detail": mesh_detail,
             "bone_ml_stage1": round(float(bone_ml), 2),
             "stage1_voxels": stage1_voxels,
+            "stage1_bones": plausible.bones,
+            "no_fragments_reason": no_fragments,
         }
         timings = dict(clock.timings)
         files = {

@@ -29,7 +29,7 @@ def _body(direction=np.eye(3)) -> tuple[Volume, Volume]:
     truth = np.zeros(shape, np.uint8)
     truth[10:30, 20:40, 20:40] = 11
     truth[10:30, 20:40, 42:60] = 12  # a 2.5 mm fracture gap at x index 40-41
-    truth[10:30, 20:40, 70:86] = 21
+    truth[10:30, 20:40, 64:92] = 21
     ct = np.where(truth > 0, 700, 40).astype(np.int16)
     ct[38:46, 50:60, 5:15] = 700  # bone that Stage 1 does not call pelvis
     grid = Volume(ct, spacing, (-60.0, -40.0, 0.0), direction)
@@ -96,6 +96,7 @@ def test_stage2_runs_on_the_masked_bone_box_and_labels_land_on_the_full_grid(tmp
     assert labels.same_grid(ct)
     assert sorted(np.unique(labels.array).tolist()) == [0, 11, 12, 21]
     assert not labels.array[38:46, 50:60, 5:15].any()
+    assert result.report["inference"]["no_fragments_reason"] is None
     report = json.loads(result.paths["report"].read_text())
     assert report["models"]["anatomy"]["backend"] == "anatomy-map"
     assert report["inference"]["stage2_mask_dilation_mm"] == 2.0
