@@ -218,9 +218,11 @@ class Pipeline:
     device : str
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     anatomy : str or model
-        Stage 1: "bundled" (demo model), "totalsegmentator" (falls back to the bundled model
-        with a warning when its weights are missing), a path to an nnU-Net anatomy model
-        folder or zip, or any object with ``predict(Volume) -> uint8 array`` on that grid.
+        Stage 1: "auto" (default: TotalSegmentator where its weights are installed, else the
+        bundled model; the report says which ran), "bundled" (demo model),
+        "totalsegmentator" (falls back to the bundled model with a warning when its weights
+        are missing), a path to an nnU-Net anatomy model folder or zip, or any object with
+        ``predict(Volume) -> uint8 array`` on that grid.
     fragments : str or model
         Stage 2 (ABBC): "bundled", a path to an nnU-Net ABBC model, or an object as above.
     cpu_max_voxels : int or None
@@ -253,7 +255,7 @@ class Pipeline:
     def __init__(
         self,
         device: str = "auto",
-        anatomy: Any = "bundled",
+        anatomy: Any = "auto",
         fragments: Any = "bundled",
         *,
         cpu_max_voxels: int | None = DEFAULT_CPU_MAX_VOXELS,
@@ -303,7 +305,7 @@ class Pipeline:
         else:
             anatomy, warnings = M.anatomy_model(str(self.anatomy), self.device)
             backend = "totalsegmentator" if isinstance(anatomy, M.TotalSegmentatorAnatomy) else (
-                "bundled" if str(self.anatomy) in ("bundled", "totalsegmentator") else "nnunet"
+                "bundled" if str(self.anatomy) in ("auto", "bundled", "totalsegmentator") else "nnunet"
             )
         if hasattr(self.fragments, "predict"):
             abbc, abbc_backend = self.fragments, "custom"
@@ -690,7 +692,7 @@ _SHARED: dict[tuple, Pipeline] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def get_pipeline(device: str = "auto", anatomy: str = "bundled", fragments: str = "bundled") -> Pipeline:
+def get_pipeline(device: str = "auto", anatomy: str = "auto", fragments: str = "bundled") -> Pipeline:
     """A process-wide :class:`Pipeline` per configuration (the app and watcher share it)."""
     key = (str(device), str(anatomy), str(fragments))
     with _SHARED_LOCK:

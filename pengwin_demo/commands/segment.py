@@ -16,8 +16,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--anatomy", default="bundled",
-        help="Stage 1 model: bundled (default), totalsegmentator, or an nnU-Net model folder/zip",
+        "--anatomy", default="auto",
+        help="Stage 1 model: auto (default: TotalSegmentator where its weights are installed, "
+             "else bundled; the report says which ran), bundled, totalsegmentator, or an "
+             "nnU-Net model folder/zip",
     )
     parser.add_argument(
         "--fragments", default="bundled",
