@@ -11,11 +11,9 @@ than a pelvis).
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-from .volume import Box, Volume, bounding_box
+from .volume import Box, Volume, bounding_box, box_onto
 
 __all__ = [
     "MASK_FILL_HU",
@@ -62,16 +60,7 @@ def bone_box_on(anatomy: Volume, target: Volume, margin_mm: float) -> Box | None
     box = bounding_box(np.asarray(anatomy.array) > 0)
     if box is None:
         return None
-    lo = np.array([s.start for s in box], dtype=np.float64) - 0.5
-    hi = np.array([s.stop for s in box], dtype=np.float64) - 0.5
-    corners = np.array(list(itertools.product(*zip(lo, hi))))  # the box's 8 corners, (z, y, x)
-    idx = target.world_to_index(anatomy.index_to_world(corners))
-    pad = margin_mm / np.asarray(target.spacing_zyx_mm, dtype=np.float64)
-    start = np.maximum(np.floor(idx.min(axis=0) - pad).astype(int), 0)
-    stop = np.minimum(np.ceil(idx.max(axis=0) + pad).astype(int) + 1, target.shape)
-    if np.any(stop <= start):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))  # type: ignore[return-value]
+    return box_onto(anatomy, box, target, margin_vox=0.5, margin_mm=margin_mm)
 
 
 def mask_outside_bones(ct: np.ndarray, bones: np.ndarray, spacing_zyx_mm, dilation_mm: float,
