@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .ct_intensity import check_ct_intensities
 from .errors import InputError
 from .volume import Volume
 
@@ -28,9 +29,6 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
 """Spacing outside this range is not a CT of a person (or the header is broken)."""
-
-CT_HU_RANGE = (-1100.0, 4000.0)
-"""A CT whose 1st/99th percentile falls far outside this range is probably not in HU."""
 
 
 def volume_suffix(path: str | os.PathLike) -> str | None:
@@ -46,7 +44,7 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return Path(path).is_file() and volume_suffix(path) is not None
 
 
-def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
+def read_volume(path: str | os.PathLike, kind: str = "ct", *, allow_non_ct: bool = False) -> Volume:
     """Read a 3D CT (``kind="ct"``, int16 HU) or label map (``kind="label"``, uint8).
 
     Parameters
@@ -54,8 +52,11 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
     path : path-like
         A .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr file.
     kind : {"ct", "label"}
-        "ct" rounds and clips to int16 and warns when the values do not look like HU;
-        "label" requires non-negative integers below 256 and returns uint8.
+        "ct" rounds and clips to int16 and refuses values that do not look like HU
+        (:mod:`pengwin_demo.ct_intensity`); "label" requires non-negative integers below
+        256 and returns uint8.
+    allow_non_ct : bool
+        With ``kind="ct"``: accept values that do not look like HU, with a logged warning.
 
     Returns
     -------
@@ -65,7 +66,7 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
     Raises
     ------
     InputError
-        Missing, unreadable, truncated, not 3D, or with impossible spacing.
+        Missing, unreadable, truncated, not 3D, with impossible spacing, or (CT) not in HU.
     """
     if kind not in ("ct", "label"):
         raise ValueError(f"kind must be 'ct' or 'label', got {kind!r}")
@@ -93,7 +94,7 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
             f"{name}: cannot be read as an image; it may be truncated or not really a "
             f"{volume_suffix(path)} file ({_first_line(err)}). Export or copy it again."
         ) from None
-    return validate_image(image, name, kind)
+    return validate_image(image, name, kind, allow_non_ct=allow_non_ct)
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -106,22 +107,28 @@ def _check_nifti_complete(path: Path) -> None:
 
     import nibabel as nib
 
-    header = nib.load(str(path)).header
+    try:
+        header = nib.load(str(path)).header
+    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own
+        raise RuntimeError(f"not a NIfTI file: {_first_line(err)}") from None
     expected = int(header.get_data_offset()) + int(
         np.prod(header.get_data_shape(), dtype=np.int64) * header.get_data_dtype().itemsize
     )
     if path.name.lower().endswith(".gz"):
         actual = 0
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                actual += len(chunk)
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    actual += len(chunk)
+        except Exception as err:  # noqa: BLE001 - gzip and zlib raise their own on damage
+            raise RuntimeError(f"damaged gzip stream: {_first_line(err)}") from None
     else:
         actual = path.stat().st_size
     if actual < expected:
         raise RuntimeError(f"data truncated: {actual} of {expected} bytes present")
 
 
-def validate_image(image: sitk.Image, name: str, kind: str = "ct") -> Volume:
+def validate_image(image: sitk.Image, name: str, kind: str = "ct", *, allow_non_ct: bool = False) -> Volume:
     """Check a SimpleITK image is a usable 3D volume and convert it (see :func:`read_volume`)."""
     dim = image.GetDimension()
     size = image.GetSize()
@@ -160,7 +167,7 @@ def validate_image(image: sitk.Image, name: str, kind: str = "ct") -> Volume:
     if kind == "label":
         array = _as_label_array(array, name)
     else:
-        array = _as_ct_array(array, name)
+        array = _as_ct_array(array, name, allow_non_ct)
     return Volume(array, tuple(spacing)[::-1], image.GetOrigin(), direction)
 
 
@@ -180,19 +187,11 @@ def _as_label_array(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
-def _as_ct_array(array: np.ndarray, name: str) -> np.ndarray:
+def _as_ct_array(array: np.ndarray, name: str, allow_non_ct: bool) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(f"{name}: contains NaN or infinite values; a CT in HU cannot. Re-export it.")
-    sample = array[:: max(1, array.shape[0] // 16)].ravel()
-    p1, p99 = np.percentile(sample, [1, 99]) if sample.size else (0.0, 0.0)
-    lo, hi = CT_HU_RANGE
-    if p1 < lo - 1000 or p99 > hi + 4000 or (p99 - p1) < 50:
-        log.warning(
-            "%s: intensities (1st-99th percentile %.0f..%.0f) do not look like CT in "
-            "Hounsfield units (air about -1000, bone 300-2000); results may be meaningless. "
-            "Check that this is a CT and that rescale slope/intercept were applied.",
-            name, p1, p99,
-        )
+    for warning in check_ct_intensities(array, name, allow_non_ct):
+        log.warning("%s: %s", name, warning)
     if array.dtype == np.int16:
         return array
     return np.clip(np.rint(array), -32768, 32767).astype(np.int16)

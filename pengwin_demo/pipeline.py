@@ -341,6 +341,7 @@ class Pipeline:
         series_uid: str | None = None,
         dicom_seg: bool = False,
         mesh_detail: str = "normal",
+        allow_non_ct: bool = False,
     ) -> PipelineResult:
         """Segment one CT and write every output into ``out_dir``.
 
@@ -361,6 +362,9 @@ class Pipeline:
             fragment (otherwise ``paths["seg"]`` is None, without a warning).
         mesh_detail : {"fine", "normal", "coarse"}
             Mesh smoothing/decimation preset (see :mod:`pengwin_demo.meshes`).
+        allow_non_ct : bool
+            Segment an input whose values do not look like CT in HU (refused by default,
+            see :mod:`pengwin_demo.ct_intensity`); a warning says so.
 
         Returns
         -------
@@ -379,9 +383,11 @@ class Pipeline:
             raise InputError(f"mesh detail must be one of {sorted(MESH_DETAILS)}, got {mesh_detail!r}")
         out_dir = Path(out_dir)
         with _RUN_LOCK:
-            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail)
+            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail,
+                             allow_non_ct)
 
-    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail) -> PipelineResult:
+    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail,
+             allow_non_ct=False) -> PipelineResult:
         from .io import write_like
         from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
         from .report import build_report, fragment_stats, labels_present, series_summary, write_report
@@ -391,7 +397,7 @@ class Pipeline:
 
         # -- load ---------------------------------------------------------------------
         clock.stage("load")
-        ct_input = self._load_input(input_path, series_uid)
+        ct_input = self._load_input(input_path, series_uid, allow_non_ct)
         ct: Volume = ct_input.volume
         warnings.extend(ct_input.warnings or [])
         thick = _slice_thickness_mm(ct, ct_input)
@@ -521,17 +527,17 @@ class Pipeline:
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_report(report, paths["report"])  # with the report stage and total
         for w in warnings:
-            log.info("warning: %s", w)  # front ends show result.warnings themselves
+            log.debug("warning: %s", w)  # front ends show result.warnings themselves
         return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
-    def _load_input(input_path, series_uid):
+    def _load_input(input_path, series_uid, allow_non_ct=False):
         if isinstance(input_path, Volume):
             return _Loaded(input_path)
         from .dicom import load_ct
 
-        return load_ct(input_path, series_uid=series_uid)
+        return load_ct(input_path, series_uid=series_uid, allow_non_ct=allow_non_ct)
 
     def _inference_spacing(self, model, ct: Volume, device: str, what: str,
                            warnings: list[str]) -> tuple[float, float, float] | None:
