@@ -74,8 +74,8 @@ def oracle_case(seed: int):
     return _ORACLE_CACHE[seed]
 
 
-def oracle_pipeline_process(input_path: Path, out_dir: Path):
+def oracle_pipeline_process(input_path: Path, out_dir: Path, progress=None):
     """``process`` for ``python -m watcher --process``: the real pipeline, oracle models of
     phantom ``$WATCHER_TEST_PHANTOM_SEED``."""
     _ct, _labels, pipeline = oracle_case(int(os.environ["WATCHER_TEST_PHANTOM_SEED"]))
-    return pipeline.run(input_path, out_dir)
+    return pipeline.run(input_path, out_dir, progress=progress)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    dest="keep_inputs", help="keep inputs of finished jobs in <work>/done/")
     p.add_argument("--dicom-seg", action="store_const", const=True, default=None,
                    dest="dicom_seg", help="also write a DICOM SEG per job")
+    p.add_argument("--allow-non-ct", action="store_const", const=True, default=None,
+                   dest="allow_non_ct", help="process inputs whose values do not look like CT "
+                   "in HU (refused by default; masked-bone CTs need no override)")
     p.add_argument("--device", help="pipeline device: auto, cpu or cuda (default auto)")
     p.add_argument("--max-attempts", type=int, dest="max_attempts",
                    help="attempts before an interrupted job is failed (default 2)")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
-            "polling", "keep_inputs", "dicom_seg", "device", "max_attempts")
+            "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts")
     try:
         config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
         process = _import_callable(args.process) if args.process else None

@@ -38,8 +38,9 @@ from typing import Any, Iterator
 
 from pengwin_demo.errors import InputError
 
-from .arrival import Item
+from .arrival import Item, entry_kind
 from .config import WatcherConfig
+from .faults import Point, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,13 @@ class JobStore:
             raise InputError(
                 f"inbox {cfg.inbox} does not exist or is not a folder. Create it or fix --inbox."
             )
+        # check before creating anything: a refused work area must be left as it was
+        self._check_rename(cfg.inbox, _existing_ancestor(self.jobs_dir), "work area", "--work")
         for d in (self.jobs_dir, self.trash_dir, self.failed_dir, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        self._check_rename(cfg.inbox, self.jobs_dir, "work area", "--work")
         for leftover in self.trash_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        self.clean_stale_splits()
 
     @staticmethod
     def _check_rename(src_dir: Path, dst_dir: Path, what: str, flag: str) -> None:
@@ -221,6 +224,7 @@ class JobStore:
                         moved += 1
                     except FileNotFoundError:
                         pass  # another watcher took it, or the sender removed it
+                    checkpoint(Point.CLAIM)
             except BaseException:
                 if moved == 0:
                     self._remove_job_dir(job)
@@ -264,6 +268,54 @@ class JobStore:
         job.release()
         shutil.rmtree(trash, ignore_errors=True)
 
+    # -- splitting ------------------------------------------------------------------
+    def known(self, job_id: str) -> bool:
+        """Whether a job of this id exists anywhere (queued, done, failed or archived)."""
+        return any((d / job_id).exists() for d in (self.jobs_dir, self.outbox, self.failed_dir,
+                                                   self.done_dir))
+
+    def create_child(self, parent: Job, index: int, entry_name: str,
+                     files: list[tuple[Path, Path]], meta: dict) -> Job | None:
+        """Queue ``<parent-id>-<index>`` holding ``files`` in ``input/<entry_name>/``.
+
+        ``files`` are (source, relative path) pairs; sources are hard-linked when they can
+        be (the parent's input, same filesystem) and copied otherwise (an unpacked zip).
+        The child is built in a hidden folder and appears in ``jobs/`` by one rename, locked
+        by the caller; its id is fixed by the parent's, so splitting again after a crash
+        skips the children already made (returns None for those).
+        """
+        job_id = f"{parent.job_id}-{index}"
+        if self.known(job_id):
+            return None
+        stage = self.jobs_dir / f".split-{job_id}"
+        shutil.rmtree(stage, ignore_errors=True)  # half-built by a process that died
+        target = stage / "input" / entry_name
+        target.mkdir(parents=True)
+        fd = os.open(stage / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        job = Job(job_id, stage, fd, dict(meta, job_id=job_id))
+        try:
+            for src, rel in files:
+                dst = target / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src, dst)
+            job.meta["files"], job.meta["bytes"] = _count(stage / "input")
+            job.save()
+            os.rename(stage, self.jobs_dir / job_id)
+        except BaseException:
+            job.release()
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        job.dir = self.jobs_dir / job_id
+        fsync_dir(self.jobs_dir)
+        return job
+
+    def clean_stale_splits(self) -> None:
+        """Remove half-built children (``jobs/.split-*``) that no process is building."""
+        for stage in self.jobs_dir.glob(".split-*"):
+            if not _is_locked(stage / "lock"):
+                shutil.rmtree(stage, ignore_errors=True)
+
     # -- recovery -------------------------------------------------------------------
     def orphans(self) -> list[Job]:
         """Job folders whose owner died: lock them and return them for another attempt.
@@ -297,8 +349,9 @@ class JobStore:
             job = Job(name, d, fd)
             try:
                 job.meta = json.loads((d / "job.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                job.meta = {"job_id": name, "kind": "unknown", "attempts": 0, "state": "queued"}
+            except (OSError, ValueError):  # killed between the claim and job.json
+                job.meta = {"job_id": name, "kind": _infer_kind(d / "input"), "attempts": 0,
+                            "state": "queued"}
             has_input = (d / "input").is_dir() and any((d / "input").iterdir())
             if not has_input:
                 age = time.time() - d.stat().st_mtime
@@ -436,6 +489,34 @@ def _unlink_quiet(path: Path) -> None:
         path.unlink()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         pass
+
+
+def _infer_kind(input_dir: Path) -> str:
+    """The kind of a claimed item whose job.json was never written."""
+    try:
+        entries = list(input_dir.iterdir())
+    except OSError:
+        return "unknown"
+    if len(entries) != 1:
+        return "unknown"
+    entry = entries[0]
+    if entry.is_dir():
+        return {"series": "files", "unreadable": "unreadable"}.get(entry.name, "folder")
+    return entry_kind(entry)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (where it would be created)."""
+    while not path.is_dir() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links (some shares)
+        shutil.copy2(src, dst)
 
 
 def _count(path: Path) -> tuple[int, int]:
