@@ -326,10 +326,14 @@ class WatcherService:
 
     def _step(self) -> bool:
         """Recover one orphan or claim and run one settled item. True if a job ran."""
-        for job in self.store.orphans():
-            if self._stop.is_set() or time.monotonic() < self._retry_at.get(job.job_id, 0.0):
+        orphans = self.store.orphans()  # each one locked: run the first, let go of the rest
+        runnable = [j for j in orphans if time.monotonic() >= self._retry_at.get(j.job_id, 0.0)]
+        for job in orphans:
+            if self._stop.is_set() or job is not runnable[0]:
                 job.release()
-                continue
+        for job in runnable[:1]:
+            if self._stop.is_set():
+                return False
             if job.meta.get("split_from") and not job.meta.get("attempts"):
                 log.info("job %s queued (one series of job %s)", job.job_id, job.meta["split_from"])
             elif job.meta.get("state") == "retrying":
