@@ -135,9 +135,9 @@ def _walk_signature(path: Path) -> tuple[str, int, int]:
         except FileNotFoundError:
             continue
         for name in sorted(files):
-            try:
-                st = os.stat(os.path.join(root, name))
-            except FileNotFoundError:
+            try:  # lstat: a symbolic link (a loop, too) counts as itself
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
                 rows.append(f"F {rel_root}/{name} gone")
                 continue
             rows.append(f"F {rel_root}/{name} {st.st_size} {st.st_mtime_ns}")

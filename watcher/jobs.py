@@ -523,9 +523,9 @@ def _count(path: Path) -> tuple[int, int]:
     n = size = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
-                size += os.stat(os.path.join(root, name)).st_size
+            try:  # lstat: a symbolic link (a loop, too) counts as itself
+                size += os.lstat(os.path.join(root, name)).st_size
                 n += 1
-            except FileNotFoundError:
+            except OSError:
                 pass
     return n, size
