@@ -10,8 +10,10 @@ what to do.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +203,14 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     """Write ``volume`` with its exact geometry; the format follows the file suffix.
 
     The file is first written under a temporary name beside the target and then renamed,
-    so a reader never sees a half-written file.
+    so a reader never sees a half-written file. A NIfTI is checked complete before the
+    rename: ITK's NIfTI writer reports a full disk on stderr only and leaves a short file.
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC`` when the disk filled up while writing (``EIO`` for another short write);
+        the partial file is removed.
     """
     path = Path(path)
     suffix = volume_suffix(path)
@@ -212,9 +221,22 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     if suffix in (".mhd", ".nhdr"):
         tmp = path  # detached headers name their data file; write in place
     sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
+    if suffix in (".nii", ".nii.gz"):
+        _check_written(tmp, path, volume.array.nbytes)
     if tmp != path:
         os.replace(tmp, path)
     return path
+
+
+def _check_written(tmp: Path, path: Path, nbytes: int) -> None:
+    try:
+        _check_nifti_complete(tmp)
+    except RuntimeError as err:
+        tmp.unlink(missing_ok=True)
+        full = shutil.disk_usage(path.parent).free < nbytes
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: {path.name} was not written completely "
+                      f"({_first_line(err)})") from None
 
 
 def write_like(array: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:

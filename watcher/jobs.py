@@ -44,6 +44,9 @@ from .faults import Point, checkpoint
 
 log = logging.getLogger(__name__)
 
+CLAIMING = "claiming.json"
+"""The names a multi-file claim is moving (removed once the claim is complete)."""
+
 ORPHAN_MIN_AGE_S = 60.0
 """A job folder without input is removed only when older than this (a claim in flight)."""
 
@@ -216,6 +219,9 @@ class JobStore:
                     target = d / "input" / ("series" if item.kind == "files" else "unreadable")
                     target.mkdir()
                     pairs = [(path, target / path.name) for path in item.paths]
+                    # several renames: note them first, so a crash part way is completed
+                    # on recovery (:meth:`_complete_claim`) instead of splitting the series
+                    write_json_atomic(d / CLAIMING, [path.name for path in item.paths])
                 else:
                     pairs = [(item.paths[0], d / "input" / item.paths[0].name)]
                 for src, dst in pairs:
@@ -256,8 +262,26 @@ class JobStore:
             "host": socket.gethostname(),
         }
         job.save()
+        _unlink_quiet(d / CLAIMING)
         fsync_dir(self.jobs_dir)
         return job
+
+    def _complete_claim(self, job: Job) -> None:
+        """Move the loose files a killed claim had not moved yet (still in the inbox)."""
+        try:
+            names = json.loads((job.dir / CLAIMING).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            names = []
+        targets = [p for p in (job.dir / "input").iterdir() if p.is_dir()] if names else []
+        with self.claim_lock():
+            for name in names if len(targets) == 1 else []:
+                try:
+                    os.rename(self.config.inbox / name, targets[0] / name)
+                except FileNotFoundError:
+                    pass  # moved before the crash, or removed by the sender
+        job.meta["files"], job.meta["bytes"] = _count(job.dir / "input")
+        job.save()
+        _unlink_quiet(job.dir / CLAIMING)
 
     def _remove_job_dir(self, job: Job) -> None:
         trash = self.trash_dir / f"{job.job_id}-{os.getpid()}"
@@ -352,6 +376,8 @@ class JobStore:
             except (OSError, ValueError):  # killed between the claim and job.json
                 job.meta = {"job_id": name, "kind": _infer_kind(d / "input"), "attempts": 0,
                             "state": "queued"}
+            if (d / CLAIMING).exists():
+                self._complete_claim(job)
             has_input = (d / "input").is_dir() and any((d / "input").iterdir())
             if not has_input:
                 age = time.time() - d.stat().st_mtime
