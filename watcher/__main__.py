@@ -2,7 +2,8 @@
 
 Settings also come from a config file (``--config FILE`` or ``PENGWIN_WATCHER_CONFIG``) and
 from ``PENGWIN_WATCHER_<KEY>`` environment variables; the command line wins.
-Exit status: 0 normally (``--once``: also when some jobs failed; see the failed area),
+Without ``-v`` the log has one line per job event; the pipeline's own lines go to the
+``job.log`` of each result (or failed entry). Exit status: 0 normally (``--once``: also when some jobs failed; see the failed area),
 2 for bad settings or a model that cannot be loaded.
 """
 
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _job_events_only(record: logging.LogRecord) -> bool:
+    """Keep the watcher's own lines; the pipeline's (pengwin_demo.*) belong in job.log."""
+    return not record.name.startswith("pengwin_demo")
+
+
 def _import_callable(spec: str):
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per job event; the pipeline's detail goes to job.log
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_job_events_only)
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
             "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts")
     try:

@@ -328,8 +328,9 @@ class WatcherService:
         """Recover one orphan or claim and run one settled item. True if a job ran."""
         orphans = self.store.orphans()  # each one locked: run the first, let go of the rest
         runnable = [j for j in orphans if time.monotonic() >= self._retry_at.get(j.job_id, 0.0)]
+        first = runnable[0] if runnable and not self._stop.is_set() else None
         for job in orphans:
-            if self._stop.is_set() or job is not runnable[0]:
+            if job is not first:
                 job.release()
         for job in runnable[:1]:
             if self._stop.is_set():
