@@ -390,7 +390,8 @@ class Pipeline:
              allow_non_ct=False) -> PipelineResult:
         from .io import write_like
         from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
-        from .report import build_report, fragment_stats, labels_present, series_summary, write_report
+        from .report import (build_report, fragment_stats, labels_present, series_summary,
+                             unused_series, write_report)
 
         clock = _Stopwatch(progress)
         warnings: list[str] = []
@@ -500,6 +501,9 @@ class Pipeline:
                                     n_slices=n_slices)
             if series is not None and thick:
                 series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick, 3)
+            if series is not None:
+                series["not_used"] = unused_series(getattr(ct_input, "series_seen", None) or [],
+                                                   ct_input.series)
         inference = {
             "device": device,
             "anatomy_spacing_zyx_mm": _grid_spacing(anatomy_grid),

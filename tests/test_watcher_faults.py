@@ -17,10 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 
 import dicom_factory as factory
 from pengwin_demo.dicom_read import read_header
+from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from test_watcher import REPO, failed_jobs, make_dirs, outputs, watcher_env
 from test_watcher_support import convert_process
@@ -204,15 +206,17 @@ def test_the_log_has_one_line_per_event_and_no_identifiers(tmp_path):
                "accession": "ACC99887766"}
     uids = set()
     for p in files:
-        ds, _ = read_header(p)
-        import pydicom
-
         ds = pydicom.dcmread(p)
         ds.PatientName, ds.PatientID = secrets["name"], secrets["id"]
         ds.PatientBirthDate, ds.AccessionNumber = secrets["birth"], secrets["accession"]
         ds.StudyDate = ds.SeriesDate = "20240229"
         ds.save_as(p)
         uids |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+    scout = factory.localizer(study_uid=str(ds.StudyInstanceUID))  # listed in the report
+    for d in scout:
+        d.PatientName = secrets["name"]
+        uids.add(str(d.SeriesInstanceUID))
+    factory.write_files(scout, tmp_path / "staging" / "phantom" / "scout")
     os.rename(tmp_path / "staging" / "phantom", inbox / "Mustermann_Erika")
     result = run_watcher(inbox, outbox, None, ORACLE, WATCHER_TEST_PHANTOM_SEED="5")
     assert result.returncode == 0, result.stderr
@@ -224,7 +228,26 @@ def test_the_log_has_one_line_per_event_and_no_identifiers(tmp_path):
     events = [ln for ln in lines if " job " in ln]
     assert [re.search(r"job \S+ (\w+)", ln).group(1) for ln in events] == ["received", "started", "done"]
     (out,) = outputs(outbox)
+    (unused,) = json.loads((out / "report.json").read_text())["series"]["not_used"]
+    assert unused["n_slices"] == 2 and "localizer" in unused["reason"]
     job_log = (out / "job.log").read_text()
     assert "pengwin_demo" in job_log  # the pipeline's detail, with the result
     for word in [*secrets.values(), "Mustermann", *uids]:
         assert word not in job_log, word
+
+
+def test_a_work_area_on_another_filesystem_is_refused_before_anything_is_made(tmp_path):
+    other = tmp_path / "other_fs"
+    other.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                                            str(other)], capture_output=True).returncode:
+        pytest.skip("mounting a second filesystem is not allowed here")
+    try:
+        inbox, outbox = make_dirs(tmp_path)
+        cfg = WatcherConfig(inbox=inbox, outbox=outbox, work=other / "work")
+        with pytest.raises(InputError, match="another filesystem"):
+            WatcherService(cfg, process=convert_process).run_once(timeout=5)
+        assert not (other / "work").exists() and not outbox.exists()
+        assert not [p for p in inbox.iterdir()]  # the probe is gone too
+    finally:
+        subprocess.run(["umount", "-l", str(other)], check=False)
