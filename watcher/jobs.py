@@ -3,6 +3,8 @@
 Layout of the work area (``WatcherConfig.work``)::
 
     jobs/<job-id>/lock         flock held by the process working on the job
+    jobs/<job-id>/claiming.json  names a multi-file claim is moving (until it is complete)
+    jobs/.split-<job-id>-<n>/  a child of a split being built (renamed into jobs/ when whole)
     jobs/<job-id>/job.json     kind, file count, times, attempts (no patient identifiers)
     jobs/<job-id>/input/<entry>  the inbox item, moved here by rename (the claim)
     failed/<job-id>/           input/ + error.txt + job.json (default failed area)
