@@ -38,6 +38,7 @@ from .dicom_series import (
     quiet_pydicom,
     scan_files,
 )
+from .ct_intensity import check_ct_intensities
 from .errors import InputError
 from .io import read_volume, volume_suffix
 from .volume import Volume
@@ -204,6 +205,7 @@ def load_ct(
     *,
     min_slices: int = MIN_SLICES,
     max_missing_slices: int = geom.MAX_MISSING_SLICES,
+    allow_non_ct: bool = False,
 ) -> CTInput:
     """Load a CT for the pipeline from a volume file, a DICOM folder, a zip or a DICOM file.
 
@@ -219,6 +221,9 @@ def load_ct(
         Fewest slices a usable CT series may have.
     max_missing_slices : int
         Widest run of consecutive missing slices that is filled by interpolation.
+    allow_non_ct : bool
+        Accept values that do not look like CT in HU (see :mod:`pengwin_demo.ct_intensity`;
+        refused by default) with a warning.
 
     Returns
     -------
@@ -236,15 +241,22 @@ def load_ct(
     if path.is_file() and volume_suffix(path) is not None:
         if series_uid is not None:
             raise InputError(f"{path.name}: --series applies to DICOM input only; this is a volume file.")
-        volume = read_volume(path, kind="ct")
-        stem = path.name[: -len(volume_suffix(path))]
-        return CTInput(volume=volume, source_kind="volume-file", name=_safe_name(stem))
+        return _load_volume_file(path, allow_non_ct)
     with UnpackedInput(path) as unpacked:
-        return _load_dicom(path, unpacked.files, series_uid, min_slices, max_missing_slices)
+        return _load_dicom(path, unpacked.files, series_uid, min_slices, max_missing_slices,
+                           allow_non_ct)
+
+
+def _load_volume_file(path: Path, allow_non_ct: bool) -> CTInput:
+    volume = read_volume(path, kind="ct", allow_non_ct=allow_non_ct)
+    warnings = check_ct_intensities(volume.array, path.name, allow_non_ct) if allow_non_ct else []
+    stem = path.name[: -len(volume_suffix(path))]
+    return CTInput(volume=volume, source_kind="volume-file", name=_safe_name(stem), warnings=warnings)
 
 
 def _load_dicom(
-    path: Path, files: list[Path], series_uid: str | None, min_slices: int, max_missing: int
+    path: Path, files: list[Path], series_uid: str | None, min_slices: int, max_missing: int,
+    allow_non_ct: bool,
 ) -> CTInput:
     label = path.name or str(path)
     if not files:
@@ -253,9 +265,7 @@ def _load_dicom(
     if not scan.slices:
         volumes = [f for f in files if volume_suffix(f) in (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd")]
         if len(volumes) == 1 and series_uid is None:  # a zipped (or foldered) NIfTI/MHA/NRRD
-            volume = read_volume(volumes[0], kind="ct")
-            stem = volumes[0].name[: -len(volume_suffix(volumes[0]))]
-            return CTInput(volume=volume, source_kind="volume-file", name=_safe_name(stem))
+            return _load_volume_file(volumes[0], allow_non_ct)
         raise InputError(
             f"{label}: no DICOM images found among {scan.n_files} file(s) "
             f"({scan.skipped_not_dicom} not DICOM, {scan.skipped_dicomdir} DICOMDIR, "
@@ -266,7 +276,7 @@ def _load_dicom(
         unique = {id(s.dataset): s.dataset for s in scan.slices}
         scrub = _Scrubber(list(unique.values()) + list(scan.non_image_series.values()))
         try:
-            result = _build(scan, series_uid, min_slices, max_missing, scrub)
+            result = _build(scan, series_uid, min_slices, max_missing, scrub, allow_non_ct)
         except InputError as err:
             raise InputError(scrub(str(err))) from None
     for w in result.warnings:
@@ -274,7 +284,7 @@ def _load_dicom(
     return result
 
 
-def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
+def _build(scan, series_uid, min_slices, max_missing, scrub, allow_non_ct) -> CTInput:
     warnings: list[str] = []
     if scan.skipped_not_dicom or scan.skipped_dicomdir:
         log.info("ignored %d non-DICOM file(s) and %d DICOMDIR index(es)", scan.skipped_not_dicom,
@@ -296,7 +306,7 @@ def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
         s.description = scrub(s.description)
         if s is not chosen:
             s.slices = []  # keep only the chosen series' headers in memory
-    log.info("series chosen: %s (%s)", chosen.series_uid, chosen.reason)
+    log.debug("series chosen: %s (%s)", chosen.series_uid, chosen.reason)
 
     slices = _pick_stack(chosen, min_slices, warnings)
     _samples_check(slices)
@@ -347,7 +357,8 @@ def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
     warnings.extend(plan.warnings)
     array = geom.apply_plan(stack, plan)
     volume = Volume(np.ascontiguousarray(array), plan.spacing_zyx_mm, tuple(plan.origin_lps_mm), plan.direction)
-    warnings.extend(_hu_sanity(array))
+    series_name = f"series #{chosen.series_number}" if chosen.series_number is not None else "the series"
+    warnings.extend(check_ct_intensities(array, series_name, allow_non_ct))
 
     headers: list[pydicom.Dataset] = []
     seen_files: set[Path] = set()
@@ -364,17 +375,6 @@ def _build(scan, series_uid, min_slices, max_missing, scrub) -> CTInput:
         volume=volume, source_kind="dicom", series=info, series_seen=series_seen,
         dicom_headers=headers, warnings=[scrub(w) for w in warnings], name=name,
     )
-
-
-def _hu_sanity(array: np.ndarray) -> list[str]:
-    sample = array[:: max(1, array.shape[0] // 16), ::4, ::4]
-    p1, p99 = np.percentile(sample, [1, 99])
-    if p1 < -2100 or p99 > 8000 or p99 - p1 < 50:
-        return [
-            f"intensities (1st-99th percentile {p1:.0f}..{p99:.0f}) do not look like CT in HU; "
-            "check RescaleSlope/RescaleIntercept in the headers"
-        ]
-    return []
 
 
 def describe(ct: CTInput) -> str:

@@ -171,6 +171,11 @@ class UnpackedInput:
         p = self.path
         if p.is_dir():
             self.files = list_files(p)
+        elif p.name.lower().endswith(".zip") and not is_zip(p):
+            raise InputError(
+                f"{p.name}: is named .zip but is not a readable zip archive (it may be "
+                "truncated: a copy that stopped before the end). Copy or zip it again."
+            )
         elif is_zip(p):
             self.tmp = Path(tempfile.mkdtemp(prefix="pengwin-dicom-"))
             try:

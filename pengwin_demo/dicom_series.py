@@ -3,9 +3,8 @@
 Every image frame becomes one :class:`SliceHeader` (a classic single-frame file is one
 frame; an enhanced multi-frame file gives one per frame), read without pixel data.
 Files that are not DICOM, DICOMDIR indexes, structured reports and other objects without
-an image are skipped and counted. Files without the 128-byte preamble and ``DICM`` prefix
-(raw data sets, as some old exports write them) are read with ``force=True`` and accepted
-only when they carry the attributes an image needs.
+an image are skipped and counted. Headers are read by :func:`pengwin_demo.dicom_read.read_header`, the
+policy the watcher shares (files without preamble are force-read and checked).
 
 Choice rules (:func:`choose_series`): a usable series is Modality CT, not a localizer or
 scout, not a secondary capture or dose screen, with at least ``min_slices`` frames. Among
@@ -15,20 +14,16 @@ the thinnest slices, then the lowest series number.
 
 from __future__ import annotations
 
-import logging
-import threading
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ImplicitVRLittleEndian
 
+from .dicom_read import quiet_pydicom, read_header
 from .errors import InputError
+
+__all__ = ["quiet_pydicom", "scan_files", "group_series", "choose_series"]
 
 
 MIN_SLICES = 10
@@ -92,6 +87,7 @@ class SeriesInfo:
     columns: int = 0
     usable: bool = False
     preferred: bool = False
+    study_uid: str = ""
     slices: list[SliceHeader] = field(default_factory=list, repr=False, compare=False)
 
     def summary(self) -> str:
@@ -120,62 +116,7 @@ class ScanResult:
     non_image_series: dict[str, Dataset] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- quiet
-_quiet_state = threading.local()
-
-
-class _DropWhileQuiet(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(_quiet_state, "depth", 0)
-
-
-logging.getLogger("pydicom").addFilter(_DropWhileQuiet())
-
-
-@contextmanager
-def quiet_pydicom():
-    """Silence pydicom's logger (this thread) and Python warnings while reading headers.
-
-    pydicom reports invalid values by quoting them, and an invalid PatientName would be
-    quoted into the logs; damaged and foreign files are expected here anyway.
-    """
-    _quiet_state.depth = getattr(_quiet_state, "depth", 0) + 1
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        _quiet_state.depth -= 1
-
-
 # --------------------------------------------------------------------------- reading
-def _read_header(path: Path) -> tuple[Dataset | None, bool]:
-    """The header of ``path`` without pixel data, and whether it needed force-reading."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True), False
-    except InvalidDicomError:
-        pass
-    except Exception:  # noqa: BLE001 - a damaged file is skipped like a non-DICOM one
-        return None, False
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001
-        return None, False
-    # force=True parses anything; accept only what really looks like an image header.
-    try:
-        ok = bool(ds.get("SeriesInstanceUID")) and ("Rows" in ds or "SOPInstanceUID" in ds)
-    except Exception:  # noqa: BLE001
-        ok = False
-    if not ok:
-        return None, False
-    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-        ds.file_meta = ds.get("file_meta", None) or pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else (
-            pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian
-        )
-    return ds, True
-
-
 def sop_class_of(ds: Dataset) -> str:
     """SOPClassUID, falling back to the file meta's MediaStorageSOPClassUID when empty."""
     uid = str(ds.get("SOPClassUID", "") or "")
@@ -293,7 +234,7 @@ def _scan_files(files: list[Path]) -> ScanResult:
         if path.name.upper() == "DICOMDIR":
             result.skipped_dicomdir += 1
             continue
-        ds, forced = _read_header(path)
+        ds, forced = read_header(path)
         if ds is None:
             result.skipped_not_dicom += 1
             continue
@@ -387,6 +328,7 @@ def group_series(slices: list[SliceHeader]) -> list[SeriesInfo]:
             orientation=orient,
             rows=members[0].rows,
             columns=members[0].columns,
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
             slices=members,
         ))
     out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.series_uid))
@@ -467,6 +409,7 @@ def choose_series(
         raise InputError(
             f"no usable CT series found among {len(series)} series.\n{listing or '  (no image files)'}\n{hint}"
         )
+    _refuse_several_studies(usable, listing)
     preferred = [s for s in usable if s.preferred]
     pool = preferred or usable
 
@@ -483,10 +426,15 @@ def choose_series(
         runner = others[0]
         if runner.n_slices < chosen.n_slices:
             why.append(f"most slices ({chosen.n_slices} vs {runner.n_slices})")
-        else:
+        elif rank(runner)[1] != rank(chosen)[1]:
             why.append(
                 f"same slice count as another candidate, thinnest slices "
                 f"({chosen.slice_thickness_mm} mm vs {runner.slice_thickness_mm} mm)"
+            )
+        else:
+            why.append(
+                "same slice count and thickness as another candidate, lowest series number "
+                f"({_number_text(chosen)} vs {_number_text(runner)})"
             )
     else:
         why.append(f"the only candidate, {chosen.n_slices} slices")
@@ -501,6 +449,22 @@ def choose_series(
         else:
             s.reason = "usable; same slice count and thickness, higher series number"
     return chosen, warnings
+
+
+def _refuse_several_studies(usable: list[SeriesInfo], listing: str) -> None:
+    """Two studies in one input are two patients or two visits: never pick one silently."""
+    studies = {s.study_uid for s in usable if s.study_uid}
+    if len(studies) > 1:
+        raise InputError(
+            f"the input holds usable CT series of {len(studies)} different studies; choosing "
+            f"one would silently leave the others out. Series found:\n{listing}\n"
+            "Give one study per folder or zip, or name the series with --series (the inbox "
+            "watcher splits such a delivery into one job per series by itself)."
+        )
+
+
+def _number_text(series: SeriesInfo) -> str:
+    return f"#{series.series_number}" if series.series_number is not None else "none"
 
 
 def with_slices(series: SeriesInfo, slices: list[SliceHeader]) -> SeriesInfo:

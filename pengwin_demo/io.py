@@ -10,13 +10,16 @@ what to do.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .ct_intensity import check_ct_intensities
 from .errors import InputError
 from .volume import Volume
 
@@ -28,9 +31,6 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
 """Spacing outside this range is not a CT of a person (or the header is broken)."""
-
-CT_HU_RANGE = (-1100.0, 4000.0)
-"""A CT whose 1st/99th percentile falls far outside this range is probably not in HU."""
 
 
 def volume_suffix(path: str | os.PathLike) -> str | None:
@@ -46,7 +46,7 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return Path(path).is_file() and volume_suffix(path) is not None
 
 
-def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
+def read_volume(path: str | os.PathLike, kind: str = "ct", *, allow_non_ct: bool = False) -> Volume:
     """Read a 3D CT (``kind="ct"``, int16 HU) or label map (``kind="label"``, uint8).
 
     Parameters
@@ -54,8 +54,11 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
     path : path-like
         A .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr file.
     kind : {"ct", "label"}
-        "ct" rounds and clips to int16 and warns when the values do not look like HU;
-        "label" requires non-negative integers below 256 and returns uint8.
+        "ct" rounds and clips to int16 and refuses values that do not look like HU
+        (:mod:`pengwin_demo.ct_intensity`); "label" requires non-negative integers below
+        256 and returns uint8.
+    allow_non_ct : bool
+        With ``kind="ct"``: accept values that do not look like HU, with a logged warning.
 
     Returns
     -------
@@ -65,7 +68,7 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
     Raises
     ------
     InputError
-        Missing, unreadable, truncated, not 3D, or with impossible spacing.
+        Missing, unreadable, truncated, not 3D, with impossible spacing, or (CT) not in HU.
     """
     if kind not in ("ct", "label"):
         raise ValueError(f"kind must be 'ct' or 'label', got {kind!r}")
@@ -93,7 +96,7 @@ def read_volume(path: str | os.PathLike, kind: str = "ct") -> Volume:
             f"{name}: cannot be read as an image; it may be truncated or not really a "
             f"{volume_suffix(path)} file ({_first_line(err)}). Export or copy it again."
         ) from None
-    return validate_image(image, name, kind)
+    return validate_image(image, name, kind, allow_non_ct=allow_non_ct)
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -106,22 +109,28 @@ def _check_nifti_complete(path: Path) -> None:
 
     import nibabel as nib
 
-    header = nib.load(str(path)).header
+    try:
+        header = nib.load(str(path)).header
+    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own
+        raise RuntimeError(f"not a NIfTI file: {_first_line(err)}") from None
     expected = int(header.get_data_offset()) + int(
         np.prod(header.get_data_shape(), dtype=np.int64) * header.get_data_dtype().itemsize
     )
     if path.name.lower().endswith(".gz"):
         actual = 0
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                actual += len(chunk)
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    actual += len(chunk)
+        except Exception as err:  # noqa: BLE001 - gzip and zlib raise their own on damage
+            raise RuntimeError(f"damaged gzip stream: {_first_line(err)}") from None
     else:
         actual = path.stat().st_size
     if actual < expected:
         raise RuntimeError(f"data truncated: {actual} of {expected} bytes present")
 
 
-def validate_image(image: sitk.Image, name: str, kind: str = "ct") -> Volume:
+def validate_image(image: sitk.Image, name: str, kind: str = "ct", *, allow_non_ct: bool = False) -> Volume:
     """Check a SimpleITK image is a usable 3D volume and convert it (see :func:`read_volume`)."""
     dim = image.GetDimension()
     size = image.GetSize()
@@ -160,7 +169,7 @@ def validate_image(image: sitk.Image, name: str, kind: str = "ct") -> Volume:
     if kind == "label":
         array = _as_label_array(array, name)
     else:
-        array = _as_ct_array(array, name)
+        array = _as_ct_array(array, name, allow_non_ct)
     return Volume(array, tuple(spacing)[::-1], image.GetOrigin(), direction)
 
 
@@ -180,19 +189,11 @@ def _as_label_array(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
-def _as_ct_array(array: np.ndarray, name: str) -> np.ndarray:
+def _as_ct_array(array: np.ndarray, name: str, allow_non_ct: bool) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(f"{name}: contains NaN or infinite values; a CT in HU cannot. Re-export it.")
-    sample = array[:: max(1, array.shape[0] // 16)].ravel()
-    p1, p99 = np.percentile(sample, [1, 99]) if sample.size else (0.0, 0.0)
-    lo, hi = CT_HU_RANGE
-    if p1 < lo - 1000 or p99 > hi + 4000 or (p99 - p1) < 50:
-        log.warning(
-            "%s: intensities (1st-99th percentile %.0f..%.0f) do not look like CT in "
-            "Hounsfield units (air about -1000, bone 300-2000); results may be meaningless. "
-            "Check that this is a CT and that rescale slope/intercept were applied.",
-            name, p1, p99,
-        )
+    for warning in check_ct_intensities(array, name, allow_non_ct):
+        log.warning("%s: %s", name, warning)
     if array.dtype == np.int16:
         return array
     return np.clip(np.rint(array), -32768, 32767).astype(np.int16)
@@ -202,7 +203,14 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     """Write ``volume`` with its exact geometry; the format follows the file suffix.
 
     The file is first written under a temporary name beside the target and then renamed,
-    so a reader never sees a half-written file.
+    so a reader never sees a half-written file. A NIfTI is checked complete before the
+    rename: ITK's NIfTI writer reports a full disk on stderr only and leaves a short file.
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC`` when the disk filled up while writing (``EIO`` for another short write);
+        the partial file is removed.
     """
     path = Path(path)
     suffix = volume_suffix(path)
@@ -213,9 +221,22 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     if suffix in (".mhd", ".nhdr"):
         tmp = path  # detached headers name their data file; write in place
     sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
+    if suffix in (".nii", ".nii.gz"):
+        _check_written(tmp, path, volume.array.nbytes)
     if tmp != path:
         os.replace(tmp, path)
     return path
+
+
+def _check_written(tmp: Path, path: Path, nbytes: int) -> None:
+    try:
+        _check_nifti_complete(tmp)
+    except RuntimeError as err:
+        tmp.unlink(missing_ok=True)
+        full = shutil.disk_usage(path.parent).free < nbytes
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: {path.name} was not written completely "
+                      f"({_first_line(err)})") from None
 
 
 def write_like(array: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:

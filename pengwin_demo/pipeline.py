@@ -354,6 +354,7 @@ class Pipeline:
         dicom_seg: bool = False,
         mesh_detail: str = "normal",
         anatomy_map: str | os.PathLike | Volume | None = None,
+        allow_non_ct: bool = False,
     ) -> PipelineResult:
         """Segment one CT and write every output into ``out_dir``.
 
@@ -378,6 +379,9 @@ class Pipeline:
             Stage 1 from this map instead of the anatomy model: 0 background, 1 sacrum,
             2 left hip, 3 right hip, on any grid covering the CT (resampled nearest); see
             :func:`pengwin_demo.anatomy_map.read_anatomy_map`.
+        allow_non_ct : bool
+            Segment an input whose values do not look like CT in HU (refused by default,
+            see :mod:`pengwin_demo.ct_intensity`); a warning says so.
 
         Returns
         -------
@@ -396,20 +400,22 @@ class Pipeline:
             raise InputError(f"mesh detail must be one of {sorted(MESH_DETAILS)}, got {mesh_detail!r}")
         out_dir = Path(out_dir)
         with _RUN_LOCK:
-            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail, anatomy_map)
+            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail,
+                             anatomy_map=anatomy_map, allow_non_ct=allow_non_ct)
 
-    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail,
-             anatomy_map=None) -> PipelineResult:
+    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail, *,
+             anatomy_map=None, allow_non_ct=False) -> PipelineResult:
         from .io import write_like
         from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
-        from .report import build_report, fragment_stats, labels_present, series_summary, write_report
+        from .report import (build_report, fragment_stats, labels_present, series_summary,
+                             unused_series, write_report)
 
         clock = _Stopwatch(progress)
         warnings: list[str] = []
 
         # -- load ---------------------------------------------------------------------
         clock.stage("load")
-        ct_input = self._load_input(input_path, series_uid)
+        ct_input = self._load_input(input_path, series_uid, allow_non_ct)
         ct: Volume = ct_input.volume
         warnings.extend(ct_input.warnings or [])
         thick = _slice_thickness_mm(ct, ct_input)
@@ -515,6 +521,9 @@ class Pipeline:
                                     n_slices=n_slices)
             if series is not None and thick:
                 series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick, 3)
+            if series is not None:
+                series["not_used"] = unused_series(getattr(ct_input, "series_seen", None) or [],
+                                                   ct_input.series)
         inference = {
             "device": device,
             "anatomy_spacing_zyx_mm": _grid_spacing(anatomy_grid),
@@ -547,17 +556,17 @@ class Pipeline:
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_report(report, paths["report"])  # with the report stage and total
         for w in warnings:
-            log.info("warning: %s", w)  # front ends show result.warnings themselves
+            log.debug("warning: %s", w)  # front ends show result.warnings themselves
         return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
-    def _load_input(input_path, series_uid):
+    def _load_input(input_path, series_uid, allow_non_ct=False):
         if isinstance(input_path, Volume):
             return _Loaded(input_path)
         from .dicom import load_ct
 
-        return load_ct(input_path, series_uid=series_uid)
+        return load_ct(input_path, series_uid=series_uid, allow_non_ct=allow_non_ct)
 
     @staticmethod
     def _given_anatomy(anatomy_map, ct: Volume) -> tuple[Volume, dict[str, Any]]:

@@ -190,6 +190,25 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def unused_series(series_seen: list[Any], chosen: Any) -> list[dict[str, Any]]:
+    """Every other series of the input, each with why it was not used (so none goes unseen).
+
+    Parameters
+    ----------
+    series_seen : list of SeriesInfo
+        All series found in the input (``CTInput.series_seen``).
+    chosen : SeriesInfo or None
+        The series that was segmented.
+    """
+    chosen_uid = getattr(chosen, "series_uid", None)
+    return [
+        {"series_instance_uid": s.series_uid, "series_number": s.series_number,
+         "modality": s.modality or None, "series_description": s.description or None,
+         "n_slices": s.n_slices, "reason": s.reason}
+        for s in series_seen if s.series_uid != chosen_uid
+    ]
+
+
 def series_summary(series: Any = None, first_header: Any = None, n_slices: int | None = None
                    ) -> dict[str, Any] | None:
     """Technical description of the chosen DICOM series (no patient identifiers).

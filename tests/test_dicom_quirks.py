@@ -261,3 +261,13 @@ def test_truncated_pixel_data_names_the_file(tmp_path):
     paths[4].write_bytes(paths[4].read_bytes()[:-1000])
     with pytest.raises(InputError, match=r"IM00004\.dcm: pixel data cannot be decoded"):
         load_ct(tmp_path / "in")
+
+
+def test_a_series_number_tie_break_is_named_as_such(tmp_path):
+    study = generate_uid()
+    a = fac.make_series(n_slices=12, description="first", series_number=2, study_uid=study)
+    b = fac.make_series(n_slices=12, description="second", series_number=5, study_uid=study)
+    fac.write_files(a + b, tmp_path / "in")
+    ct = load_ct(tmp_path / "in")
+    assert ct.series.description == "first"
+    assert "lowest series number (#2 vs #5)" in ct.series.reason and "thinnest" not in ct.series.reason

@@ -172,11 +172,13 @@ def test_zero_spacing_in_header_is_refused(tmp_path):
         read_volume(path)
 
 
-def test_non_ct_intensities_warn_but_load(tmp_path, caplog):
-    mr = Volume(np.random.default_rng(0).integers(0, 40, (8, 8, 8)).astype(np.int16), (1, 1, 1))
+def test_non_ct_intensities_are_refused_unless_allowed(tmp_path, caplog):
+    mr = Volume(np.random.default_rng(0).integers(0, 400, (8, 8, 8)).astype(np.int16), (1, 1, 1))
     path = write_volume(mr, tmp_path / "mr_like.nii.gz")
+    with pytest.raises(InputError, match=r"mr_like.nii.gz: does not look like a CT.*--allow-non-ct"):
+        read_volume(path)
     with caplog.at_level(logging.WARNING):
-        vol = read_volume(path)
+        vol = read_volume(path, allow_non_ct=True)
     assert vol.shape == (8, 8, 8)
     assert "mr_like.nii.gz" in caplog.text and "Hounsfield" in caplog.text
 

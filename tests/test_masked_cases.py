@@ -60,7 +60,8 @@ def test_per_bone_case_becomes_one_pelvis_with_pengwin_labels(tmp_path):
 
 def test_grids_that_disagree_are_refused_naming_the_file(tmp_path):
     _write_case(tmp_path / "c", _grid(), BOXES)
-    write_volume(_grid(spacing=(1.0, 0.9, 0.9)), tmp_path / "c" / "RI_image.nii.gz")
+    image = read_volume(tmp_path / "c" / "RI_image.nii.gz")
+    write_volume(Volume(image.array, (1.0, 0.9, 0.9), image.origin_lps_mm), tmp_path / "c" / "RI_image.nii.gz")
     with pytest.raises(InputError, match="RI_fragments.nii.gz: grid .* does not match RI_image"):
         read_masked_case(find_masked_cases(tmp_path)[0])
 

@@ -51,13 +51,22 @@ def truth_on(grid: Volume) -> np.ndarray:
 
 
 def phantom_ct(direction=np.eye(3), spacing=(1.5, 1.0, 1.0), extent_zyx_mm=(64.0, 52.0, 140.0)) -> Volume:
-    """CT of the phantom (bone 700 HU, soft tissue 40 HU) on a grid centred on it."""
+    """CT of the phantom (bone 700 HU, soft tissue 40 HU, air in front and behind) on a grid
+    centred on it."""
     shape = tuple(int(round(e / s)) for e, s in zip(extent_zyx_mm, spacing))
     half_xyz = (np.asarray(shape[::-1]) - 1) * np.asarray(spacing[::-1]) / 2.0
     origin = np.array([0.0, 15.0, 20.0]) - np.asarray(direction) @ half_xyz
     grid = Volume(np.zeros(shape, np.int16), spacing, tuple(origin), direction)
-    ct = np.where(truth_on(grid) > 0, 700, 40).astype(np.int16)
-    return grid.with_array(ct)
+    return grid.with_array(body_ct(truth_on(grid)))
+
+
+def body_ct(truth: np.ndarray) -> np.ndarray:
+    """Bone 700 HU where ``truth`` is set, soft tissue 40 HU, air (-1000 HU) in the first
+    and last 3 rows (y): a CT in HU always holds some air (the loaders check)."""
+    ct = np.where(truth > 0, 700, 40).astype(np.int16)
+    ct[:, :3][truth[:, :3] == 0] = -1000
+    ct[:, -3:][truth[:, -3:] == 0] = -1000
+    return ct
 
 
 class OracleAnatomy:
@@ -215,7 +224,7 @@ def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
         return out.reshape(grid.shape)
 
     grid = phantom_ct()
-    ct = grid.with_array(np.where(twelve_pieces(grid) > 0, 700, 40).astype(np.int16))
+    ct = grid.with_array(body_ct(twelve_pieces(grid)))
     src = write_volume(ct, tmp_path / "ct.nii.gz")
 
     class Anatomy(OracleAnatomy):

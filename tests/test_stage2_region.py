@@ -32,6 +32,7 @@ def _body(direction=np.eye(3)) -> tuple[Volume, Volume]:
     truth[10:30, 20:40, 64:92] = 21
     ct = np.where(truth > 0, 700, 40).astype(np.int16)
     ct[38:46, 50:60, 5:15] = 700  # bone that Stage 1 does not call pelvis
+    ct[:, :6], ct[:, -4:] = -1000, -1000  # air in front of and behind the body
     grid = Volume(ct, spacing, (-60.0, -40.0, 0.0), direction)
     return grid, grid.with_array(truth)
 

@@ -184,7 +184,7 @@ def test_marker_ends_the_wait_and_settle_holds_otherwise(tmp_path):
     series_files(inbox / "no_marker", 12)
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=600)
     counts = WatcherService(cfg, process=convert_process).run_once(timeout=3)
-    assert counts == {"done": 2, "failed": 0, "left": 1}
+    assert counts == {"done": 2, "failed": 0, "left": 1, "split": 0, "retrying": 0}
     assert sorted(slices_out(j) for j in outputs(outbox)) == [10, 11]
     assert (inbox / "no_marker").is_dir()            # still settling: untouched
     assert not (inbox / "study.zip.ready").exists()  # marker consumed with its item
@@ -203,7 +203,7 @@ def test_real_series_as_folder_zip_and_loose_files_present_at_start(tmp_path):
         shutil.copy(path, inbox / f"ph-{path.name}")
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.5)
     counts = WatcherService(cfg, process=convert_process).run_once(timeout=60)
-    assert counts == {"done": 4, "failed": 0, "left": 0}
+    assert counts == {"done": 4, "failed": 0, "left": 0, "split": 0, "retrying": 0}
     jobs = outputs(outbox)
     kinds = sorted(json.loads((j / "job.json").read_text())["kind"] for j in jobs)
     assert kinds == ["files", "files", "folder", "zip"]
@@ -275,7 +275,7 @@ def test_a_crashing_process_is_failed_with_traceback_and_next_job_runs(tmp_path)
 
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.2)
     counts = WatcherService(cfg, process=process).run_once(timeout=30)
-    assert counts == {"done": 1, "failed": 1, "left": 0}
+    assert counts == {"done": 1, "failed": 1, "left": 0, "split": 0, "retrying": 0}
     (failed,) = failed_jobs(cfg)
     text = (failed / "error.txt").read_text()
     assert "MemoryError" in text and "Traceback" in text

@@ -65,7 +65,7 @@ def test_phantom_dicom_and_junk_through_watcher_and_real_pipeline(tmp_path):
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.5)
     service = WatcherService(cfg, pipeline=pipeline)
     counts = service.run_once(timeout=300)
-    assert counts == {"done": 1, "failed": 2, "left": 0}
+    assert counts == {"done": 1, "failed": 2, "left": 0, "split": 0, "retrying": 0}
 
     (job,) = outputs(outbox)
     names = {p.name for p in job.iterdir()}
@@ -141,7 +141,7 @@ def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.5)
     counts = WatcherService(cfg, pipeline=bundled_pipeline).run_once(timeout=900)
     n_good = 2 if SIEMENS.is_dir() else 1
-    assert counts == {"done": n_good, "failed": 0, "left": 0}, [
+    assert counts == {"done": n_good, "failed": 0, "left": 0, "split": 0, "retrying": 0}, [
         (f / "error.txt").read_text() for f in failed_jobs(cfg)]
     by_files = {json.loads((j / "job.json").read_text())["files"]: j for j in outputs(outbox)}
     phantom = by_files[n_phantom]

@@ -2,7 +2,8 @@
 
 :func:`convert_process` is a real, light ``process(input_path, out_dir)`` for the watcher:
 it loads the CT with :func:`pengwin_demo.dicom.load_ct` (so junk, truncated and MR input
-fail exactly as in the pipeline) and writes ``ct.nii.gz`` and ``report.json``. The full
+fail exactly as in the pipeline) and writes ``ct.nii.gz`` and ``report.json``, reporting
+the pipeline's "load", "labels" and "report" stages on the way. The full
 pipeline is exercised by the end-to-end tests; this one keeps the many filesystem tests
 fast. ``WATCHER_TEST_DELAY_S`` makes it pause between its two outputs so that a test can
 kill the watcher while a job is half written.
@@ -20,9 +21,13 @@ from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume
 
 
-def convert_process(input_path: Path, out_dir: Path) -> SimpleNamespace:
+def convert_process(input_path: Path, out_dir: Path, progress=None) -> SimpleNamespace:
+    progress = progress or (lambda stage, fraction: None)
+    progress("load", 0.0)
     ct = load_ct(input_path)
+    progress("labels", 0.5)  # the stage names of the pipeline, for the kill points
     write_volume(ct.volume, Path(out_dir) / "ct.nii.gz")
+    progress("report", 0.9)
     delay = float(os.environ.get("WATCHER_TEST_DELAY_S", "0") or 0)
     if delay:
         marker = os.environ.get("WATCHER_TEST_STARTED_FILE")
@@ -74,8 +79,8 @@ def oracle_case(seed: int):
     return _ORACLE_CACHE[seed]
 
 
-def oracle_pipeline_process(input_path: Path, out_dir: Path):
+def oracle_pipeline_process(input_path: Path, out_dir: Path, progress=None):
     """``process`` for ``python -m watcher --process``: the real pipeline, oracle models of
     phantom ``$WATCHER_TEST_PHANTOM_SEED``."""
     _ct, _labels, pipeline = oracle_case(int(os.environ["WATCHER_TEST_PHANTOM_SEED"]))
-    return pipeline.run(input_path, out_dir)
+    return pipeline.run(input_path, out_dir, progress=progress)

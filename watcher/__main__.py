@@ -2,7 +2,8 @@
 
 Settings also come from a config file (``--config FILE`` or ``PENGWIN_WATCHER_CONFIG``) and
 from ``PENGWIN_WATCHER_<KEY>`` environment variables; the command line wins.
-Exit status: 0 normally (``--once``: also when some jobs failed; see the failed area),
+Without ``-v`` the log has one line per job event; the pipeline's own lines go to the
+``job.log`` of each result (or failed entry). Exit status: 0 normally (``--once``: also when some jobs failed; see the failed area),
 2 for bad settings or a model that cannot be loaded.
 """
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    dest="keep_inputs", help="keep inputs of finished jobs in <work>/done/")
     p.add_argument("--dicom-seg", action="store_const", const=True, default=None,
                    dest="dicom_seg", help="also write a DICOM SEG per job")
+    p.add_argument("--allow-non-ct", action="store_const", const=True, default=None,
+                   dest="allow_non_ct", help="process inputs whose values do not look like CT "
+                   "in HU (refused by default; masked-bone CTs need no override)")
     p.add_argument("--device", help="pipeline device: auto, cpu or cuda (default auto)")
     p.add_argument("--max-attempts", type=int, dest="max_attempts",
                    help="attempts before an interrupted job is failed (default 2)")
@@ -53,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "run instead of the bundled pipeline")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _job_events_only(record: logging.LogRecord) -> bool:
+    """Keep the watcher's own lines; the pipeline's (pengwin_demo.*) belong in job.log."""
+    return not record.name.startswith("pengwin_demo")
 
 
 def _import_callable(spec: str):
@@ -71,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per job event; the pipeline's detail goes to job.log
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_job_events_only)
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
-            "polling", "keep_inputs", "dicom_seg", "device", "max_attempts")
+            "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts")
     try:
         config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
         process = _import_callable(args.process) if args.process else None

@@ -27,9 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
+from pengwin_demo.dicom_read import series_key
 from pengwin_demo.io import volume_suffix
 
 from .config import TEMP_SUFFIXES, WatcherConfig
@@ -137,9 +135,9 @@ def _walk_signature(path: Path) -> tuple[str, int, int]:
         except FileNotFoundError:
             continue
         for name in sorted(files):
-            try:
-                st = os.stat(os.path.join(root, name))
-            except FileNotFoundError:
+            try:  # lstat: a symbolic link (a loop, too) counts as itself
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
                 rows.append(f"F {rel_root}/{name} gone")
                 continue
             rows.append(f"F {rel_root}/{name} {st.st_size} {st.st_mtime_ns}")
@@ -318,19 +316,11 @@ def _unlink_quiet(path: Path) -> None:
         pass
 
 
-def dicom_series_uid(path: Path) -> str | None:
-    """SeriesInstanceUID of a DICOM file, "" when it has none, None when not DICOM."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-        return None
-    except Exception:  # pydicom raises a variety of errors on damaged headers
-        return None
-    return str(getattr(ds, "SeriesInstanceUID", "") or "")
-
-
 def group_loose_files(paths: list[Path]) -> list[tuple[str, str, list[Path]]]:
     """Group loose files by DICOM series.
+
+    A file is DICOM when :func:`pengwin_demo.dicom_read.read_header` reads it, the same
+    policy ``convert`` follows (files without preamble included).
 
     Returns
     -------
@@ -341,7 +331,7 @@ def group_loose_files(paths: list[Path]) -> list[tuple[str, str, list[Path]]]:
     groups: dict[str, list[Path]] = {}
     junk: list[Path] = []
     for path in sorted(paths):
-        uid = dicom_series_uid(path)
+        uid = series_key(path)
         if uid is None:
             junk.append(path)
         else:

@@ -62,6 +62,12 @@ class WatcherConfig:
         Keep the inputs of finished jobs in ``<work>/done/<job-id>/`` (default: delete).
     dicom_seg : bool
         Ask the pipeline for a DICOM SEG as well.
+    allow_non_ct : bool
+        Process inputs whose values do not look like CT in Hounsfield units (MR, 0..1
+        images, label maps); refused into the failed area by default.
+    retry_seconds : float
+        A job that failed for want of disk space (or another write error of the machine)
+        stays queued and is retried after this long (default 60 s).
     device : str
         Device for the default pipeline ("auto", "cpu", "cuda").
     """
@@ -79,6 +85,8 @@ class WatcherConfig:
     max_attempts: int = 2
     keep_inputs: bool = False
     dicom_seg: bool = False
+    allow_non_ct: bool = False
+    retry_seconds: float = 60.0
     device: str = "auto"
     history_max_bytes: int = 5_000_000
 

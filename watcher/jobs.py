@@ -3,6 +3,8 @@
 Layout of the work area (``WatcherConfig.work``)::
 
     jobs/<job-id>/lock         flock held by the process working on the job
+    jobs/<job-id>/claiming.json  names a multi-file claim is moving (until it is complete)
+    jobs/.split-<job-id>-<n>/  a child of a split being built (renamed into jobs/ when whole)
     jobs/<job-id>/job.json     kind, file count, times, attempts (no patient identifiers)
     jobs/<job-id>/input/<entry>  the inbox item, moved here by rename (the claim)
     failed/<job-id>/           input/ + error.txt + job.json (default failed area)
@@ -38,10 +40,14 @@ from typing import Any, Iterator
 
 from pengwin_demo.errors import InputError
 
-from .arrival import Item
+from .arrival import Item, entry_kind
 from .config import WatcherConfig
+from .faults import Point, checkpoint
 
 log = logging.getLogger(__name__)
+
+CLAIMING = "claiming.json"
+"""The names a multi-file claim is moving (removed once the claim is complete)."""
 
 ORPHAN_MIN_AGE_S = 60.0
 """A job folder without input is removed only when older than this (a claim in flight)."""
@@ -147,11 +153,13 @@ class JobStore:
             raise InputError(
                 f"inbox {cfg.inbox} does not exist or is not a folder. Create it or fix --inbox."
             )
+        # check before creating anything: a refused work area must be left as it was
+        self._check_rename(cfg.inbox, _existing_ancestor(self.jobs_dir), "work area", "--work")
         for d in (self.jobs_dir, self.trash_dir, self.failed_dir, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        self._check_rename(cfg.inbox, self.jobs_dir, "work area", "--work")
         for leftover in self.trash_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        self.clean_stale_splits()
 
     @staticmethod
     def _check_rename(src_dir: Path, dst_dir: Path, what: str, flag: str) -> None:
@@ -213,6 +221,9 @@ class JobStore:
                     target = d / "input" / ("series" if item.kind == "files" else "unreadable")
                     target.mkdir()
                     pairs = [(path, target / path.name) for path in item.paths]
+                    # several renames: note them first, so a crash part way is completed
+                    # on recovery (:meth:`_complete_claim`) instead of splitting the series
+                    write_json_atomic(d / CLAIMING, [path.name for path in item.paths])
                 else:
                     pairs = [(item.paths[0], d / "input" / item.paths[0].name)]
                 for src, dst in pairs:
@@ -221,6 +232,7 @@ class JobStore:
                         moved += 1
                     except FileNotFoundError:
                         pass  # another watcher took it, or the sender removed it
+                    checkpoint(Point.CLAIM)
             except BaseException:
                 if moved == 0:
                     self._remove_job_dir(job)
@@ -252,8 +264,26 @@ class JobStore:
             "host": socket.gethostname(),
         }
         job.save()
+        _unlink_quiet(d / CLAIMING)
         fsync_dir(self.jobs_dir)
         return job
+
+    def _complete_claim(self, job: Job) -> None:
+        """Move the loose files a killed claim had not moved yet (still in the inbox)."""
+        try:
+            names = json.loads((job.dir / CLAIMING).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            names = []
+        targets = [p for p in (job.dir / "input").iterdir() if p.is_dir()] if names else []
+        with self.claim_lock():
+            for name in names if len(targets) == 1 else []:
+                try:
+                    os.rename(self.config.inbox / name, targets[0] / name)
+                except FileNotFoundError:
+                    pass  # moved before the crash, or removed by the sender
+        job.meta["files"], job.meta["bytes"] = _count(job.dir / "input")
+        job.save()
+        _unlink_quiet(job.dir / CLAIMING)
 
     def _remove_job_dir(self, job: Job) -> None:
         trash = self.trash_dir / f"{job.job_id}-{os.getpid()}"
@@ -263,6 +293,54 @@ class JobStore:
             pass
         job.release()
         shutil.rmtree(trash, ignore_errors=True)
+
+    # -- splitting ------------------------------------------------------------------
+    def known(self, job_id: str) -> bool:
+        """Whether a job of this id exists anywhere (queued, done, failed or archived)."""
+        return any((d / job_id).exists() for d in (self.jobs_dir, self.outbox, self.failed_dir,
+                                                   self.done_dir))
+
+    def create_child(self, parent: Job, index: int, entry_name: str,
+                     files: list[tuple[Path, Path]], meta: dict) -> Job | None:
+        """Queue ``<parent-id>-<index>`` holding ``files`` in ``input/<entry_name>/``.
+
+        ``files`` are (source, relative path) pairs; sources are hard-linked when they can
+        be (the parent's input, same filesystem) and copied otherwise (an unpacked zip).
+        The child is built in a hidden folder and appears in ``jobs/`` by one rename, locked
+        by the caller; its id is fixed by the parent's, so splitting again after a crash
+        skips the children already made (returns None for those).
+        """
+        job_id = f"{parent.job_id}-{index}"
+        if self.known(job_id):
+            return None
+        stage = self.jobs_dir / f".split-{job_id}"
+        shutil.rmtree(stage, ignore_errors=True)  # half-built by a process that died
+        target = stage / "input" / entry_name
+        target.mkdir(parents=True)
+        fd = os.open(stage / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        job = Job(job_id, stage, fd, dict(meta, job_id=job_id))
+        try:
+            for src, rel in files:
+                dst = target / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src, dst)
+            job.meta["files"], job.meta["bytes"] = _count(stage / "input")
+            job.save()
+            os.rename(stage, self.jobs_dir / job_id)
+        except BaseException:
+            job.release()
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        job.dir = self.jobs_dir / job_id
+        fsync_dir(self.jobs_dir)
+        return job
+
+    def clean_stale_splits(self) -> None:
+        """Remove half-built children (``jobs/.split-*``) that no process is building."""
+        for stage in self.jobs_dir.glob(".split-*"):
+            if not _is_locked(stage / "lock"):
+                shutil.rmtree(stage, ignore_errors=True)
 
     # -- recovery -------------------------------------------------------------------
     def orphans(self) -> list[Job]:
@@ -297,8 +375,11 @@ class JobStore:
             job = Job(name, d, fd)
             try:
                 job.meta = json.loads((d / "job.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                job.meta = {"job_id": name, "kind": "unknown", "attempts": 0, "state": "queued"}
+            except (OSError, ValueError):  # killed between the claim and job.json
+                job.meta = {"job_id": name, "kind": _infer_kind(d / "input"), "attempts": 0,
+                            "state": "queued"}
+            if (d / CLAIMING).exists():
+                self._complete_claim(job)
             has_input = (d / "input").is_dir() and any((d / "input").iterdir())
             if not has_input:
                 age = time.time() - d.stat().st_mtime
@@ -438,13 +519,41 @@ def _unlink_quiet(path: Path) -> None:
         pass
 
 
+def _infer_kind(input_dir: Path) -> str:
+    """The kind of a claimed item whose job.json was never written."""
+    try:
+        entries = list(input_dir.iterdir())
+    except OSError:
+        return "unknown"
+    if len(entries) != 1:
+        return "unknown"
+    entry = entries[0]
+    if entry.is_dir():
+        return {"series": "files", "unreadable": "unreadable"}.get(entry.name, "folder")
+    return entry_kind(entry)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (where it would be created)."""
+    while not path.is_dir() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links (some shares)
+        shutil.copy2(src, dst)
+
+
 def _count(path: Path) -> tuple[int, int]:
     n = size = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
-                size += os.stat(os.path.join(root, name)).st_size
+            try:  # lstat: a symbolic link (a loop, too) counts as itself
+                size += os.lstat(os.path.join(root, name)).st_size
                 n += 1
-            except FileNotFoundError:
+            except OSError:
                 pass
     return n, size

@@ -14,6 +14,9 @@ share one set of models (the pipeline's lock serializes them)::
 
 from __future__ import annotations
 
+import enum
+import errno
+import inspect
 import logging
 import os
 import re
@@ -32,7 +35,9 @@ from pengwin_demo.errors import InputError, ModelError
 
 from .arrival import InboxScanner, Item, ScanResult
 from .config import WatcherConfig
+from .faults import Point, checkpoint
 from .jobs import Job, JobStore, iso, write_json_atomic
+from .split import plan_split
 
 log = logging.getLogger("watcher")
 
@@ -40,7 +45,8 @@ ProcessFn = Callable[[Path, Path], Any]
 """``process(input_path, out_dir)``: read the input, write every output into ``out_dir``.
 
 Raise :class:`~pengwin_demo.errors.InputError` for bad input. The return value may have a
-``warnings`` attribute (list of str), copied into the outbox ``job.json``.
+``warnings`` attribute (list of str), copied into the outbox ``job.json``. A callable with a
+``progress`` keyword gets ``progress(stage, fraction)`` as the pipeline reports it.
 """
 
 class _DropStopNoise(logging.Filter):
@@ -54,6 +60,47 @@ logging.getLogger("watchdog.observers.inotify").addFilter(_DropStopNoise())
 
 _MODIFYING_EVENTS = {"created", "modified", "moved", "closed"}
 STATUS_HEARTBEAT_S = 30.0
+
+JOB_LOG = "job.log"
+"""The job's own log (the pipeline's INFO lines), inside its result or failed folder."""
+
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_RESOURCE_PHRASES = ("no space left", "disk quota", "file too large", "read-only file system")
+
+
+class Failure(str, enum.Enum):
+    """Why a job ended in the failed area (``job.json`` "failure", the log line)."""
+
+    INPUT = "input"  # the input cannot be used; the message says why
+    MODEL = "model"  # a model is missing or broken
+    INTERRUPTED = "interrupted"  # the watcher was killed during every attempt
+    UNEXPECTED = "unexpected"  # a bug, or the machine
+
+
+class _JobLog(logging.Handler):
+    """Collects the pipeline's log lines of one job (its thread only) for ``job.log``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.lines.append(self.format(record))
+
+    def write(self, folder: Path) -> None:
+        if self.lines:
+            (folder / JOB_LOG).write_text("\n".join(self.lines) + "\n", encoding="utf-8")
+
+
+def is_resource_error(err: BaseException) -> bool:
+    """A write failed for want of space (or a read-only disk): the machine, not the input."""
+    if isinstance(err, OSError) and err.errno in _RESOURCE_ERRNOS:
+        return True
+    text = str(err).lower()  # SimpleITK and others raise RuntimeError with the OS message
+    return isinstance(err, (OSError, RuntimeError)) and any(p in text for p in _RESOURCE_PHRASES)
 
 
 class _InboxEvents(FileSystemEventHandler):
@@ -100,7 +147,8 @@ class WatcherService:
         self._stage: str | None = None
         self._last_scan = ScanResult()
         self._status_written = (None, 0.0)
-        self.counts = {"done": 0, "failed": 0}
+        self._retry_at: dict[str, float] = {}
+        self.counts = {"done": 0, "failed": 0, "split": 0, "retrying": 0}
 
     # -- public API -----------------------------------------------------------------
     def start(self) -> "WatcherService":
@@ -173,6 +221,7 @@ class WatcherService:
 
     def _on_progress(self, stage: str, fraction: float) -> None:
         self._stage = stage
+        checkpoint(f"stage:{stage}")
 
     def status(self) -> dict:
         """The queue as written to ``<work>/status.json``."""
@@ -208,13 +257,27 @@ class WatcherService:
 
             self._pipeline = get_pipeline(device=self.config.device)
             self._pipeline.load_models()
-        pipeline, dicom_seg = self._pipeline, self.config.dicom_seg
+        pipeline, dicom_seg, allow = self._pipeline, self.config.dicom_seg, self.config.allow_non_ct
+
+        extra = {"allow_non_ct": True} if allow else {}  # pipeline-likes may lack the option
 
         def process(input_path: Path, out_dir: Path) -> Any:
-            return pipeline.run(input_path, out_dir, dicom_seg=dicom_seg, progress=self._on_progress)
+            return pipeline.run(input_path, out_dir, dicom_seg=dicom_seg, progress=self._on_progress,
+                                **extra)
 
         self._process = process
         return process
+
+    def _call_process(self, input_path: Path, out_dir: Path) -> Any:
+        """Run the process; one that takes ``progress`` gets the stage reports too."""
+        process = self._get_process()
+        try:
+            takes_progress = "progress" in inspect.signature(process).parameters
+        except (TypeError, ValueError):
+            takes_progress = False
+        if takes_progress:
+            return process(input_path, out_dir, progress=self._on_progress)
+        return process(input_path, out_dir)
 
     def _start_observer(self) -> None:
         if self._observer is not None:
@@ -263,19 +326,33 @@ class WatcherService:
 
     def _step(self) -> bool:
         """Recover one orphan or claim and run one settled item. True if a job ran."""
-        for job in self.store.orphans():
-            if self._stop.is_set():
+        orphans = self.store.orphans()  # each one locked: run the first, let go of the rest
+        runnable = [j for j in orphans if time.monotonic() >= self._retry_at.get(j.job_id, 0.0)]
+        first = runnable[0] if runnable and not self._stop.is_set() else None
+        for job in orphans:
+            if job is not first:
                 job.release()
+        for job in runnable[:1]:
+            if self._stop.is_set():
                 return False
-            log.info("job %s recovered (its watcher stopped during attempt %s)",
-                     job.job_id, job.meta.get("attempts", 0))
+            if job.meta.get("split_from") and not job.meta.get("attempts"):
+                log.info("job %s queued (one series of job %s)", job.job_id, job.meta["split_from"])
+            elif job.meta.get("state") == "retrying":
+                log.info("job %s retried (attempt %s failed on the machine)", job.job_id,
+                         job.meta.get("attempts", 0) + 1)
+            else:
+                log.info("job %s recovered (its watcher stopped during attempt %s)",
+                         job.job_id, job.meta.get("attempts", 0))
             self._run_job_safely(job)
             return True
+        if self._stop.is_set():
+            return False
         self._last_scan = self.scanner.scan()
         self._write_status()
         for item in self._pending_ready():
             if self._stop.is_set():
                 return False
+            checkpoint(Point.ARRIVAL)
             try:
                 job = self.store.claim(item)
             except OSError as err:
@@ -290,6 +367,7 @@ class WatcherService:
                                "files": job.meta["files"], "received": job.meta["received"]})
             log.info("job %s received: %s, %d files, %.1f MB (%s)", job.job_id, item.kind,
                      job.meta["files"], job.meta["bytes"] / 1e6, item.reason)
+            checkpoint(Point.CLAIMED)
             self._run_job_safely(job)
             return True
         return False
@@ -317,10 +395,13 @@ class WatcherService:
         if meta["attempts"] > self.config.max_attempts:
             self._fail(job, time.time(), (
                 f"Processing was interrupted {meta['attempts'] - 1} times (the watcher was "
-                "killed or crashed while working on this job, e.g. out of memory).",
+                "killed or crashed while working on this job, e.g. out of memory). The input "
+                "itself may be fine.",
                 "Check the watcher's log and the machine's memory, then move the item in "
                 "input/ back into the inbox to try again.",
-            ))
+            ), kind=Failure.INTERRUPTED)
+            return
+        if self._split(job):
             return
         started = time.time()
         meta.update(state="running", started=iso(started))
@@ -332,12 +413,17 @@ class WatcherService:
         log.info("job %s started (attempt %d)", job.job_id, meta["attempts"])
         self._write_status(force=True)
         tmp = None
+        job_log = _JobLog()
+        detail_logger = logging.getLogger("pengwin_demo")
+        detail_logger.addHandler(job_log)
         try:
             problem = self._precheck(job)
             if problem:
                 raise InputError(problem)
             tmp = self.store.temp_output_dir(job)
-            result = self._get_process()(job.input_path, tmp)
+            result = self._call_process(job.input_path, tmp)
+            checkpoint(Point.OUTPUTS)
+            job_log.write(tmp)
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             finished = time.time()
             outbox_meta = {
@@ -352,26 +438,33 @@ class WatcherService:
                 "warnings": warnings,
             }
             write_json_atomic(tmp / "job.json", outbox_meta)
+            checkpoint(Point.PUBLISH)
             final = self.store.publish(job, tmp)
+            checkpoint(Point.PUBLISHED)
         except InputError as err:
             self._cleanup(tmp)
-            self._fail(job, started, (str(err), _hint_for_input_error()))
+            self._fail(job, started, (str(err), _hint_for_input_error()), job_log=job_log)
             return
         except ModelError as err:
             self._cleanup(tmp)
             self._fail(job, started, (str(err), "Install or fix the models (see the README), "
-                                      "then move the item in input/ back into the inbox."))
+                                      "then move the item in input/ back into the inbox."),
+                       kind=Failure.MODEL, job_log=job_log)
             return
         except Exception as err:  # a bug or the environment (disk, memory): keep running
             self._cleanup(tmp)
+            if is_resource_error(err):
+                self._defer(job, err)
+                return
             self._fail(job, started, (
                 f"Unexpected error: {type(err).__name__}: {err}",
                 "This is a bug or a problem of the machine (disk full, memory...). Report it "
                 "with this file; the traceback is below. After fixing, move the item in "
                 "input/ back into the inbox.",
-            ), detail=traceback.format_exc())
+            ), detail=traceback.format_exc(), kind=Failure.UNEXPECTED, job_log=job_log)
             return
         finally:
+            detail_logger.removeHandler(job_log)
             self._current = None
             self._stage = None
         seconds = round(time.time() - started, 2)
@@ -381,6 +474,67 @@ class WatcherService:
         log.info("job %s done in %.1f s%s", job.job_id, seconds,
                  f" with {len(warnings)} warning(s)" if warnings else "")
         self.store.finish(job)
+        self._write_status(force=True)
+
+    def _split(self, job: Job) -> bool:
+        """Turn a delivery of several CT series into one queued job per series.
+
+        Returns True when the job was split (it is then finished: its children hold every
+        file of its input). Safe to repeat after a crash: children already made are kept.
+        """
+        kind = job.meta.get("kind")
+        try:
+            entry = job.input_path
+        except InputError:
+            return False  # the run reports the broken job folder
+        with plan_split(entry, kind) as plan:
+            if len(plan.groups) < 2:
+                return False
+            name = entry.name[:-4] if kind == "zip" and entry.name.lower().endswith(".zip") else entry.name
+            children: list[Job] = []
+            ids: list[str] = []
+            for index, group in enumerate(plan.groups, start=1):
+                meta = {"kind": "folder", "received": job.meta.get("received"),
+                        "claimed": iso(time.time()), "attempts": 0, "state": "queued",
+                        "split_from": job.job_id, "series": group.description}
+                child = self.store.create_child(job, index, name, group.files, meta)
+                ids.append(f"{job.job_id}-{index}")
+                if child is not None:
+                    children.append(child)
+                    self.store.record({"job_id": child.job_id, "state": "received", "kind": "folder",
+                                       "files": child.meta["files"], "received": meta["received"],
+                                       "split_from": job.job_id})
+                checkpoint(Point.SPLIT)
+        job.meta.update(state="split", split_into=ids, finished=iso(time.time()))
+        job.save()
+        self.store.record({"job_id": job.job_id, "state": "split", "split_into": ids,
+                           "finished": job.meta["finished"]})
+        log.info("job %s split into %d jobs, one per CT series: %s", job.job_id, len(ids),
+                 ", ".join(ids))
+        self.store.finish(job)
+        for child in children:
+            child.release()
+        self.counts["split"] += 1
+        return True
+
+    def _defer(self, job: Job, err: BaseException) -> None:
+        """A write failed on the machine (disk full...): keep the job queued, retry later."""
+        reason = ("no space left (or the disk refused the write) while writing the outputs; "
+                  f"free space on the outbox and work area; retried every "
+                  f"{self.config.retry_seconds:.0f} s ({type(err).__name__}: "
+                  f"{getattr(err, 'strerror', None) or str(err).splitlines()[-1][:120]})")
+        job.meta.update(state="retrying", error=reason,
+                        attempts=max(0, int(job.meta.get("attempts", 1)) - 1))  # not an interruption
+        try:
+            job.save()
+            self.store.record({"job_id": job.job_id, "state": "retrying", "error": reason})
+        except OSError:
+            pass  # the work area is full too: the job stays queued all the same
+        self._retry_at[job.job_id] = time.monotonic() + self.config.retry_seconds
+        self.counts["retrying"] += 1
+        log.warning("job %s waits for a retry in %.0f s: no space left for its outputs",
+                    job.job_id, self.config.retry_seconds)
+        job.release()
         self._write_status(force=True)
 
     def _precheck(self, job: Job) -> str | None:
@@ -405,11 +559,14 @@ class WatcherService:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _fail(self, job: Job, started: float, what: tuple[str, str], detail: str = "") -> None:
+    def _fail(self, job: Job, started: float, what: tuple[str, str], detail: str = "",
+              kind: Failure = Failure.INPUT, job_log: _JobLog | None = None) -> None:
         message, todo = what
         finished = time.time()
-        job.meta.update(state="failed", finished=iso(finished),
+        job.meta.update(state="failed", finished=iso(finished), failure=kind.value,
                         error=_redact(" ".join(message.split()), job)[:500])
+        if job_log is not None:
+            job_log.write(job.dir)
         text = (
             f"Job {job.job_id} could not be processed.\n\n"
             f"What was wrong:\n  {message}\n\n"
@@ -427,8 +584,8 @@ class WatcherService:
                            "seconds": seconds, "error": job.meta["error"], "output": str(target)})
         self.counts["failed"] += 1
         # the error text may name files (possible identifiers): the log gets only the kind
-        kind = "input" if "Unexpected" not in message else "unexpected"
-        log.warning("job %s failed (%s error) after %.1f s; see %s", job.job_id, kind,
+        log.warning("job %s failed (%s) after %.1f s; see %s", job.job_id,
+                    "interrupted" if kind is Failure.INTERRUPTED else f"{kind.value} error",
                     seconds, target / "error.txt")
         self._write_status(force=True)
 

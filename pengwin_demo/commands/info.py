@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    vol = read_volume(args.input, kind="label" if args.label else "ct")
+    vol = read_volume(args.input, kind="label" if args.label else "ct", allow_non_ct=True)
     a = vol.array
     print(f"shape (z, y, x):        {vol.shape}")
     print(f"spacing (z, y, x) mm:   {tuple(round(s, 4) for s in vol.spacing_zyx_mm)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._options import add_allow_non_ct
+
 NAME = "segment"
 HELP = "segment pelvic fragments: labels.nii.gz, fragments/*.stl, scene.glb, report.json"
 
@@ -37,6 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mesh-detail", default="normal", choices=["fine", "normal", "coarse"],
                         help="mesh smoothing/decimation preset (default: normal)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_allow_non_ct(parser)
 
 
 def run(args) -> int:
@@ -61,6 +64,7 @@ def run(args) -> int:
             result = pipeline.run(
                 args.input, args.output, progress=progress, series_uid=args.series_uid,
                 dicom_seg=args.dicom_seg, mesh_detail=args.mesh_detail, anatomy_map=args.anatomy_map,
+                allow_non_ct=args.allow_non_ct,
             )
     finally:
         if bar is not None:
