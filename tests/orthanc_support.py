@@ -40,10 +40,14 @@ class Orthanc:
         Folder for the configuration, database and log.
     modalities : dict
         ``{name: (aet, host, port)}`` DICOM nodes Orthanc may send to.
+    lua_scripts : tuple of Path
+        Lua scripts to load (e.g. the routing script of deploy/orthanc/).
     """
 
-    def __init__(self, root: Path, modalities: dict[str, tuple[str, str, int]]):
+    def __init__(self, root: Path, modalities: dict[str, tuple[str, str, int]],
+                 lua_scripts: tuple[Path, ...] = ()):
         self.root = Path(root)
+        self.lua_scripts = tuple(str(p) for p in lua_scripts)
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.modalities = modalities
@@ -72,6 +76,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "SaveJobs": False,
             "StableAge": 2,
+            "LuaScripts": list(self.lua_scripts),
         }
 
     def start(self, timeout_s: float = 60.0) -> "Orthanc":

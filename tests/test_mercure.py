@@ -114,3 +114,13 @@ def test_module_writes_seg_and_encapsulated_stl_for_a_phantom_series(tmp_path):
         assert len(surface.faces) > 0
     assert f"done, {len(written)} DICOM file(s) written" in result.stderr
     assert str(source.PatientName) not in result.stderr
+
+
+def test_dockerfile_has_a_mercure_target_and_keeps_the_app_as_default():
+    text = (REPO / "Dockerfile").read_text()
+    stages = [line.split() for line in text.splitlines() if line.startswith("FROM ")]
+    assert ["FROM", "base", "AS", "mercure"] in stages
+    assert stages[-1][-1] == "app"  # `docker build .` still gives the web app
+    mercure = text.split("AS mercure", 1)[1].split("FROM ", 1)[0]
+    assert 'CMD ["python", "-m", "watcher.mercure"]' in mercure
+    assert text.rstrip().endswith('CMD ["python", "app.py"]')

@@ -358,3 +358,30 @@ def test_orthanc_sends_two_series_at_once_and_gets_the_seg_back_voxel_for_voxel(
         source = pydicom.dcmread(paths[0])
         for value in (source.PatientName, source.PatientID):
             assert str(value) not in log_text
+
+
+@needs_orthanc
+def test_orthanc_routes_stable_ct_series_with_the_documented_lua_script(tmp_path):
+    inbox, outbox = make_dirs(tmp_path)
+    node_port = free_port()
+    script = REPO / "deploy" / "orthanc" / "pengwin-route.lua"
+    pacs = Orthanc(tmp_path / "pacs", {"pengwin": ("PENGWIN", "127.0.0.1", node_port)},
+                   lua_scripts=(script,))
+    cmd = watcher_cmd(inbox, outbox, "--dicom-port", str(node_port), "--dicom-host", "127.0.0.1",
+                      "--calling-aets", "ORTHANC,TESTSCU", "--settle-seconds", "1")
+    node = subprocess.Popen(cmd, cwd=REPO, env=watcher_env(), stderr=subprocess.DEVNULL)
+    pacs.start()
+    try:
+        assert wait_for(lambda: node_is_up(node_port), 120, interval=0.5)
+        ct = factory.write_files(factory.make_series(n_slices=14), tmp_path / "ct")
+        mr = factory.write_files(factory.mr_series(n_slices=6), tmp_path / "mr")
+        pacs.upload(ct + mr)  # only uploaded: Orthanc routes the CT by itself once stable
+        assert wait_for(lambda: len(outputs(outbox)) == 1, 120), pacs.log_tail()
+        time.sleep(4.0)  # the MR series is stable too by now: it must not have been sent
+    finally:
+        node.kill()
+        node.wait(timeout=30)
+        pacs.stop()
+    (job,) = outputs(outbox)
+    assert read_volume(job / "ct.nii.gz").shape[0] == 14
+    assert not list(inbox.glob("dicom-*")) and not staged_files(inbox / ".pengwin-work")
