@@ -37,7 +37,9 @@ from pengwin_demo.seg_export import write_dicom_seg
 from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
 from pengwin_demo.volume import Volume, resample_onto
 from test_watcher import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
-from watcher import WatcherConfig
+from test_watcher_support import convert_process
+from watcher import WatcherConfig, WatcherService
+from watcher.arrival import InboxScanner
 from watcher.dicom_node import DicomReceiver, StoreStatus
 from watcher.jobs import JobStore
 from watcher.send import Destination, ResultSender
@@ -244,6 +246,27 @@ def test_failed_send_backs_off_then_reaches_orthanc_and_a_dead_pacs_ends_in_fail
     assert "could not be reached" in error and "3 tries" in error and str(job_dir) in error
     assert json.loads((failed / "job-b.json").read_text())["output"] == str(job_dir)
     assert not sender.entries()
+
+
+def test_finished_jobs_are_queued_for_sending_also_when_published_before_a_crash(tmp_path):
+    inbox, outbox = make_dirs(tmp_path)
+    factory.write_files(factory.make_series(n_slices=10), inbox / "s1")
+    cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0,
+                        send_to=f"127.0.0.1:{free_port()}:PACS")
+    store = JobStore(cfg)
+    store.prepare()
+    crashed = store.claim(InboxScanner(cfg).scan().ready[0])  # published, then killed
+    tmp = store.temp_output_dir(crashed)
+    convert_process(crashed.input_path, tmp)
+    store.publish(crashed, tmp)
+    crashed.release()
+    factory.write_files(factory.make_series(n_slices=10), inbox / "s2")
+    sender = ResultSender(cfg, record=store.record)
+    counts = WatcherService(cfg, process=convert_process, on_done=sender.enqueue).run_once(timeout=30)
+    assert counts["done"] == 1 and counts["failed"] == 0  # the crashed job was not redone
+    queued = {e["job_id"]: e["output"] for e in sender.entries()}
+    assert set(queued) == {p.name for p in outputs(outbox)} and crashed.job_id in queued
+    assert all(Path(out).is_dir() for out in queued.values())
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
