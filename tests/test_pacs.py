@@ -408,3 +408,52 @@ def test_orthanc_routes_stable_ct_series_with_the_documented_lua_script(tmp_path
     (job,) = outputs(outbox)
     assert read_volume(job / "ct.nii.gz").shape[0] == 14
     assert not list(inbox.glob("dicom-*")) and not staged_files(inbox / ".pengwin-work")
+
+
+@needs_orthanc
+def test_orthanc_transfer_cut_by_kill9_then_sent_again_is_one_complete_job(tmp_path):
+    inbox, outbox = make_dirs(tmp_path)
+    work = inbox / ".pengwin-work"
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "pacs", {"pengwin": ("PENGWIN", "127.0.0.1", node_port)}).start()
+    cmd = watcher_cmd(inbox, outbox, "--dicom-port", str(node_port), "--dicom-host", "127.0.0.1",
+                      "--settle-seconds", "2")
+    files = factory.write_files(factory.make_series(n_slices=80), tmp_path / "ct")
+    node = None
+    try:
+        (series_id,) = {a["ParentSeries"] for a in pacs.upload(files)}
+        node = subprocess.Popen(cmd, cwd=REPO, env=watcher_env(), stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: node_is_up(node_port), 120, interval=0.5)
+        errors = []
+
+        def store() -> None:
+            try:
+                pacs.store("pengwin", [series_id])
+            except OSError as err:  # urllib's HTTPError: the store job failed
+                errors.append(err)
+
+        sending = threading.Thread(target=store)
+        sending.start()
+        assert wait_for(lambda: len(staged_files(work)) >= 10, 60, interval=0.02)
+        node.kill()  # mid-transfer
+        node.wait(timeout=30)
+        sending.join(timeout=120)
+        staged = staged_files(work)
+        assert errors and 10 <= len(staged) < 80  # Orthanc saw the transfer fail half-way
+        assert all(len(pydicom.dcmread(p).PixelData) > 0 for p in staged)  # none truncated
+
+        node = subprocess.Popen(cmd, cwd=REPO, env=watcher_env(), stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: node_is_up(node_port), 120, interval=0.5)
+        pacs.store("pengwin", [series_id])  # the PACS operator (or a retry) sends it again
+        assert wait_for(lambda: len(outputs(outbox)) == 1, 120)
+        time.sleep(3.0)  # past the settle time: no second job appears
+        node.kill()
+        node.wait(timeout=30)
+    finally:
+        if node is not None and node.poll() is None:
+            node.kill()
+        pacs.stop()
+    (job,) = outputs(outbox)
+    assert read_volume(job / "ct.nii.gz").shape[0] == 80
+    states = [json.loads(line).get("state") for line in (work / "history.jsonl").read_text().splitlines()]
+    assert states.count("done") == 1 and "failed" not in states
