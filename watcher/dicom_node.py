@@ -244,11 +244,9 @@ class DicomReceiver:
         for context in AllStoragePresentationContexts:
             # CT in any transfer syntax the loader can decode; other classes are accepted
             # at negotiation only so that each instance gets a clear refusal status
-            syntaxes = ALL_TRANSFER_SYNTAXES if context.abstract_syntax in CT_STORAGE_SOP_CLASSES else None
-            if syntaxes:
-                ae.add_supported_context(context.abstract_syntax, syntaxes)
-            else:
-                ae.add_supported_context(context.abstract_syntax)
+            uid = context.abstract_syntax
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES if uid in CT_STORAGE_SOP_CLASSES
+                                     else context.transfer_syntax)
         ae.require_calling_aet = list(self.settings.calling_aets)
         ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs for big images
         return ae
