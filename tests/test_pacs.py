@@ -38,7 +38,7 @@ from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
 from pengwin_demo.volume import Volume, resample_onto
 from test_watcher import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
 from test_watcher_support import convert_process
-from watcher import WatcherConfig, WatcherService
+from watcher import WatcherConfig, WatcherService, load_config
 from watcher.arrival import InboxScanner
 from watcher.dicom_node import DicomReceiver, StoreStatus
 from watcher.jobs import JobStore
@@ -194,11 +194,23 @@ def test_destination_and_receiver_settings_are_checked(tmp_path):
     for bad in ("pacs:ORTHANC", "pacs:0:ORTHANC", "pacs:4242:", "pacs:4242:WAY_TOO_LONG_AE_TITLE"):
         with pytest.raises(InputError, match="HOST:PORT:AET"):
             Destination.parse(bad)
+    env = {"PENGWIN_WATCHER_DICOM_PORT": "11112", "PENGWIN_WATCHER_SEND_TO": "pacs:4242:ORTHANC",
+           "PENGWIN_WATCHER_SEND_STL": "yes"}
+    cfg = load_config({"inbox": "in", "outbox": "out", "ae_title": "NODE1"}, environ=env)
+    assert (cfg.dicom_port, cfg.send_to, cfg.send_stl, cfg.ae_title) == (
+        11112, "pacs:4242:ORTHANC", True, "NODE1")
     cfg = WatcherConfig(inbox=tmp_path / "in", outbox=tmp_path / "out", dicom_port=70000)
     with pytest.raises(InputError, match="TCP port"):
         DicomReceiver.from_config(cfg)
     with pytest.raises(InputError, match="AE title"):
         DicomReceiver.from_config(cfg.with_(dicom_port=11112, ae_title="A" * 17))
+    inbox, outbox = make_dirs(tmp_path)
+    for extra, message in ((["--send-to", "pacs:ORTHANC"], "HOST:PORT:AET"),
+                           (["--dicom-port", "11112", "--once"], "--once")):
+        result = subprocess.run(watcher_cmd(inbox, outbox, *extra), cwd=REPO, env=watcher_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
 
 
 @needs_orthanc
