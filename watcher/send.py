@@ -76,7 +76,10 @@ def result_datasets(output_dir: Path, with_stl: bool) -> list[Dataset]:
     """The DICOM instances to send for one job: its SEG, then its meshes (if asked).
 
     Empty when the job wrote no SEG (no fragments found, or input that was not DICOM).
+    Raises FileNotFoundError when the job's output folder is gone.
     """
+    if not Path(output_dir).is_dir():
+        raise FileNotFoundError(f"the job's output folder {output_dir} is gone")
     seg_path = Path(output_dir) / SEG_NAME
     if not seg_path.is_file():
         return []
