@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 ORTHANC_BIN = shutil.which("Orthanc") or (
     "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
@@ -140,3 +141,20 @@ class Orthanc:
 
     def instance_file(self, instance_id: str) -> bytes:
         return self.request("GET", f"/instances/{instance_id}/file")
+
+
+def seg_process(input_path: Path, out_dir: Path):
+    """A light ``process`` for ``python -m watcher --process``: the real DICOM loader, a
+    box-shaped "fragment" and the real DICOM SEG writer (so there is a SEG to send)."""
+    import numpy as np
+
+    from pengwin_demo.dicom import load_ct
+    from pengwin_demo.seg_export import write_dicom_seg
+
+    ct = load_ct(input_path)
+    array = np.zeros(ct.volume.shape, np.uint8)
+    z, y, x = (s // 2 for s in ct.volume.shape)
+    array[z - 2:z + 2, y - 5:y + 5, x - 5:x + 5] = 11
+    labels = ct.volume.with_array(array)
+    _path, warnings = write_dicom_seg(labels, ct.dicom_headers, Path(out_dir) / "segmentation.dcm")
+    return SimpleNamespace(warnings=warnings)

@@ -281,6 +281,29 @@ def test_finished_jobs_are_queued_for_sending_also_when_published_before_a_crash
     assert all(Path(out).is_dir() for out in queued.values())
 
 
+@needs_orthanc
+def test_once_with_send_to_processes_the_inbox_and_sends_before_exit(tmp_path):
+    inbox, outbox = make_dirs(tmp_path)
+    files = factory.write_files(factory.make_series(n_slices=12), inbox / "series")
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID  # the files move into the job
+    pacs = Orthanc(tmp_path / "pacs", {}).start()
+    try:
+        cmd = [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
+               "--process", "orthanc_support:seg_process", "--settle-seconds", "0", "--once",
+               "--send-to", f"127.0.0.1:{pacs.dicom_port}:ORTHANC"]
+        result = subprocess.run(cmd, cwd=REPO, env=watcher_env(), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "1 done, 0 failed, 0 left in the inbox, 0 sends pending" in result.stderr
+        (study,) = pacs.get("/studies")
+        (series,) = pacs.series_of_study(study)
+        assert series["MainDicomTags"]["Modality"] == "SEG"
+        seg = dataset(pacs.instance_file(series["Instances"][0]))
+        assert seg.StudyInstanceUID == study_uid
+    finally:
+        pacs.stop()
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
                     reason="dciodvfy (Debian package dicom3tools) not installed")
 def test_encapsulated_stl_passes_the_dicom_iod_validator(tmp_path):
