@@ -5,7 +5,10 @@
 #                           pengwin-demo python -m watcher --inbox /data/inbox \
 #                           --outbox /data/outbox --polling
 #   (inbox and work area must be on one mount: claiming a series is an atomic rename)
-FROM python:3.11-slim-bookworm
+#   DICOM node:           add  -p 11112:11112 ... --dicom-port 11112 --send-to PACS:4242:ORTHANC
+#   mercure module:       docker build --target mercure -t pengwin-mercure .
+#                         (mercure runs it with MERCURE_IN_DIR/MERCURE_OUT_DIR; docs/watcher.md)
+FROM python:3.11-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -28,5 +31,11 @@ COPY . .
 RUN useradd --create-home --uid 1000 pengwin && chown -R pengwin /app
 USER pengwin
 
-EXPOSE 7860
+# mercure processing module: reads $MERCURE_IN_DIR, writes DICOM results to $MERCURE_OUT_DIR
+FROM base AS mercure
+CMD ["python", "-m", "watcher.mercure"]
+
+# the default target (last stage): the web app
+FROM base AS app
+EXPOSE 7860 11112
 CMD ["python", "app.py"]

@@ -1,5 +1,8 @@
 """``python -m watcher --inbox IN --outbox OUT [--work DIR] [--polling] [--settle-seconds S] [--once]``.
 
+``--dicom-port PORT --ae-title TITLE`` also receives CT series over DICOM (C-STORE);
+``--send-to HOST:PORT:AET`` sends each job's DICOM SEG back to a PACS (docs/watcher.md).
+
 Settings also come from a config file (``--config FILE`` or ``PENGWIN_WATCHER_CONFIG``) and
 from ``PENGWIN_WATCHER_<KEY>`` environment variables; the command line wins.
 Without ``-v`` the log has one line per job event; the pipeline's own lines go to the
@@ -18,7 +21,13 @@ import sys
 from pengwin_demo.errors import InputError, ModelError
 
 from .config import load_config
+from .dicom_node import DicomReceiver
+from .jobs import JobStore
+from .send import ResultSender
 from .service import WatcherService
+
+NETWORK_KEYS = ("dicom_port", "dicom_host", "ae_title", "calling_aets", "send_to", "send_stl",
+                "send_max_attempts", "send_retry_seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="pipeline device: auto, cpu or cuda (default auto)")
     p.add_argument("--max-attempts", type=int, dest="max_attempts",
                    help="attempts before an interrupted job is failed (default 2)")
+    net = p.add_argument_group("DICOM network (a PACS sends series and gets the SEG back)")
+    net.add_argument("--dicom-port", type=int, dest="dicom_port",
+                     help="receive CT series by C-STORE on this TCP port (default off)")
+    net.add_argument("--dicom-host", dest="dicom_host",
+                     help="address the receiver binds to (default 0.0.0.0, every interface)")
+    net.add_argument("--ae-title", dest="ae_title", help="this node's AE title (default PENGWIN)")
+    net.add_argument("--calling-aets", dest="calling_aets", metavar="AET[,AET...]",
+                     help="only these calling AE titles may send (default any)")
+    net.add_argument("--send-to", dest="send_to", metavar="HOST:PORT:AET",
+                     help="C-STORE each job's DICOM SEG to this PACS (implies --dicom-seg)")
+    net.add_argument("--send-stl", action="store_const", const=True, default=None, dest="send_stl",
+                     help="with --send-to: also send each fragment mesh as Encapsulated STL")
+    net.add_argument("--send-max-attempts", type=int, dest="send_max_attempts",
+                     help="tries of a send before it goes to the failed area (default 6)")
+    net.add_argument("--send-retry-seconds", type=float, dest="send_retry_seconds",
+                     help="wait after a failed send, doubled each time (default 30)")
     p.add_argument("--once", action="store_true",
                    help="process what is in the inbox (after settling) and exit")
     p.add_argument("--timeout", type=float, default=None,
@@ -84,17 +109,33 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_job_events_only)
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
-            "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts")
+            "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts",
+            *NETWORK_KEYS)
+    receiver = sender = None
     try:
         config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
+        if config.send_to:
+            config = config.with_(dicom_seg=True)
+        if args.once and config.dicom_port:
+            raise InputError("--dicom-port runs a receiver, which --once would stop at once; "
+                             "run without --once (e.g. under systemd).")
         process = _import_callable(args.process) if args.process else None
-        service = WatcherService(config, process=process)
+        sender = ResultSender(config, record=JobStore(config).record) if config.send_to else None
+        service = WatcherService(config, process=process,
+                                 on_done=sender.enqueue if sender else None)
         if args.once:
             counts = service.run_once(timeout=args.timeout)
+            left = sender.drain(timeout=args.timeout) if sender else 0
             logging.getLogger("watcher").info(
-                "once: %d done, %d failed, %d left in the inbox",
-                counts["done"], counts["failed"], counts["left"])
+                "once: %d done, %d failed, %d left in the inbox, %d sends pending",
+                counts["done"], counts["failed"], counts["left"], left)
             return 0
+        if config.dicom_port:
+            receiver = DicomReceiver.from_config(config)
+            JobStore(config).prepare()  # the staging area must be on the inbox's filesystem
+            receiver.start()
+        if sender:
+            sender.start()
         interrupted = []
 
         def _graceful(signum, _frame):
@@ -114,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        for part in (receiver, sender):
+            if part is not None:
+                part.stop()
 
 
 if __name__ == "__main__":

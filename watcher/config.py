@@ -70,6 +70,25 @@ class WatcherConfig:
         stays queued and is retried after this long (default 60 s).
     device : str
         Device for the default pipeline ("auto", "cpu", "cuda").
+    dicom_port : int
+        Also receive CT series by DICOM C-STORE on this TCP port (0: off); see
+        :mod:`watcher.dicom_node`.
+    dicom_host : str
+        Address the DICOM receiver binds to (default every interface).
+    ae_title : str
+        This node's AE title (the receiver's, and the calling AE title when sending).
+    calling_aets : str
+        Comma-separated calling AE titles allowed to send to the receiver (empty: any).
+    send_to : str
+        ``HOST:PORT:AET`` of a PACS to C-STORE each job's DICOM SEG to (empty: off);
+        see :mod:`watcher.send`.
+    send_stl : bool
+        With ``send_to``: also send each fragment mesh as an Encapsulated STL instance.
+    send_max_attempts : int
+        Tries of a send before it goes to the failed area.
+    send_retry_seconds : float
+        Wait after the first failed send; doubled after each further failure (at most
+        one hour).
     """
 
     inbox: Path
@@ -89,6 +108,14 @@ class WatcherConfig:
     retry_seconds: float = 60.0
     device: str = "auto"
     history_max_bytes: int = 5_000_000
+    dicom_port: int = 0
+    dicom_host: str = "0.0.0.0"
+    ae_title: str = "PENGWIN"
+    calling_aets: str = ""
+    send_to: str = ""
+    send_stl: bool = False
+    send_max_attempts: int = 6
+    send_retry_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         inbox = Path(self.inbox).expanduser().absolute()

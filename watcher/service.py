@@ -41,6 +41,11 @@ from .split import plan_split
 
 log = logging.getLogger("watcher")
 
+DoneFn = Callable[[str, Path], None]
+"""``on_done(job_id, output_dir)``: called once the outputs are published, before the job
+folder is removed (again for a recovered job whose outputs were complete), so it must be
+idempotent. Exceptions are logged, not raised."""
+
 ProcessFn = Callable[[Path, Path], Any]
 """``process(input_path, out_dir)``: read the input, write every output into ``out_dir``.
 
@@ -130,10 +135,15 @@ class WatcherService:
         ``process(input_path, out_dir)``; overrides ``pipeline``. Default: the
         process-wide ``pengwin_demo.pipeline.get_pipeline(device=config.device)``, its
         models loaded on :meth:`start` (a :class:`ModelError` is raised there).
+    on_done : callable, optional
+        ``on_done(job_id, output_dir)`` after each successful job (see :data:`DoneFn`),
+        e.g. :meth:`watcher.send.ResultSender.enqueue`.
     """
 
-    def __init__(self, config: WatcherConfig, pipeline: Any = None, process: ProcessFn | None = None):
+    def __init__(self, config: WatcherConfig, pipeline: Any = None, process: ProcessFn | None = None,
+                 on_done: DoneFn | None = None):
         self.config = config
+        self._on_done = on_done
         self.store = JobStore(config)
         self.scanner = InboxScanner(config)
         self._pipeline = pipeline
@@ -390,6 +400,7 @@ class WatcherService:
             self.store.record({"job_id": job.job_id, "state": "done",
                                "output": str(self.store.output_dir(job))})
             log.info("job %s done (outputs were already complete)", job.job_id)
+            self._notify_done(job)
             self.store.finish(job)
             return
         if meta["attempts"] > self.config.max_attempts:
@@ -473,6 +484,7 @@ class WatcherService:
         self.counts["done"] += 1
         log.info("job %s done in %.1f s%s", job.job_id, seconds,
                  f" with {len(warnings)} warning(s)" if warnings else "")
+        self._notify_done(job)
         self.store.finish(job)
         self._write_status(force=True)
 
@@ -536,6 +548,14 @@ class WatcherService:
                     job.job_id, self.config.retry_seconds)
         job.release()
         self._write_status(force=True)
+
+    def _notify_done(self, job: Job) -> None:
+        if self._on_done is None:
+            return
+        try:
+            self._on_done(job.job_id, self.store.output_dir(job))
+        except Exception:  # the job is done; a failing follow-up must not undo that
+            log.exception("job %s: the step after the job failed", job.job_id)
 
     def _precheck(self, job: Job) -> str | None:
         kind = job.meta.get("kind")
