@@ -22,11 +22,12 @@ from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.meshes import stl_name
+from pengwin_demo.models import bundled_models_dir
 from pengwin_demo.pipeline import STAGES, Pipeline
 from pengwin_demo.volume import Volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = bundled_models_dir()
 HAVE_BUNDLED = (MODELS / "anatomy" / "plans.json").is_file() and (MODELS / "abbc" / "plans.json").is_file()
 
 
@@ -298,7 +299,7 @@ def test_bad_mesh_detail_is_refused(tmp_path):
 
 
 # -- with the bundled demo models ----------------------------------------------------------
-needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason="bundled demo models not installed in models/")
+needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason=f"bundled demo models not found in {MODELS}")
 
 
 @needs_models

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import resources
 from pathlib import Path
 
 from ..errors import ModelError
@@ -36,27 +37,39 @@ from .totalsegmentator import (
 )
 
 __all__ = [
-    "EXPECTED_LABELS", "MODELS_DIR", "MODEL_KINDS", "SegmentationModel", "TotalSegmentatorAnatomy",
-    "abbc_model", "anatomy_model", "bundled_model_path", "clear_model_cache", "export_model_zip",
-    "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
+    "EXPECTED_LABELS", "MODEL_KINDS", "SegmentationModel", "TotalSegmentatorAnatomy",
+    "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "clear_model_cache",
+    "export_model_zip", "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
     "totalsegmentator_missing_weights", "totalsegmentator_weights_dir",
 ]
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-"""Folder of the bundled demo models (one nnU-Net results folder per kind)."""
+
+def bundled_models_dir() -> Path:
+    """Folder of the bundled demo models: package data, one nnU-Net results folder per kind.
+
+    Found through :mod:`importlib.resources`, so it is the same in a source checkout, an
+    editable install and an installed wheel.
+    """
+    root = resources.files(__name__).joinpath("bundled")
+    if not isinstance(root, Path):  # nnU-Net and torch read checkpoints from real files
+        raise ModelError(
+            f"the bundled models are inside an archive ({root}); install the package "
+            "as files (`pip install .` from the project folder), not as a zipped package."
+        )
+    return root
 
 
 def bundled_model_path(kind: str) -> Path:
     """Folder of the bundled demo model for ``kind`` ("anatomy" or "abbc").
 
-    The demo models were trained on synthetic phantoms only (see models/*/MODEL_CARD.md);
+    The demo models were trained on synthetic phantoms only (see their MODEL_CARD.md);
     they are not for clinical use.
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
-    path = MODELS_DIR / kind
+    path = bundled_models_dir() / kind
     if not (path / "plans.json").is_file():
         raise ModelError(
             f"the bundled {kind} model is missing ({path}). Reinstall the project, or rebuild "
