@@ -46,6 +46,7 @@ def test_ci_treats_no_tests_collected_as_success(tmp_path):
 def test_dockerfile_installs_requirements_and_serves_app_on_7860():
     text = (REPO / "Dockerfile").read_text()
     assert "pip install -r requirements.txt" in text
+    assert "pip install --no-deps ." in text  # the package: console scripts, bundled models
     assert "EXPOSE 7860" in text and "GRADIO_SERVER_PORT=7860" in text
     assert 'CMD ["python", "app.py"]' in text
     assert "python -m watcher" in text  # the other documented command
