@@ -11,8 +11,8 @@
 # THREADS (torch threads per process), EVAL_CASES (held-out full-size phantoms, default 3),
 # MAX_MINUTES (training time budget per model; the learning rate decays over it; EPOCHS then
 # only caps the run), ITERS (iterations per epoch). A WORK folder that already holds the
-# phantoms' nnU-Net datasets and preprocessed `3d_demo` data is reused as it is (the GPU
-# lease copies one in, so the GPU machine needs no phantom generation or SimpleITK I/O).
+# phantoms' nnU-Net datasets and preprocessed `3d_demo` data is reused as it is (prepare it on
+# another machine and copy it in: the GPU machine then needs no phantom generation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

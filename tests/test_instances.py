@@ -278,8 +278,8 @@ def test_instance_straddling_two_bones_is_split_by_anatomy(toy):
 def _two_blocks_and_a_neck(wall: bool) -> tuple[np.ndarray, np.ndarray]:
     """Two cored blocks of bone joined by a 2 x 2 voxel neck of boundary (x 26-34).
 
-    ``wall=False``: one fragment with two cores, no border anywhere (issue #6: a core split
-    in two must stay one fragment). ``wall=True``: the blocks are two fragments of the bone
+    ``wall=False``: one fragment with two cores, no border anywhere (a core split in two
+    must stay one fragment). ``wall=True``: the blocks are two fragments of the bone
     that touch face to face, with a border wall two voxels a side and a 2 x 2 hole of
     boundary in it (a gap in a predicted wall). Returns (abbc, ground-truth labels)."""
     shape = (20, 20, 62)

@@ -64,3 +64,20 @@ def test_requirements_pin_compatible_torch_and_nnunet():
     for needed in ("simpleitk", "pydicom", "connected-components-3d", "edt", "scikit-fmm",
                    "trimesh", "gradio", "watchdog", "highdicom", "pylibjpeg-openjpeg"):
         assert needed in reqs, needed
+
+
+def test_the_repository_speaks_only_of_the_software():
+    # written so that these lines do not match themselves
+    pattern = re.compile(r"gpu[._ -]leas[e]|this\s+workplace|device\s+time|lent\s+gpu|\bleas[e]\b|"
+                         r"issue\s+#\d|DESIGN\.md", re.I)
+    suffixes = {".py", ".md", ".sh", ".toml", ".txt", ".cfg", ".yml", ".yaml", ".service"}
+    skip = {".git", "__pycache__", "build", ".pytest_cache"}
+    found = []
+    for path in REPO.rglob("*"):
+        if skip & set(path.relative_to(REPO).parts) or not path.is_file():
+            continue
+        if path.suffix in suffixes or path.name in ("Dockerfile", "run"):
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()[:80]}")
+    assert not found, "\n".join(found)
