@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from pengwin_demo.errors import InputError, ModelError
+from pengwin_demo.errors import InputError, exit_status
 
 from .config import load_config
 from .service import WatcherService
@@ -71,37 +71,34 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return exit_status(lambda: _serve(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
             "polling", "keep_inputs", "dicom_seg", "device", "max_attempts")
-    try:
-        config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
-        process = _import_callable(args.process) if args.process else None
-        service = WatcherService(config, process=process)
-        if args.once:
-            counts = service.run_once(timeout=args.timeout)
-            logging.getLogger("watcher").info(
-                "once: %d done, %d failed, %d left in the inbox",
-                counts["done"], counts["failed"], counts["left"])
-            return 0
-        interrupted = []
-
-        def _graceful(signum, _frame):
-            if interrupted:
-                raise KeyboardInterrupt
-            interrupted.append(signum)
-            logging.getLogger("watcher").info("stopping after the current job (signal %d)", signum)
-            service.stop(timeout=0)
-
-        signal.signal(signal.SIGTERM, _graceful)
-        signal.signal(signal.SIGINT, _graceful)
-        service.run_forever()
+    config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
+    process = _import_callable(args.process) if args.process else None
+    service = WatcherService(config, process=process)
+    if args.once:
+        counts = service.run_once(timeout=args.timeout)
+        logging.getLogger("watcher").info(
+            "once: %d done, %d failed, %d left in the inbox",
+            counts["done"], counts["failed"], counts["left"])
         return 0
-    except (InputError, ModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    interrupted = []
+
+    def _graceful(signum, _frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        logging.getLogger("watcher").info("stopping after the current job (signal %d)", signum)
+        service.stop(timeout=0)
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    service.run_forever()
+    return 0
 
 
 if __name__ == "__main__":
