@@ -59,6 +59,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 
 from .errors import InputError
 from .labels import BONES
@@ -194,6 +195,52 @@ def bounding_radius(mask: np.ndarray, *, offset_zyx_vox=(0, 0, 0), spacing_zyx_m
         points = points * np.asarray(spacing_zyx_mm, dtype=np.float64)
     center = np.mean(points, axis=0)
     return float(np.max(np.linalg.norm(points - center, axis=1)))
+
+
+# --------------------------------------------------------------------------- brute force
+def reference_surface_points_mm(
+    mask: np.ndarray,
+    spacing_zyx_mm,
+    *,
+    sample_size: int | None = OFFICIAL_SAMPLE_SIZE,
+    seed: int = OFFICIAL_SEED,
+) -> np.ndarray:
+    """:func:`surface_points_mm` computed the template's way, on the whole grid.
+
+    scipy's ``binary_dilation & ~binary_erosion`` (6-connected), ``argwhere``, a draw with
+    replacement, times the spacing. Slow; the yardstick tests and benchmarks hold the fast
+    functions against.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, 3)
+        (z, y, x) positions in mm.
+    """
+    struct = ndi.generate_binary_structure(3, 1)
+    shell = ndi.binary_dilation(mask, struct) & ~ndi.binary_erosion(mask, struct)
+    points = np.argwhere(shell)
+    if sample_size is not None and len(points) > sample_size:
+        points = points[np.random.RandomState(seed).randint(0, len(points), size=sample_size)]
+    return points * np.asarray(spacing_zyx_mm, dtype=np.float64)
+
+
+def reference_surface_distances_mm(points_a: np.ndarray, points_b: np.ndarray,
+                                   block: int = 2000) -> tuple[float, float]:
+    """:func:`surface_distances_mm` by brute force: every pairwise distance.
+
+    The template's dense ``cdist`` matrix, taken ``block`` rows at a time so that it needs
+    ``block x M`` floats rather than ``N x M``.
+    """
+    if len(points_a) == 0 or len(points_b) == 0:
+        return math.inf, math.inf
+    d_ab = np.empty(len(points_a), np.float32)
+    d_ba = np.full(len(points_b), np.inf, np.float32)
+    for start in range(0, len(points_a), block):
+        d = cdist(points_a[start:start + block], points_b).astype(np.float32)
+        d_ab[start:start + block] = d.min(axis=1)
+        d_ba = np.minimum(d_ba, d.min(axis=0))
+    hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+    return float(hd95), float((d_ab.mean() + d_ba.mean()) / 2)
 
 
 # --------------------------------------------------------------------------- one case
