@@ -17,7 +17,7 @@ import pytest
 
 from pengwin_demo.abbc import abbc_targets
 from pengwin_demo.labels import ABBC_BORDER, ABBC_CORE, anatomy_from_fragments
-from test_abbc_support import (
+from _helpers.abbc_checks import (
     SACRUM,
     best_ious,
     check_all,

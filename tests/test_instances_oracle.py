@@ -17,9 +17,8 @@ import pytest
 from pengwin_demo import abbc_noise
 from pengwin_demo.instances import recover_fragments
 from pengwin_demo.labels import ABBC_CORE, anatomy_from_fragments
+from pengwin_demo.metrics import fragment_iou, merge_small_fragments
 from pengwin_demo.volume import bounding_box
-
-from test_instances import fragment_iou, merge_small_fragments
 
 abbc_mod = pytest.importorskip("pengwin_demo.abbc")
 

@@ -230,7 +230,7 @@ def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
 
 
 def test_dicom_input_with_dicom_seg(tmp_path):
-    import dicom_factory as fac
+    from _helpers import dicom_factory as fac
     import highdicom as hd
 
     dss = fac.make_series(n_slices=30, rows=56, columns=128, pixel_spacing_rc_mm=(1.0, 1.1),

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import dicom_factory as fac
+from _helpers import dicom_factory as fac
 import highdicom as hd
 import numpy as np
 import pytest

@@ -81,3 +81,25 @@ def test_the_repository_speaks_only_of_the_software():
                 if pattern.search(line):
                     found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()[:80]}")
     assert not found, "\n".join(found)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_no_test_or_benchmark_imports_a_test_module_or_a_benchmark():
+    bad = []
+    for path in sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "benchmarks").glob("*.py")]):
+        for name in _imported_modules(path):
+            top = name.split(".")[0]
+            if top.startswith(("test_", "bench_", "conftest")) or top in ("tests", "benchmarks"):
+                bad.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -18,13 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dicom_factory as factory
 from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume
-from test_watcher import (REPO, SIEMENS, drop, failed_jobs, make_dirs, outputs, wait_for,
-                          watcher_env)
-from test_watcher_support import oracle_case
 from watcher import WatcherConfig, WatcherService
+
+from _helpers import dicom_factory as factory
+from _helpers.watcher_jobs import (
+    REPO,
+    SIEMENS,
+    drop,
+    failed_jobs,
+    make_dirs,
+    oracle_case,
+    outputs,
+    wait_for,
+    watcher_env,
+)
 
 pytest.importorskip("pengwin_demo.phantom_dicom", reason="phantom DICOM writer not available")
 from pengwin_demo.phantom_dicom import write_dicom_series  # noqa: E402
@@ -94,7 +103,7 @@ def test_kill9_during_a_real_pipeline_job_then_restart(tmp_path):
     drop(tmp_path / "staging" / "phantom", inbox)
     history = inbox / ".pengwin-work" / "history.jsonl"
     args = [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
-            "--settle-seconds", "0.3", "--process", "test_watcher_support:oracle_pipeline_process"]
+            "--settle-seconds", "0.3", "--process", "_helpers.watcher_jobs:oracle_pipeline_process"]
     env = watcher_env(WATCHER_TEST_PHANTOM_SEED=str(ORACLE_SEED))
     proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     try:

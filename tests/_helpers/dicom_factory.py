@@ -32,6 +32,7 @@ from pydicom.uid import (
 )
 
 from pengwin_demo.phantom_dicom import SeriesUids, image_slice
+from pengwin_demo.volume import Volume
 
 PATIENT_NAME = "Doe^Jane^Q"
 PATIENT_ID = "PID-8675309"
@@ -233,3 +234,15 @@ def mr_series(**kw) -> list[Dataset]:
     """An MR series (no rescale), otherwise like :func:`make_series`."""
     kw.setdefault("description", "T2 TSE ax")
     return make_series(modality="MR", sop_class_uid=MRImageStorage, intercept=0.0, **kw)
+
+
+def world_field(vol: Volume) -> np.ndarray:
+    """field_hu at the LPS centre of every voxel of ``vol`` (z, y, x)."""
+    idx = np.indices(vol.shape).reshape(3, -1).T
+    return field_hu(vol.index_to_world(idx)).reshape(vol.shape)
+
+
+def assert_on_field(vol: Volume, tol_hu: float) -> None:
+    """Every voxel holds the synthetic field value of the place the geometry says it is."""
+    err = np.abs(vol.array.astype(np.float64) - world_field(vol))
+    assert err.max() <= tol_hu, f"max deviation {err.max():.2f} HU"
