@@ -26,7 +26,6 @@ from pengwin_demo.models import bundled_models_dir
 from pengwin_demo.pipeline import STAGES, Pipeline
 from pengwin_demo.volume import Volume
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = bundled_models_dir()
 HAVE_BUNDLED = (MODELS / "anatomy" / "plans.json").is_file() and (MODELS / "abbc" / "plans.json").is_file()
 
@@ -304,12 +303,10 @@ needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason=f"bundled demo models
 
 @needs_models
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "dicom_ct_siemens").exists(),
-                    reason="real test data ../shared/data/dicom_ct_siemens not present")
-def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys):
+def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys, siemens_series_dir):
     from pengwin_demo.__main__ import main
 
-    rc = main(["segment", str(DATA / "dicom_ct_siemens"), "-o", str(tmp_path / "out"),
+    rc = main(["segment", str(siemens_series_dir), "-o", str(tmp_path / "out"),
                "--device", "cpu", "--dicom-seg", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out

@@ -39,10 +39,6 @@ from _helpers.watcher_jobs import (
     watcher_env,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SIEMENS = DATA / "dicom_ct_siemens"
-needs_siemens = pytest.mark.skipif(
-    not SIEMENS.is_dir(), reason=f"real DICOM series not found at {SIEMENS} (../shared/data absent)")
 
 
 def series_files(folder: Path, n_slices: int, **kw) -> list[Path]:
@@ -165,12 +161,11 @@ def test_marker_ends_the_wait_and_settle_holds_otherwise(tmp_path):
     assert sorted(p.name for p in inbox.iterdir()) == [".pengwin-work", "no_marker"]
 
 
-@needs_siemens
-def test_real_series_as_folder_zip_and_loose_files_present_at_start(tmp_path):
+def test_real_series_as_folder_zip_and_loose_files_present_at_start(tmp_path, siemens_series_dir):
     inbox, outbox = make_dirs(tmp_path)
-    shutil.copytree(SIEMENS, inbox / "siemens")
-    factory.zip_folder(SIEMENS, inbox / "siemens.zip")
-    for path in sorted(SIEMENS.iterdir()):          # loose files of the real series
+    shutil.copytree(siemens_series_dir, inbox / "siemens")
+    factory.zip_folder(siemens_series_dir, inbox / "siemens.zip")
+    for path in sorted(siemens_series_dir.iterdir()):          # loose files of the real series
         shutil.copy(path, inbox / path.name)
     series_files(tmp_path / "phantom", 14)          # and loose files of a second series
     for path in (tmp_path / "phantom").iterdir():

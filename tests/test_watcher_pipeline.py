@@ -25,7 +25,6 @@ from watcher import WatcherConfig, WatcherService
 from _helpers import dicom_factory as factory
 from _helpers.watcher_jobs import (
     REPO,
-    SIEMENS,
     drop,
     failed_jobs,
     make_dirs,
@@ -139,17 +138,19 @@ def bundled_pipeline():
 
 
 @pytest.mark.slow
-def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled_pipeline):
+def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled_pipeline,
+                                                               siemens_series_dir_if_present):
+    siemens = siemens_series_dir_if_present
     ct, _truth, _ = oracle_case(ORACLE_SEED)
     inbox, outbox = make_dirs(tmp_path)
     write_dicom_series(ct, tmp_path / "staging" / "phantom")
     n_phantom = len(list((tmp_path / "staging" / "phantom").iterdir()))
     drop(tmp_path / "staging" / "phantom", inbox)
-    if SIEMENS.is_dir():
-        shutil.copytree(SIEMENS, inbox / "siemens")
+    if siemens:
+        shutil.copytree(siemens, inbox / "siemens")
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.5)
     counts = WatcherService(cfg, pipeline=bundled_pipeline).run_once(timeout=900)
-    n_good = 2 if SIEMENS.is_dir() else 1
+    n_good = 2 if siemens else 1
     assert counts == {"done": n_good, "failed": 0, "left": 0}, [
         (f / "error.txt").read_text() for f in failed_jobs(cfg)]
     by_files = {json.loads((j / "job.json").read_text())["files"]: j for j in outputs(outbox)}
@@ -160,6 +161,6 @@ def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled
     # the bootstrap demo models are weak: fragments, or a warning that says why there are none
     assert labels.array.any() or meta["warnings"], meta
     assert len(list((phantom / "fragments").glob("*.stl"))) == len(np.unique(labels.array)) - 1
-    if SIEMENS.is_dir():  # upper abdomen, no pelvis: completes with a warning, not a failure
+    if siemens:  # upper abdomen, no pelvis: completes with a warning, not a failure
         meta = json.loads((by_files[20] / "job.json").read_text())
         assert meta["state"] == "done" and meta["warnings"], meta

@@ -6,16 +6,11 @@ Each check raises AssertionError with a message naming the fragment and what is 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cc3d
 import edt
 import numpy as np
 
 from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-SACRUM = DATA / "real_fracture_sacrum" / "fragments.nii.gz"
 
 
 def bone(label: int) -> int:

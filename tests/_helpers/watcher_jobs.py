@@ -22,8 +22,6 @@ from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-SIEMENS = DATA / "dicom_ct_siemens"
 
 
 def convert_process(input_path: Path, out_dir: Path) -> SimpleNamespace:
