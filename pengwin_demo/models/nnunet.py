@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, ModelError
+from ..labels import ABBC_CLASSES, ANATOMY_CLASSES
 from ..volume import Volume, resample_onto
 from .devices import resolve_device
 
@@ -38,10 +39,7 @@ log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("anatomy", "abbc")
 
-EXPECTED_LABELS: dict[str, dict[str, int]] = {
-    "anatomy": {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3},
-    "abbc": {"background": 0, "boundary": 1, "core": 2, "border": 3},
-}
+EXPECTED_LABELS: dict[str, dict[str, int]] = {"anatomy": ANATOMY_CLASSES, "abbc": ABBC_CLASSES}
 """The ``labels`` block a model's dataset.json must have to serve as each stage."""
 
 CANONICAL_ORIENTATION = "LPS"
