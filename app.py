@@ -39,7 +39,7 @@ KEEP_RESULTS_MINUTES = float(os.environ.get("PENGWIN_KEEP_RESULTS_MINUTES", "60"
 QUEUE_SIZE = int(os.environ.get("PENGWIN_QUEUE_SIZE", "16"))
 MESH_DETAIL = ["coarse", "normal", "fine"]
 DEVICES = ["auto", "cpu", "cuda"]
-BACKENDS = ["bundled", "totalsegmentator"]
+BACKENDS = ["auto", "bundled", "totalsegmentator"]
 
 _WORK_ROOT: Path | None = None
 """Folder of the per-request folders: made by the first request, removed at exit."""
@@ -219,12 +219,16 @@ def _summary_markdown(report: dict, warnings: list[str]) -> str:
     spacing = report.get("input", {}).get("spacing_zyx_mm")
     if spacing:
         paragraphs.append(f"Input spacing (z, y, x): {tuple(round(v, 2) for v in spacing)} mm.")
+    stage1 = report.get("models", {}).get("anatomy") or {}
+    if stage1.get("backend"):
+        paragraphs.append(f"Stage 1 (bones): {stage1['backend']}"
+                          + (f" ({stage1['name']})." if stage1.get("name") else "."))
     total_s = report.get("timings_s", {}).get("total")
     if total_s is not None:
         paragraphs.append(f"Processed in {total_s:.1f} s.")
     if warnings:
         paragraphs.append("\n".join(f"- ⚠️ {w}" for w in warnings))
-    paragraphs.append("*Research demo trained on synthetic phantoms: not for clinical use.*")
+    paragraphs.append("*Research software: not for clinical use.*")
     return "\n\n".join(paragraphs)
 
 
@@ -267,9 +271,9 @@ def build_demo(with_inbox: bool = False) -> gr.Blocks:
                                             elem_id="example-button")
                 with gr.Accordion("Options", open=False):
                     device = gr.Radio(DEVICES, value="auto", label="Device")
-                    backend = gr.Radio(BACKENDS, value="bundled", label="Stage 1 (bones)",
-                                       info="TotalSegmentator needs its weights installed; "
-                                            "without them the bundled model is used.")
+                    backend = gr.Radio(BACKENDS, value="auto", label="Stage 1 (bones)",
+                                       info="auto: TotalSegmentator where its weights are installed, "
+                                            "else the bundled model; the summary says which ran.")
                     detail = gr.Radio(MESH_DETAIL, value="normal", label="Mesh detail")
                 summary = gr.Markdown(elem_id="summary")
                 table = gr.Dataframe(headers=["label", "bone", "volume (mL)", "voxels"],

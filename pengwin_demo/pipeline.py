@@ -32,7 +32,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
+from .plausibility import BONE_HU, MIN_BONE_ML, check_anatomy
 from .upsample import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
@@ -70,16 +72,6 @@ _STAGE_START = {
 
 THICK_SLICE_MM = 2.5
 """Slices thicker than this get a warning: thin fracture lines may be missed."""
-
-MIN_BONE_ML = 50.0
-"""Less pelvic bone than this (Stage 1 voxels that are also bone-dense, see
-:data:`BONE_HU`) counts as "no pelvic bone found". A scan that covers even part of the
-pelvis holds hundreds of mL; a false Stage-1 hit on a vertebra or rib holds little."""
-
-BONE_HU = 150.0
-"""Stage-1 voxels count as bone for the "no pelvic bone" check only at or above this HU
-(cortical bone is 500-2000 HU, cancellous 150-400), so a model that marks soft tissue
-outside its training domain does not start Stage 2."""
 
 DEFAULT_CPU_MAX_VOXELS = 6_000_000
 """On the CPU, a model's input grid is coarsened until it holds at most this many voxels.
@@ -226,9 +218,11 @@ class Pipeline:
     device : str
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     anatomy : str or model
-        Stage 1: "bundled" (demo model), "totalsegmentator" (falls back to the bundled model
-        with a warning when its weights are missing), a path to an nnU-Net anatomy model
-        folder or zip, or any object with ``predict(Volume) -> uint8 array`` on that grid.
+        Stage 1: "auto" (default: TotalSegmentator where its weights are installed, else the
+        bundled model; the report says which ran), "bundled" (demo model),
+        "totalsegmentator" (falls back to the bundled model with a warning when its weights
+        are missing), a path to an nnU-Net anatomy model folder or zip, or any object with
+        ``predict(Volume) -> uint8 array`` on that grid.
     fragments : str or model
         Stage 2 (ABBC): "bundled", a path to an nnU-Net ABBC model, or an object as above.
     cpu_max_voxels : int or None
@@ -241,6 +235,16 @@ class Pipeline:
         Take the fragments from the model grid to the CT grid with smooth surfaces
         (:func:`pengwin_demo.upsample.smooth_labels_onto`, default) rather than nearest
         neighbour (2 mm blocks with the demo model).
+    stage2_margin_mm : float
+        Stage 2 runs on the CT cropped to the Stage-1 bone box plus this margin, mm
+        (:data:`pengwin_demo.bone_region.STAGE2_MARGIN_MM`).
+    stage2_mask_dilation_mm : float or None
+        Before Stage 2, voxels farther than this from Stage-1 bone are set to 0 HU, as in
+        the bone-masked training data (:mod:`pengwin_demo.bone_region`); None: no masking.
+    require_pelvis : bool
+        Refuse a scan in which the anatomy model finds fewer than two of the three bones
+        (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
+        A user's anatomy map is trusted to say which bones there are.
 
     Notes
     -----
@@ -251,14 +255,19 @@ class Pipeline:
     def __init__(
         self,
         device: str = "auto",
-        anatomy: Any = "bundled",
+        anatomy: Any = "auto",
         fragments: Any = "bundled",
         *,
         cpu_max_voxels: int | None = DEFAULT_CPU_MAX_VOXELS,
         min_bone_ml: float = MIN_BONE_ML,
         recovery_kwargs: dict[str, Any] | None = None,
         smooth_labels: bool = True,
+        stage2_margin_mm: float = STAGE2_MARGIN_MM,
+        stage2_mask_dilation_mm: float | None = STAGE2_MASK_DILATION_MM,
+        require_pelvis: bool = True,
     ):
+        if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
+            raise ValueError("stage2_margin_mm and stage2_mask_dilation_mm must be >= 0")
         self.device = device
         self.anatomy = anatomy
         self.fragments = fragments
@@ -266,6 +275,9 @@ class Pipeline:
         self.min_bone_ml = float(min_bone_ml)
         self.recovery_kwargs = dict(recovery_kwargs or {})
         self.smooth_labels = bool(smooth_labels)
+        self.stage2_margin_mm = float(stage2_margin_mm)
+        self.stage2_mask_dilation_mm = stage2_mask_dilation_mm
+        self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] | None = None
         self._model_warnings: list[str] = []
         self._load_lock = threading.Lock()
@@ -293,7 +305,7 @@ class Pipeline:
         else:
             anatomy, warnings = M.anatomy_model(str(self.anatomy), self.device)
             backend = "totalsegmentator" if isinstance(anatomy, M.TotalSegmentatorAnatomy) else (
-                "bundled" if str(self.anatomy) in ("bundled", "totalsegmentator") else "nnunet"
+                "bundled" if str(self.anatomy) in ("auto", "bundled", "totalsegmentator") else "nnunet"
             )
         if hasattr(self.fragments, "predict"):
             abbc, abbc_backend = self.fragments, "custom"
@@ -341,6 +353,7 @@ class Pipeline:
         series_uid: str | None = None,
         dicom_seg: bool = False,
         mesh_detail: str = "normal",
+        anatomy_map: str | os.PathLike | Volume | None = None,
     ) -> PipelineResult:
         """Segment one CT and write every output into ``out_dir``.
 
@@ -361,6 +374,10 @@ class Pipeline:
             fragment (otherwise ``paths["seg"]`` is None, without a warning).
         mesh_detail : {"fine", "normal", "coarse"}
             Mesh smoothing/decimation preset (see :mod:`pengwin_demo.meshes`).
+        anatomy_map : path-like or Volume, optional
+            Stage 1 from this map instead of the anatomy model: 0 background, 1 sacrum,
+            2 left hip, 3 right hip, on any grid covering the CT (resampled nearest); see
+            :func:`pengwin_demo.anatomy_map.read_anatomy_map`.
 
         Returns
         -------
@@ -379,9 +396,10 @@ class Pipeline:
             raise InputError(f"mesh detail must be one of {sorted(MESH_DETAILS)}, got {mesh_detail!r}")
         out_dir = Path(out_dir)
         with _RUN_LOCK:
-            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail)
+            return self._run(input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail, anatomy_map)
 
-    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail) -> PipelineResult:
+    def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail,
+             anatomy_map=None) -> PipelineResult:
         from .io import write_like
         from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
         from .report import build_report, fragment_stats, labels_present, series_summary, write_report
@@ -408,29 +426,31 @@ class Pipeline:
 
         # -- stage 1 ------------------------------------------------------------------
         clock.stage("anatomy")
-        anatomy_vol, anatomy_grid, _ = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
-        dense = np.count_nonzero((anatomy_vol.array > 0) & (anatomy_grid.array >= BONE_HU))
-        bone_ml = dense * anatomy_vol.voxel_volume_mm3 / 1000.0
+        if anatomy_map is None:
+            anatomy_vol, anatomy_grid, _ = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
+            anatomy_info = self._info["anatomy"]
+        else:
+            anatomy_vol, anatomy_info = self._given_anatomy(anatomy_map, ct)
+            anatomy_grid = ct
+        plausible = check_anatomy(anatomy_vol, anatomy_grid.array, min_bone_ml=self.min_bone_ml,
+                                  min_bones=2 if self.require_pelvis and anatomy_map is None else 1)
+        bone_ml = plausible.dense_ml
         stage1_voxels = int(np.count_nonzero(anatomy_vol.array))
 
         labels_grid: Volume
         recovery_warnings: list[str] = []
-        if bone_ml < self.min_bone_ml:
-            warnings.append(
-                f"no pelvic bone found (Stage 1 found {bone_ml:.1f} mL of sacrum/hip bone, "
-                f"less than {self.min_bone_ml:g} mL); "
-                "check that the scan covers the pelvis. No fragments were produced."
-            )
+        no_fragments = plausible.refusal  # the one sentence saying why, when there are none
+        if plausible.refusal is not None:
+            warnings.append(plausible.refusal)
             labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
                                  ct.origin_lps_mm, ct.direction)
             abbc_grid = abbc_foreground = None
         else:
+            warnings.extend(plausible.warnings)
             # -- stage 2 --------------------------------------------------------------
             clock.stage("abbc")
-            abbc_vol, abbc_grid, abbc_foreground = self._predict(
-                models["abbc"], ct, device, "ABBC", warnings, with_foreground=self.smooth_labels)
-            if not anatomy_vol.same_grid(abbc_vol, tol_mm=1e-3):
-                anatomy_vol = resample_onto(anatomy_vol, abbc_vol, "nearest")
+            abbc_vol, abbc_grid, abbc_foreground, anatomy_vol = self._stage2(
+                models["abbc"], ct, anatomy_vol, device, warnings)
             # -- recovery -------------------------------------------------------------
             clock.stage("recovery")
             from .instances import recover_fragments
@@ -445,11 +465,12 @@ class Pipeline:
                 # messages go to the log only
                 for w in recovery_warnings:
                     log.info("recovery: %s", w)
-                recovery_warnings = [
+                no_fragments = (
                     f"no pelvic bone found: Stage 1 marked {bone_ml:.1f} mL as sacrum/hip bone, "
                     "but Stage 2 found no bone fragment in the scan; check that the scan covers "
                     "the pelvis. No fragments were produced."
-                ]
+                )
+                recovery_warnings = [no_fragments]
         warnings.extend(recovery_warnings)
 
         # -- labels on the input grid -------------------------------------------------
@@ -498,9 +519,14 @@ class Pipeline:
             "device": device,
             "anatomy_spacing_zyx_mm": _grid_spacing(anatomy_grid),
             "abbc_spacing_zyx_mm": _grid_spacing(abbc_grid),
+            "abbc_grid_shape_zyx": list(abbc_grid.shape) if abbc_grid is not None else None,
+            "stage2_margin_mm": self.stage2_margin_mm,
+            "stage2_mask_dilation_mm": self.stage2_mask_dilation_mm,
             "mesh_detail": mesh_detail,
             "bone_ml_stage1": round(float(bone_ml), 2),
             "stage1_voxels": stage1_voxels,
+            "stage1_bones": plausible.bones,
+            "no_fragments_reason": no_fragments,
         }
         timings = dict(clock.timings)
         files = {
@@ -513,7 +539,7 @@ class Pipeline:
         report = build_report(
             ct=ct, labels=labels, source_kind=ct_input.source_kind, series=series,
             fragments=fragments, warnings=warnings, timings_s=timings,
-            models=dict(self._info), inference=inference, files=files,
+            models={**self._info, "anatomy": anatomy_info}, inference=inference, files=files,
         )
         paths["report"] = out_dir / "report.json"
         write_report(report, paths["report"])
@@ -533,7 +559,36 @@ class Pipeline:
 
         return load_ct(input_path, series_uid=series_uid)
 
-    def _inference_spacing(self, model, ct: Volume, device: str, what: str,
+    @staticmethod
+    def _given_anatomy(anatomy_map, ct: Volume) -> tuple[Volume, dict[str, Any]]:
+        """Stage 1 from a user's map (file or Volume) on the CT grid, and its report entry."""
+        from .anatomy_map import anatomy_map_onto, read_anatomy_map
+
+        if isinstance(anatomy_map, Volume):
+            vol, name = anatomy_map_onto(anatomy_map, ct), "anatomy map (array)"
+        else:
+            vol, name = read_anatomy_map(anatomy_map, ct), Path(anatomy_map).name
+        return vol, {"role": "anatomy", "backend": "anatomy-map", "name": name, "version": None}
+
+    def _stage2(self, model, ct: Volume, anatomy: Volume, device: str, warnings: list[str]):
+        """ABBC on the CT cropped to the Stage-1 bone box and masked outside the bones.
+
+        Returns (ABBC labels, the masked CT on the model grid, foreground probability or
+        None, the anatomy map on the model grid); see :mod:`pengwin_demo.bone_region`.
+        """
+        box = bone_box_on(anatomy, ct, self.stage2_margin_mm)
+        region = ct.crop(box) if box is not None else ct
+        abbc_grid = self._model_grid(model, region, device, warnings)
+        anatomy_on_grid = anatomy if anatomy.same_grid(abbc_grid, tol_mm=1e-3) else \
+            resample_onto(anatomy, abbc_grid, "nearest")
+        if self.stage2_mask_dilation_mm is not None:
+            abbc_grid = abbc_grid.with_array(mask_outside_bones(
+                abbc_grid.array, anatomy_on_grid.array, abbc_grid.spacing_zyx_mm,
+                self.stage2_mask_dilation_mm))
+        labels, foreground = self._predict_on(model, abbc_grid, "ABBC", with_foreground=self.smooth_labels)
+        return labels, abbc_grid, foreground, anatomy_on_grid
+
+    def _inference_spacing(self, model, ct: Volume, device: str,
                            warnings: list[str]) -> tuple[float, float, float] | None:
         target = getattr(model, "target_spacing_zyx_mm", None)
         if target is None:
@@ -564,11 +619,20 @@ class Pipeline:
 
         The probability is asked for only ``with_foreground`` and from models that offer it
         (:meth:`pengwin_demo.models.SegmentationModel.predict_with_foreground`)."""
-        spacing = self._inference_spacing(model, ct, device, what, warnings)
+        grid = self._model_grid(model, ct, device, warnings)
+        labels, foreground = self._predict_on(model, grid, what, with_foreground)
+        return labels, grid, foreground
+
+    def _model_grid(self, model, ct: Volume, device: str, warnings: list[str]) -> Volume:
+        """The CT resampled (linear) to the spacing the model runs at (see _inference_spacing)."""
+        spacing = self._inference_spacing(model, ct, device, warnings)
         if spacing is None or np.allclose(spacing, ct.spacing_zyx_mm, rtol=1e-3):
-            grid = ct
-        else:
-            grid = resample_to_spacing(ct, spacing, "linear")
+            return ct
+        return resample_to_spacing(ct, spacing, "linear")
+
+    @staticmethod
+    def _predict_on(model, grid: Volume, what: str, with_foreground: bool = False):
+        """Run a model on ``grid`` as it is; (label Volume on it, foreground or None)."""
         foreground = None
         if with_foreground and hasattr(model, "predict_with_foreground"):
             pred, foreground = model.predict_with_foreground(grid)
@@ -579,7 +643,7 @@ class Pipeline:
             raise ModelError(
                 f"the {what} model returned shape {pred.shape} for an input of shape {grid.shape}"
             )
-        return grid.with_array(pred.astype(np.uint8, copy=False)), grid, foreground
+        return grid.with_array(pred.astype(np.uint8, copy=False)), foreground
 
     @staticmethod
     def _write_seg(ct_input, labels: Volume, out_dir: Path, warnings: list[str]) -> Path | None:
@@ -628,7 +692,7 @@ _SHARED: dict[tuple, Pipeline] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def get_pipeline(device: str = "auto", anatomy: str = "bundled", fragments: str = "bundled") -> Pipeline:
+def get_pipeline(device: str = "auto", anatomy: str = "auto", fragments: str = "bundled") -> Pipeline:
     """A process-wide :class:`Pipeline` per configuration (the app and watcher share it)."""
     key = (str(device), str(anatomy), str(fragments))
     with _SHARED_LOCK:

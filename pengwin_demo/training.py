@@ -250,7 +250,14 @@ class DemoConfig:
     max_seconds: float | None = None
     """Training time budget, s (after start-up). When set, training stops at the first epoch
     end past it and the poly learning-rate schedule runs on elapsed time instead of epochs,
-    so a run of unknown speed (a GPU lent for minutes) still ends with a fully decayed rate."""
+    so a run of unknown speed still ends with a fully decayed rate."""
+    mirror: bool = False
+    """Mirror training patches along every axis (data augmentation). Right for the ABBC
+    classes, which mean the same on either side; wrong for the anatomy model, whose left
+    and right hip would swap. Inference never mirrors."""
+    init_weights: str | None = None
+    """Checkpoint whose network weights start a new training (every tensor of the same name
+    and shape, the output layers included); e.g. a bundled model to fine-tune on real data."""
 
 
 @dataclass
@@ -478,10 +485,15 @@ def _demo_trainer_class():
             self.initial_lr = float(cfg.get("initial_lr", 0.01))
             self.save_every = 5
             self.max_seconds = cfg.get("max_seconds")
+            self.mirror = bool(cfg.get("mirror", False))
+            self.init_weights = cfg.get("init_weights")
             self._started = None
 
         def on_train_start(self):
             super().on_train_start()
+            if self.current_epoch == 0 and self.init_weights:
+                _load_initial_weights(self.network, self.init_weights)
+                self.print_to_log_file(f"network weights initialised from {self.init_weights}")
             self._started = time.monotonic()
 
         def _spent_fraction(self) -> float:
@@ -514,11 +526,24 @@ def _demo_trainer_class():
                 self.on_train_end()
 
         def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-            rot, dummy2d, initial, _mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            rot, dummy2d, initial, mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
             self.inference_allowed_mirroring_axes = None
-            return rot, dummy2d, initial, None
+            return rot, dummy2d, initial, (mirror if self.mirror else None)
 
     return nnUNetTrainerDemo
+
+
+def _load_initial_weights(network, checkpoint: str | os.PathLike) -> None:
+    """Copy the checkpoint's network weights into ``network`` (names and shapes must agree)."""
+    import torch
+
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    own = network.state_dict()
+    wrong = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    if wrong:
+        raise ModelError(f"{checkpoint}: its network differs from this configuration's "
+                         f"({len(wrong)} tensors missing or of another shape, e.g. {wrong[0]})")
+    network.load_state_dict({k: weights[k].to(own[k].dtype) for k in own})
 
 
 def _child_train(dataset_number: int, cfg: DemoConfig, device: str, extend: bool = False) -> None:

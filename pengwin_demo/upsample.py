@@ -14,26 +14,11 @@ Arrays are indexed (z, y, x); grids are :class:`pengwin_demo.volume.Volume`.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .volume import Box, Volume, bounding_box, resample_onto
-
-
-def _box_onto(source: Volume, box: Box, target: Volume, margin_vox: int = 1) -> Box | None:
-    """The target-grid box covering ``box`` of ``source`` (grown by ``margin_vox`` source voxels)."""
-    lo = np.array([s.start for s in box], dtype=np.float64) - margin_vox
-    hi = np.array([s.stop - 1 for s in box], dtype=np.float64) + margin_vox
-    corners = np.array(list(itertools.product(*zip(lo, hi))), dtype=np.float64)  # 8 x (z, y, x)
-    idx = target.world_to_index(source.index_to_world(corners))
-    start = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
-    stop = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, target.shape)
-    if np.any(stop <= start):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))  # type: ignore[return-value]
+from .volume import Box, Volume, bounding_box, box_onto, resample_onto
 
 
 def _grow(box: Box) -> Box:
@@ -88,7 +73,7 @@ def smooth_labels_onto(source: Volume, target: Volume, *, foreground: np.ndarray
     box = bounding_box(labels > 0)
     if box is None:
         return out
-    union = _box_onto(source, box, target)
+    union = box_onto(source, box, target, margin_vox=1)
     if union is None:
         return out
     sub = target.crop(union)
@@ -107,7 +92,7 @@ def smooth_labels_onto(source: Volume, target: Volume, *, foreground: np.ndarray
     for k in present:
         kbox = boxes[k - 1]
         kgrown = _grow(kbox)
-        tbox = _box_onto(source, kbox, sub)
+        tbox = box_onto(source, kbox, sub, margin_vox=1)
         if tbox is None:
             continue
         p = _linear_onto(source.crop(kgrown).with_array((labels[kgrown] == k).astype(np.uint8)),

@@ -15,6 +15,7 @@ to the (z, y, x) order of the array.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -161,6 +162,40 @@ def bounding_box(mask: np.ndarray, margin_vox: int = 0) -> Box | None:
         stop = min(int(hit[-1]) + 1 + margin_vox, mask.shape[axis])
         box.append(slice(start, stop))
     return tuple(box)  # type: ignore[return-value]
+
+
+def box_onto(source: Volume, box: Box, target: Volume, *, margin_vox: float = 0.0,
+             margin_mm: float = 0.0) -> Box | None:
+    """The box of ``target``'s grid that covers ``box`` of ``source``'s grid.
+
+    Parameters
+    ----------
+    source, target : Volume
+        Any two grids (spacing, origin and direction may all differ).
+    box : tuple of slice
+        (z, y, x) slices into ``source``'s array.
+    margin_vox : float
+        ``box`` grown by this many source voxels beyond its outer voxel centres (0.5: to
+        the voxels' outer faces).
+    margin_mm : float
+        The result grown by this many mm on every side (in ``target``'s spacing).
+
+    Returns
+    -------
+    tuple of slice or None
+        Slices into ``target``'s array, clipped to it; None when nothing of ``box`` lies
+        inside ``target``.
+    """
+    lo = np.array([s.start for s in box], dtype=np.float64) - margin_vox
+    hi = np.array([s.stop - 1 for s in box], dtype=np.float64) + margin_vox
+    corners = np.array(list(itertools.product(*zip(lo, hi))), dtype=np.float64)  # 8 x (z, y, x)
+    idx = target.world_to_index(source.index_to_world(corners))
+    pad = margin_mm / np.asarray(target.spacing_zyx_mm, dtype=np.float64)
+    start = np.maximum(np.floor(idx.min(axis=0) - pad).astype(int), 0)
+    stop = np.minimum(np.ceil(idx.max(axis=0) + pad).astype(int) + 1, target.shape)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))  # type: ignore[return-value]
 
 
 def paste(target: np.ndarray, patch: np.ndarray, box: Box, where: np.ndarray | None = None) -> None:

@@ -198,3 +198,23 @@ def test_totalsegmentator_weights_found_when_present(tmp_path, monkeypatch):
     assert totalsegmentator_missing_weights() == []
     backend = TotalSegmentatorAnatomy(device="cpu")
     assert backend.labels == {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3}
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_auto_uses_totalsegmentator_exactly_when_its_weights_are_installed(tmp_path, monkeypatch, weights):
+    """No weights: the bundled model, without a warning. A weights folder (empty stand-ins,
+    enough for the choice; running them needs the real files): TotalSegmentator, and the
+    pipeline's model info says so."""
+    from pengwin_demo.pipeline import Pipeline
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "ts_home"))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    if weights:
+        for name in totalsegmentator_missing_weights():
+            (tmp_path / "ts_home" / "nnunet" / "results" / name).mkdir(parents=True)
+    model, warnings = anatomy_model("auto", "cpu")
+    assert warnings == []
+    assert isinstance(model, TotalSegmentatorAnatomy) == weights
+    pipe = Pipeline(device="cpu")  # "auto" is the default
+    assert pipe.model_info["anatomy"]["backend"] == ("totalsegmentator" if weights else "bundled")
+    assert pipe.model_warnings == []

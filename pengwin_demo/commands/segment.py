@@ -16,12 +16,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--anatomy", default="bundled",
-        help="Stage 1 model: bundled (default), totalsegmentator, or an nnU-Net model folder/zip",
+        "--anatomy", default="auto",
+        help="Stage 1 model: auto (default: TotalSegmentator where its weights are installed, "
+             "else bundled; the report says which ran), bundled, totalsegmentator, or an "
+             "nnU-Net model folder/zip",
     )
     parser.add_argument(
         "--fragments", default="bundled",
         help="Stage 2 (ABBC) model: bundled (default) or an nnU-Net model folder/zip",
+    )
+    parser.add_argument(
+        "--anatomy-map", default=None, metavar="FILE",
+        help="take Stage 1 from this bone map instead of a model: 0 background, 1 sacrum, "
+             "2 left hip, 3 right hip, on any grid covering the CT (resampled nearest)",
     )
     parser.add_argument("--series", dest="series_uid", default=None,
                         help="DICOM SeriesInstanceUID to segment (default: automatic choice)")
@@ -53,7 +60,7 @@ def run(args) -> int:
         with logging_redirect_tqdm():
             result = pipeline.run(
                 args.input, args.output, progress=progress, series_uid=args.series_uid,
-                dicom_seg=args.dicom_seg, mesh_detail=args.mesh_detail,
+                dicom_seg=args.dicom_seg, mesh_detail=args.mesh_detail, anatomy_map=args.anatomy_map,
             )
     finally:
         if bar is not None:

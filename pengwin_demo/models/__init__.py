@@ -78,14 +78,23 @@ def bundled_model_path(kind: str) -> Path:
     return path
 
 
-def anatomy_model(backend: str = "bundled", device: str = "auto"):
+def _totalsegmentator_ready() -> bool:
+    """Whether TotalSegmentator is installed with the weights the anatomy backend needs."""
+    try:
+        return not totalsegmentator_missing_weights()
+    except (ModelError, ImportError, KeyError):
+        return False
+
+
+def anatomy_model(backend: str = "auto", device: str = "auto"):
     """Stage 1 model and the warnings a user should see.
 
     Parameters
     ----------
     backend : str
-        "bundled" (the demo model), "totalsegmentator", or a path to an nnU-Net anatomy
-        model folder / zip.
+        "auto" (TotalSegmentator where its weights are installed, else the bundled model,
+        without a warning), "bundled" (the demo model), "totalsegmentator" (falls back to
+        the bundled model with a warning), or a path to an nnU-Net anatomy model folder / zip.
     device : str
         See :func:`resolve_device`.
 
@@ -96,6 +105,8 @@ def anatomy_model(backend: str = "bundled", device: str = "auto"):
         (e.g. TotalSegmentator unavailable, fell back to the bundled model).
     """
     warnings: list[str] = []
+    if backend == "auto":
+        backend = "totalsegmentator" if _totalsegmentator_ready() else "bundled"
     if backend == "totalsegmentator":
         try:
             return TotalSegmentatorAnatomy(device=device), warnings

@@ -1,0 +1,146 @@
+"""Is what Stage 1 found a pelvis? Checks between Stage 1 and Stage 2.
+
+A model can mark "pelvis" in a scan that shows none (a head, a chest, vertebrae). Before
+Stage 2 runs, the Stage-1 bones are measured: dense-bone volume per bone, their median HU,
+and where they lie relative to each other in patient coordinates (LPS: +x the patient's
+left, +y posterior, +z superior). Implausible anatomy either refuses the scan (no fragments,
+one sentence that says why) or is reported as a warning.
+
+Reference values, expert labels of five real fractured pelves: sacrum 159-241 mL
+(103-155 mL at or above 150 HU), each hip 262-385 mL (198-313 mL), the two hips within 5 %
+of each other; median HU 181-403; the sacrum 25-45 mm posterior to the hips' centroids and
+between them from left to right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .labels import BONES
+from .volume import Volume
+
+__all__ = ["AnatomyCheck", "check_anatomy", "BONE_HU", "MIN_BONE_ML", "MIN_PART_ML", "MIN_MEDIAN_HU",
+           "MAX_HIP_RATIO"]
+
+BONE_HU = 150.0
+"""Stage-1 voxels count as bone for the volume checks only at or above this HU (cortical
+bone 500-2000 HU, cancellous 150-400), so a model that marks soft tissue outside its
+training domain does not start Stage 2."""
+
+MIN_BONE_ML = 50.0
+"""Less dense Stage-1 bone than this in all means "no pelvic bone found"."""
+
+MIN_PART_ML = 20.0
+"""A bone counts as present with at least this much dense bone; fewer than two present
+bones is not a pelvis (real pelves hold 100-300 mL per bone)."""
+
+MIN_MEDIAN_HU = 100.0
+"""Stage-1 voxels whose median is below this are soft tissue, not bone."""
+
+MAX_HIP_RATIO = 2.0
+"""A hip with more than this times the other's dense bone gets a warning (real pelves: 1.05)."""
+
+
+@dataclass
+class AnatomyCheck:
+    """Outcome of :func:`check_anatomy`.
+
+    Attributes
+    ----------
+    refusal : str or None
+        One sentence for the user when the scan shows no pelvis (Stage 2 must not run).
+    warnings : list of str
+        Plausibility warnings (Stage 2 runs).
+    bones : dict
+        Per bone name: ``dense_ml``, ``median_hu``, ``centroid_lps_mm`` (None when absent).
+    dense_ml : float
+        Dense bone of all three, mL.
+    """
+
+    refusal: str | None
+    warnings: list[str] = field(default_factory=list)
+    bones: dict[str, dict] = field(default_factory=dict)
+    dense_ml: float = 0.0
+
+
+def _bone_stats(anatomy: Volume, ct: np.ndarray) -> dict[str, dict]:
+    ml = anatomy.voxel_volume_mm3 / 1000.0
+    out = {}
+    for bone, name in BONES.items():
+        mask = anatomy.array == bone
+        dense = mask & (ct >= BONE_HU)
+        n = int(np.count_nonzero(dense))
+        centroid = anatomy.index_to_world(np.argwhere(dense).mean(axis=0)[None])[0] if n else None
+        out[name] = {
+            "dense_ml": round(n * ml, 2),
+            "median_hu": float(np.median(ct[mask])) if mask.any() else None,
+            "centroid_lps_mm": None if centroid is None else [round(float(c), 1) for c in centroid],
+        }
+    return out
+
+
+def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_BONE_ML,
+                  min_bones: int = 2) -> AnatomyCheck:
+    """Measure the Stage-1 bones and decide whether they make a pelvis.
+
+    Parameters
+    ----------
+    anatomy : Volume
+        Stage-1 map (0 background, 1 sacrum, 2 left hip, 3 right hip).
+    ct : ndarray, shape ``anatomy.shape``
+        The CT in HU on the same grid.
+    min_bone_ml : float
+        Less dense bone than this in all refuses the scan; 0 switches every refusal off.
+    min_bones : int
+        Fewer bones than this with :data:`MIN_PART_ML` of dense bone each refuse the scan
+        (2 for a pelvis; 1 where the user says which bones there are, e.g. a single bone).
+
+    Returns
+    -------
+    AnatomyCheck
+    """
+    if ct.shape != anatomy.shape:
+        raise ValueError(f"ct shape {ct.shape} differs from anatomy shape {anatomy.shape}")
+    bones = _bone_stats(anatomy, ct)
+    total = float(sum(b["dense_ml"] for b in bones.values()))
+    check = AnatomyCheck(None, [], bones, round(total, 2))
+    present = [name for name, b in bones.items() if b["dense_ml"] >= MIN_PART_ML]
+    labelled = anatomy.array > 0
+    median = float(np.median(ct[labelled])) if labelled.any() else None
+    if min_bone_ml <= 0:
+        pass  # bone-density gates off (e.g. synthetic intensities): nothing to refuse on
+    elif total < min_bone_ml:
+        check.refusal = (f"no pelvic bone found (Stage 1 found {total:.1f} mL of sacrum/hip bone, less "
+                         f"than {min_bone_ml:g} mL); check that the scan covers the pelvis. "
+                         "No fragments were produced.")
+    elif median is not None and median < MIN_MEDIAN_HU:
+        check.refusal = (f"no pelvic bone found: what Stage 1 marked as pelvis has a median of {median:.0f} HU, "
+                         "soft tissue rather than bone (is this a CT of the pelvis?). No fragments were produced.")
+    elif len(present) < min_bones:
+        found = ", ".join(f"{n} {bones[n]['dense_ml']:.0f} mL" for n in present) or "none"
+        check.refusal = (f"no pelvis found: Stage 1 found fewer than {min_bones} of sacrum, left and right "
+                         f"hip with at least {MIN_PART_ML:g} mL of bone each ({found}); a pelvic CT shows "
+                         "at least two. No fragments were produced.")
+    if check.refusal is None:
+        check.warnings.extend(_layout_warnings(bones))
+    return check
+
+
+def _layout_warnings(bones: dict[str, dict]) -> list[str]:
+    """Warnings about the relative size and position of the bones found."""
+    out = []
+    left, right, sacrum = bones["left_hip"], bones["right_hip"], bones["sacrum"]
+    if left["centroid_lps_mm"] and right["centroid_lps_mm"]:
+        big, small = max(left["dense_ml"], right["dense_ml"]), min(left["dense_ml"], right["dense_ml"])
+        if small > 0 and big / small > MAX_HIP_RATIO:
+            out.append(f"the hips differ in size ({left['dense_ml']:.0f} mL left, {right['dense_ml']:.0f} mL "
+                       "right): one may lie partly outside the scan or be partly missed by Stage 1")
+        if left["centroid_lps_mm"][0] < right["centroid_lps_mm"][0]:
+            out.append("the bone found as the left hip lies on the patient's right: the image "
+                       "orientation (header) may be wrong, and so may the sides of the fragments")
+        elif sacrum["centroid_lps_mm"] and not (
+                right["centroid_lps_mm"][0] < sacrum["centroid_lps_mm"][0] < left["centroid_lps_mm"][0]):
+            out.append("the bone found as the sacrum does not lie between the hips; check the Stage-1 result")
+    return out

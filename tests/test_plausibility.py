@@ -1,0 +1,72 @@
+"""Is what Stage 1 found a pelvis? Refusals and warnings on real pelves, phantoms with bones
+removed, swapped sides and soft tissue taken for bone."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pengwin_demo.labels import anatomy_from_fragments
+from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
+from pengwin_demo.phantom import make_phantom
+from pengwin_demo.plausibility import check_anatomy
+
+PELVES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_fractured_pelves"
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    ct, truth = make_phantom(7, "small")
+    return ct, truth.with_array(anatomy_from_fragments(truth.array))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PELVES.is_dir(), reason=f"real test data not found at {PELVES}")
+def test_real_pelves_with_expert_bones_pass_without_warnings():
+    for case in find_masked_cases(PELVES):
+        ct, labels = read_masked_case(case)
+        check = check_anatomy(labels.with_array(anatomy_from_fragments(labels.array)), ct.array)
+        assert check.refusal is None and check.warnings == [], (case.name, check)
+        assert all(b["dense_ml"] > 100 for b in check.bones.values())
+
+
+def test_phantom_passes_and_a_phantom_without_its_sacrum_still_does(phantom):
+    ct, anatomy = phantom
+    assert check_anatomy(anatomy, ct.array).refusal is None
+    no_sacrum = anatomy.with_array(np.where(anatomy.array == 1, 0, anatomy.array).astype(np.uint8))
+    check = check_anatomy(no_sacrum, ct.array)
+    assert check.refusal is None and check.bones["sacrum"]["dense_ml"] == 0
+
+
+def test_one_bone_is_not_a_pelvis_unless_the_user_says_so(phantom):
+    ct, anatomy = phantom
+    one = anatomy.with_array(np.where(anatomy.array == 2, 2, 0).astype(np.uint8))
+    check = check_anatomy(one, ct.array)
+    assert check.refusal.startswith("no pelvis found: Stage 1 found fewer than 2 of sacrum")
+    assert "left_hip" in check.refusal and "No fragments were produced." in check.refusal
+    assert check_anatomy(one, ct.array, min_bones=1).refusal is None
+
+
+def test_swapped_sides_and_a_half_missing_hip_warn(phantom):
+    ct, anatomy = phantom
+    swapped = anatomy.array.copy()
+    swapped[anatomy.array == 2], swapped[anatomy.array == 3] = 3, 2
+    check = check_anatomy(anatomy.with_array(swapped), ct.array)
+    assert check.refusal is None
+    assert any("left hip lies on the patient's right" in w for w in check.warnings)
+    cut = anatomy.array.copy()
+    right = np.argwhere(cut == 3)
+    cut[tuple(right[right[:, 0] > np.percentile(right[:, 0], 30)].T)] = 0  # keep the lowest 30 %
+    check = check_anatomy(anatomy.with_array(cut), ct.array)
+    assert any(w.startswith("the hips differ in size") for w in check.warnings)
+
+
+def test_soft_tissue_taken_for_bone_is_refused(phantom):
+    ct, anatomy = phantom
+    nothing_dense = ct.array.copy()
+    nothing_dense[anatomy.array > 0] = 40  # an MR-like or bone-free scan: Stage 1 hit soft tissue
+    assert check_anatomy(anatomy, nothing_dense).refusal.startswith("no pelvic bone found (Stage 1 found 0.0 mL")
+    blob = anatomy.array.copy()
+    blob[(blob == 0) & (ct.array < 100)] = 1  # the 'sacrum' swallows the soft tissue around it
+    check = check_anatomy(anatomy.with_array(blob), ct.array)
+    assert "soft tissue rather than bone" in check.refusal

@@ -1,0 +1,152 @@
+"""What Stage 2 sees (the CT cropped to the Stage-1 bones, masked outside them) and Stage 1
+taken from a user's anatomy map (``anatomy_map`` / ``segment --anatomy-map``)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.anatomy_map import anatomy_map_onto, read_anatomy_map
+from pengwin_demo.bone_region import MASK_FILL_HU, bone_box_on, mask_outside_bones
+from pengwin_demo.errors import InputError
+from pengwin_demo.io import write_volume
+from pengwin_demo.labels import anatomy_from_fragments
+from pengwin_demo.pipeline import Pipeline
+from pengwin_demo.volume import Volume, resample_onto
+
+REPO = Path(__file__).resolve().parents[1]
+FLIP_XY = np.diag([-1.0, -1.0, 1.0])
+
+
+def _body(direction=np.eye(3)) -> tuple[Volume, Volume]:
+    """A 'body' CT (soft tissue 40 HU, a bone block 700 HU in two fragments, a distant
+    'vertebra' 700 HU that is not pelvis) and its PENGWIN truth, 1.25 mm voxels."""
+    shape, spacing = (48, 64, 96), (1.25, 1.25, 1.25)
+    truth = np.zeros(shape, np.uint8)
+    truth[10:30, 20:40, 20:40] = 11
+    truth[10:30, 20:40, 42:60] = 12  # a 2.5 mm fracture gap at x index 40-41
+    truth[10:30, 20:40, 64:92] = 21
+    ct = np.where(truth > 0, 700, 40).astype(np.int16)
+    ct[38:46, 50:60, 5:15] = 700  # bone that Stage 1 does not call pelvis
+    grid = Volume(ct, spacing, (-60.0, -40.0, 0.0), direction)
+    return grid, grid.with_array(truth)
+
+
+class RecordingABBC:
+    """Stage 2 stand-in: the true ABBC map on the grid it is given, which it records."""
+
+    target_spacing_zyx_mm = (2.0, 2.0, 2.0)
+
+    def __init__(self, truth: Volume):
+        self.truth, self.seen = truth, []
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        self.seen.append(volume)
+        labels = resample_onto(self.truth, volume, "nearest").array
+        return abbc_targets(labels, volume.spacing_zyx_mm)
+
+
+def test_bone_box_covers_the_bones_plus_the_margin_on_another_grid():
+    ct, truth = _body(FLIP_XY)
+    coarse = resample_onto(truth.with_array(anatomy_from_fragments(truth.array)),
+                           Volume(np.zeros((1, 1, 1), np.uint8), (4.0, 4.0, 4.0), ct.origin_lps_mm, FLIP_XY),
+                           "nearest", shape_zyx=(15, 20, 30))
+    box = bone_box_on(coarse, ct, margin_mm=5.0)
+    inside = np.zeros(ct.shape, bool)
+    inside[box] = True
+    assert inside[truth.array > 0].all()  # every bone voxel of the fine grid is in the box
+    assert not inside[42, 55, 10]  # the 'vertebra' is not
+    sizes = [s.stop - s.start for s in box]
+    # the bone spans 20 x 20 x 66 voxels; 4 mm Stage-1 voxels + 2 x 5 mm margin add at most 15 voxels
+    assert all(20 <= n <= 20 + 15 for n in sizes[:2]) and 66 <= sizes[2] <= 66 + 15
+    assert bone_box_on(coarse.with_array(np.zeros_like(coarse.array)), ct, 5.0) is None
+
+
+def test_masking_keeps_bone_and_a_rim_in_mm():
+    bones = np.zeros((5, 5, 30), np.uint8)
+    bones[2, 2, 10] = 1
+    ct = np.full(bones.shape, -100, np.int16)
+    out = mask_outside_bones(ct, bones, (1.0, 1.0, 0.5), dilation_mm=2.0)
+    kept = np.flatnonzero(out[2, 2] != MASK_FILL_HU)
+    assert kept.tolist() == list(range(6, 15))  # 2 mm = 4 voxels of 0.5 mm along x
+    assert mask_outside_bones(ct, bones, (1.0, 1.0, 0.5), 0.0)[2, 2].tolist().count(-100) == 1
+    with pytest.raises(ValueError):
+        mask_outside_bones(ct, bones[:4], (1.0, 1.0, 0.5), 2.0)
+
+
+def test_stage2_runs_on_the_masked_bone_box_and_labels_land_on_the_full_grid(tmp_path):
+    ct, truth = _body(FLIP_XY)
+    anatomy = truth.with_array(anatomy_from_fragments(truth.array))
+    abbc = RecordingABBC(truth)
+    pipe = Pipeline(device="cpu", anatomy=_NoAnatomy(), fragments=abbc, stage2_margin_mm=5.0, min_bone_ml=1.0,
+                    stage2_mask_dilation_mm=2.0)
+    result = pipe.run(ct, tmp_path / "out", anatomy_map=anatomy)
+    (seen,) = abbc.seen
+    extent_seen = np.asarray(seen.shape) * seen.spacing_zyx_mm
+    extent_ct = np.asarray(ct.shape) * ct.spacing_zyx_mm
+    assert np.all(extent_seen < extent_ct) and np.prod(extent_seen) < 0.5 * np.prod(extent_ct)
+    assert np.any(seen.array == 40)  # the rim keeps soft tissue (linear resampling elsewhere)
+    far = resample_onto(ct.with_array((ct.array == 40).astype(np.uint8)), seen, "nearest").array
+    assert np.mean(seen.array[far.astype(bool)] == MASK_FILL_HU) > 0.5  # soft tissue beyond it is gone
+    labels = result.labels
+    assert labels.same_grid(ct)
+    assert sorted(np.unique(labels.array).tolist()) == [0, 11, 12, 21]
+    assert not labels.array[38:46, 50:60, 5:15].any()
+    assert result.report["inference"]["no_fragments_reason"] is None
+    report = json.loads(result.paths["report"].read_text())
+    assert report["models"]["anatomy"]["backend"] == "anatomy-map"
+    assert report["inference"]["stage2_mask_dilation_mm"] == 2.0
+
+
+class _NoAnatomy:
+    """An anatomy model that must not be asked (the map replaces it)."""
+
+    target_spacing_zyx_mm = None
+
+    def predict(self, volume):
+        raise AssertionError("Stage 1 model ran although an anatomy map was given")
+
+
+def test_anatomy_map_checks():
+    ct, truth = _body()
+    anatomy = truth.with_array(anatomy_from_fragments(truth.array))
+    with pytest.raises(InputError, match=r"label values \[11, 12, 21\]"):
+        anatomy_map_onto(truth, ct)
+    elsewhere = Volume(anatomy.array, anatomy.spacing_zyx_mm, (500.0, 500.0, 500.0))
+    with pytest.raises(InputError, match="none of its bone lies inside the CT"):
+        anatomy_map_onto(elsewhere, ct)
+    with pytest.raises(InputError, match="holds no bone"):
+        anatomy_map_onto(anatomy.with_array(np.zeros_like(anatomy.array)), ct)
+    coarse = resample_onto(anatomy, Volume(np.zeros((1, 1, 1), np.uint8), (2.5, 2.5, 2.5), ct.origin_lps_mm),
+                           "nearest", shape_zyx=(24, 32, 48))
+    on_ct = anatomy_map_onto(coarse, ct)
+    assert on_ct.same_grid(ct) and np.mean(on_ct.array[truth.array > 0] > 0) > 0.8
+
+
+def test_anatomy_map_files_2d_and_4d_are_refused(tmp_path):
+    import nibabel as nib
+
+    ct, _ = _body()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.uint8), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.uint8), np.eye(4)), str(tmp_path / "time.nii.gz"))
+    with pytest.raises(InputError, match="anatomy map: flat.nii.gz: is a 2D image"):
+        read_anatomy_map(tmp_path / "flat.nii.gz", ct)
+    with pytest.raises(InputError, match="anatomy map: time.nii.gz: is a 4D image"):
+        read_anatomy_map(tmp_path / "time.nii.gz", ct)
+
+
+def test_cli_segment_with_a_bad_anatomy_map_is_one_clear_line(tmp_path):
+    ct, truth = _body()
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    write_volume(truth, tmp_path / "map.nii.gz")  # fragment labels, not anatomy
+    out = subprocess.run([sys.executable, "-m", "pengwin_demo", "segment", str(tmp_path / "ct.nii.gz"),
+                          "-o", str(tmp_path / "out"), "--anatomy-map", str(tmp_path / "map.nii.gz"),
+                          "--no-progress", "--device", "cpu"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "anatomy map map.nii.gz: holds label values [11, 12, 21]" in out.stderr
+    assert "Traceback" not in out.stderr
