@@ -31,6 +31,12 @@ def real_sacrum_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_pelves_dir() -> Path:
+    """Five real fractured pelves, each bone masked separately (``case_00N/{LI,RI,SA}_*``)."""
+    return real_data("real_fractured_pelves")
+
+
+@pytest.fixture(scope="session")
 def siemens_series_dir() -> Path:
     """A real 20-slice JPEG 2000 CT series from a Siemens scanner (upper abdomen, no pelvis)."""
     return real_data("dicom_ct_siemens")
