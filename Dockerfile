@@ -28,6 +28,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# the package itself (its dependencies are installed above): pengwin-demo, pengwin-watcher
+RUN pip install --no-deps .
 RUN useradd --create-home --uid 1000 pengwin && chown -R pengwin /app
 USER pengwin
 

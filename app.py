@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -40,21 +41,32 @@ MESH_DETAIL = ["coarse", "normal", "fine"]
 DEVICES = ["auto", "cpu", "cuda"]
 BACKENDS = ["auto", "bundled", "totalsegmentator"]
 
-_WORK_ROOT = Path(tempfile.mkdtemp(prefix="pengwin-app-"))
-atexit.register(shutil.rmtree, _WORK_ROOT, ignore_errors=True)
+_WORK_ROOT: Path | None = None
+"""Folder of the per-request folders: made by the first request, removed at exit."""
+_WORK_ROOT_LOCK = threading.Lock()
+
 
 # -- per-request folders ---------------------------------------------------------------
+def _work_root() -> Path:
+    global _WORK_ROOT
+    with _WORK_ROOT_LOCK:
+        if _WORK_ROOT is None:
+            _WORK_ROOT = Path(tempfile.mkdtemp(prefix="pengwin-app-"))
+            atexit.register(shutil.rmtree, _WORK_ROOT, ignore_errors=True)
+        return _WORK_ROOT
+
+
 def _new_request_dir(session: str) -> Path:
     _purge_old_requests()
     safe = "".join(c for c in session if c.isalnum())[:32] or "anon"
-    path = _WORK_ROOT / safe / uuid.uuid4().hex[:12]
+    path = _work_root() / safe / uuid.uuid4().hex[:12]
     path.mkdir(parents=True)
     return path
 
 
 def _purge_old_requests() -> None:
     cutoff = time.time() - KEEP_RESULTS_MINUTES * 60
-    for session_dir in _WORK_ROOT.glob("*"):
+    for session_dir in _work_root().glob("*"):
         for req in session_dir.glob("*"):
             if req.stat().st_mtime < cutoff:
                 shutil.rmtree(req, ignore_errors=True)
@@ -63,7 +75,7 @@ def _purge_old_requests() -> None:
 def _cleanup_session(request: gr.Request) -> None:
     safe = "".join(c for c in (request.session_hash or "") if c.isalnum())[:32]
     if safe:
-        shutil.rmtree(_WORK_ROOT / safe, ignore_errors=True)
+        shutil.rmtree(_work_root() / safe, ignore_errors=True)
 
 
 def stage_upload(files: list[str] | str | None, dest: Path) -> Path:

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_dicom_load.py [--slices 300] [--size 512] [--syntax raw|rle|jpeg2000]
                                           [--repeat 3] [--workdir DIR]
 
-Writes a synthetic series (tests/dicom_factory.py) into a temporary folder, then times, in
+Writes a synthetic series (tests/_helpers/dicom_factory.py) into a temporary folder, then times, in
 the same run and on the same files, ``pengwin_demo.dicom.load_ct`` and the reference
 ``SimpleITK.ImageSeriesReader`` (GDCM; file discovery + read), best of ``--repeat`` runs
 after a warm-up read (the files are in the page cache for both). It checks that both give
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from pengwin_demo.dicom import load_ct  # noqa: E402
 from pengwin_demo.volume import Volume  # noqa: E402
 
-import dicom_factory as fac  # noqa: E402
+from _helpers import dicom_factory as fac  # noqa: E402
 
 
 def write_series(folder: Path, n_slices: int, size: int, syntax: str) -> None:

@@ -31,12 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
-from scipy.spatial.distance import cdist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pengwin_demo.metrics import METRIC_KEYS, evaluate_case  # noqa: E402
+from pengwin_demo.metrics import (  # noqa: E402
+    METRIC_KEYS,
+    evaluate_case,
+    reference_surface_distances_mm,
+    reference_surface_points_mm,
+)
 
 SPACING_ZYX_MM = (1.0, 0.8, 0.8)
 SHAPE_ZYX = (300, 512, 512)
@@ -103,27 +106,9 @@ def load_pair(seed: int, synthetic: bool = False) -> tuple[np.ndarray, np.ndarra
 
 
 # ----------------------------------------------------------------------------- reference
-_STRUCT = ndi.generate_binary_structure(3, 1)
-
-
-def _ref_points(mask, spacing):
-    shell = ndi.binary_dilation(mask, _STRUCT) & ~ndi.binary_erosion(mask, _STRUCT)
-    pts = np.argwhere(shell)
-    if len(pts) > 10_000:
-        pts = pts[np.random.RandomState(2024).randint(0, len(pts), size=10_000)]
-    return pts * np.asarray(spacing)
-
-
-def _ref_distances(a, b):
-    if not len(a) or not len(b):
-        return np.inf, np.inf
-    d_ab = np.empty(len(a), np.float32)
-    d_ba = np.full(len(b), np.inf, np.float32)
-    for s in range(0, len(a), 2500):
-        d = cdist(a[s:s + 2500], b).astype(np.float32)
-        d_ab[s:s + 2500] = d.min(axis=1)
-        d_ba = np.minimum(d_ba, d.min(axis=0))
-    return max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), (d_ab.mean() + d_ba.mean()) / 2
+def _ref_surface_scores(mask_a, mask_b, spacing) -> tuple[float, float]:
+    a = reference_surface_points_mm(mask_a, spacing)
+    return reference_surface_distances_mm(a, reference_surface_points_mm(mask_b, spacing))
 
 
 def _ref_radius(mask):
@@ -149,7 +134,7 @@ def reference_evaluate(pred, gt, spacing) -> dict:
                 ious.append(np.logical_and(gmask, pmask).sum() / np.logical_or(gmask, pmask).sum())
             best = int(np.argmax(ious))
             if ious[best] > 0:
-                hd, asd = _ref_distances(_ref_points(gmask, spacing), _ref_points(pred == present[best], spacing))
+                hd, asd = _ref_surface_scores(gmask, pred == present[best], spacing)
             else:
                 r = _ref_radius(gmask)
                 hd, asd = 2 * r, r
@@ -160,7 +145,7 @@ def reference_evaluate(pred, gt, spacing) -> dict:
         union = np.logical_or(gmask, pmask).sum()
         iou = np.logical_and(gmask, pmask).sum() / union if union else 0.0
         if pmask.any():
-            hd, asd = _ref_distances(_ref_points(gmask, spacing), _ref_points(pmask, spacing))
+            hd, asd = _ref_surface_scores(gmask, pmask, spacing)
         else:
             r = _ref_radius(gmask)
             hd, asd = 2 * r, r

@@ -9,7 +9,7 @@ Usage::
 
     python benchmarks/bench_phantom.py [--small 4] [--full 2] [--seed 0]
 
-Budget (DESIGN.md / issue): ``small`` under 1 s per case, ``full`` under 15 s per case
+Budget: ``small`` under 1 s per case, ``full`` under 15 s per case
 on 2 CPU cores.
 """
 

@@ -19,7 +19,7 @@ Usage::
    spacing and back internally), in another child process; beside it, our Stage 1 time
    (CT resampled once with SimpleITK, nearest back).
 
-Budgets (DESIGN.md, 2 CPU cores): whole pipeline under 90 s and 8 GB peak RSS; all
+Budgets (2 CPU cores): whole pipeline under 90 s and 8 GB peak RSS; all
 meshes under 3 s.
 """
 

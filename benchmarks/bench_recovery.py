@@ -41,14 +41,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from pengwin_demo import abbc_noise, instances  # noqa: E402
 from pengwin_demo.abbc import abbc_targets  # noqa: E402
 from pengwin_demo.instances import recover_fragments  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
+from pengwin_demo.metrics import fragment_iou, merge_small_fragments  # noqa: E402
 from pengwin_demo.volume import bounding_box  # noqa: E402
-from test_instances import fragment_iou, merge_small_fragments  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real_fracture_sacrum" / "fragments.nii.gz"
 MIN_FRAGMENT_VOX = 1000

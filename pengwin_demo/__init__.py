@@ -1,6 +1,6 @@
 """Pelvic fracture segmentation in CT: PENGWIN-style fragments, meshes and reports.
 
-Conventions (see DESIGN.md): arrays are indexed (z, y, x); spacing tuples are in the
+Conventions: arrays are indexed (z, y, x); spacing tuples are in the
 same (z, y, x) order, in millimetres; world coordinates are DICOM LPS millimetres.
 """
 

@@ -14,7 +14,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .errors import InputError, ModelError
+from .errors import exit_status
 
 
 def _command_modules():
@@ -49,14 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except (InputError, ModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: args._run(args))
 
 
 if __name__ == "__main__":

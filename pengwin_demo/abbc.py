@@ -68,7 +68,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
+from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, bone_of_labels
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,6 @@ MAX_CORE_FRACTION = 0.5
 
 STRAY_VOX = 100
 """Components of a fragment smaller than this, other than its largest, get no core."""
-
-
-def bone_of_labels(values: np.ndarray) -> np.ndarray:
-    """Anatomy id (1 sacrum, 2 left hip, 3 right hip) of PENGWIN labels 1-30 (vectorised)."""
-    return (np.asarray(values, dtype=np.int64) - 1) // 10 + 1
 
 
 def abbc_targets(

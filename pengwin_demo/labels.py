@@ -9,16 +9,45 @@ ABBC map (uint8): 0 background, 1 boundary, 2 core, 3 border (fracture zone).
 from __future__ import annotations
 
 import colorsys
+from enum import IntEnum
 
 import numpy as np
 
-BONES: dict[int, str] = {1: "sacrum", 2: "left_hip", 3: "right_hip"}
+
+class Anatomy(IntEnum):
+    """Classes of the anatomy map (Stage 1); lower-case member names are the class names."""
+
+    BACKGROUND = 0
+    SACRUM = 1
+    LEFT_HIP = 2  # the patient's left
+    RIGHT_HIP = 3
+
+
+class Abbc(IntEnum):
+    """Classes of the ABBC map (Stage 2); lower-case member names are the class names."""
+
+    BACKGROUND = 0
+    BOUNDARY = 1
+    CORE = 2
+    BORDER = 3  # fracture zone
+
+
+def class_ids(classes: type[IntEnum]) -> dict[str, int]:
+    """``{"background": 0, ...}``: the ``labels`` block of an nnU-Net dataset.json."""
+    return {c.name.lower(): int(c) for c in classes}
+
+
+ANATOMY_CLASSES: dict[str, int] = class_ids(Anatomy)
+ABBC_CLASSES: dict[str, int] = class_ids(Abbc)
+
+BONES: dict[int, str] = {int(b): b.name.lower() for b in Anatomy if b != Anatomy.BACKGROUND}
 """Anatomy label -> bone name."""
 
 MAX_FRAGMENTS_PER_BONE = 10
 
-ABBC_BACKGROUND, ABBC_BOUNDARY, ABBC_CORE, ABBC_BORDER = 0, 1, 2, 3
-ABBC_NAMES = {0: "background", 1: "boundary", 2: "core", 3: "border"}
+# plain ints: these go into numpy arrays and compiled extensions
+ABBC_BACKGROUND, ABBC_BOUNDARY, ABBC_CORE, ABBC_BORDER = (int(c) for c in Abbc)
+ABBC_NAMES: dict[int, str] = {v: k for k, v in ABBC_CLASSES.items()}
 
 
 def bone_of_label(label: int) -> int:
@@ -29,6 +58,12 @@ def bone_of_label(label: int) -> int:
     if not 1 <= label <= 30:
         raise ValueError(f"PENGWIN labels are 0-30, got {label}")
     return (label - 1) // 10 + 1
+
+
+def bone_of_labels(values: np.ndarray) -> np.ndarray:
+    """Anatomy id (1 sacrum, 2 left hip, 3 right hip) of PENGWIN labels 1-30 (vectorised,
+    no range check)."""
+    return (np.asarray(values, dtype=np.int64) - 1) // MAX_FRAGMENTS_PER_BONE + 1
 
 
 def bone_name(label: int) -> str:

@@ -55,10 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 
 from .errors import InputError
 from .labels import BONES
@@ -194,6 +196,52 @@ def bounding_radius(mask: np.ndarray, *, offset_zyx_vox=(0, 0, 0), spacing_zyx_m
         points = points * np.asarray(spacing_zyx_mm, dtype=np.float64)
     center = np.mean(points, axis=0)
     return float(np.max(np.linalg.norm(points - center, axis=1)))
+
+
+# --------------------------------------------------------------------------- brute force
+def reference_surface_points_mm(
+    mask: np.ndarray,
+    spacing_zyx_mm,
+    *,
+    sample_size: int | None = OFFICIAL_SAMPLE_SIZE,
+    seed: int = OFFICIAL_SEED,
+) -> np.ndarray:
+    """:func:`surface_points_mm` computed the template's way, on the whole grid.
+
+    scipy's ``binary_dilation & ~binary_erosion`` (6-connected), ``argwhere``, a draw with
+    replacement, times the spacing. Slow; the yardstick tests and benchmarks hold the fast
+    functions against.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, 3)
+        (z, y, x) positions in mm.
+    """
+    struct = ndi.generate_binary_structure(3, 1)
+    shell = ndi.binary_dilation(mask, struct) & ~ndi.binary_erosion(mask, struct)
+    points = np.argwhere(shell)
+    if sample_size is not None and len(points) > sample_size:
+        points = points[np.random.RandomState(seed).randint(0, len(points), size=sample_size)]
+    return points * np.asarray(spacing_zyx_mm, dtype=np.float64)
+
+
+def reference_surface_distances_mm(points_a: np.ndarray, points_b: np.ndarray,
+                                   block: int = 2000) -> tuple[float, float]:
+    """:func:`surface_distances_mm` by brute force: every pairwise distance.
+
+    The template's dense ``cdist`` matrix, taken ``block`` rows at a time so that it needs
+    ``block x M`` floats rather than ``N x M``.
+    """
+    if len(points_a) == 0 or len(points_b) == 0:
+        return math.inf, math.inf
+    d_ab = np.empty(len(points_a), np.float32)
+    d_ba = np.full(len(points_b), np.inf, np.float32)
+    for start in range(0, len(points_a), block):
+        d = cdist(points_a[start:start + block], points_b).astype(np.float32)
+        d_ab[start:start + block] = d.min(axis=1)
+        d_ba = np.minimum(d_ba, d.min(axis=0))
+    hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+    return float(hd95), float((d_ab.mean() + d_ba.mean()) / 2)
 
 
 # --------------------------------------------------------------------------- one case
@@ -485,6 +533,66 @@ def evaluate_case(
         "notes": notes,
     }
     return result
+
+
+# --------------------------------------------------------------------------- oracle figures
+def fragment_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Fragment IoU alone, quickly: no surfaces, no distances.
+
+    Each ground-truth fragment (PENGWIN labels 1-30) is scored against the prediction of its
+    bone with the highest IoU, and the scores are averaged. Unlike :func:`evaluate_case`, a
+    fragment whose bone has no prediction at all scores 0 rather than being left out.
+
+    Parameters
+    ----------
+    pred, gt : ndarray of uint8, shape (Z, Y, X)
+        PENGWIN label maps on one grid; ``gt`` must have a fragment.
+    """
+    table = np.bincount(gt.astype(np.int64).ravel() * _N + pred.ravel(), minlength=_N * _N).reshape(_N, _N)
+    gt_n, pred_n = table.sum(axis=1), table.sum(axis=0)
+    ious = []
+    for g in np.flatnonzero(gt_n[1:]) + 1:
+        first = (g - 1) // 10 * 10 + 1
+        ious.append(max(table[g, p] / (gt_n[g] + pred_n[p] - table[g, p]) for p in range(first, first + 10)))
+    return float(np.mean(ious))
+
+
+def rank_fragments(labels: np.ndarray) -> np.ndarray:
+    """Renumber a PENGWIN map so that within each bone the largest fragment has the lowest label."""
+    out = np.zeros_like(labels)
+    for base in (0, 10, 20):
+        present = [lab for lab in range(base + 1, base + 11) if np.any(labels == lab)]
+        present.sort(key=lambda lab: -int(np.count_nonzero(labels == lab)))
+        for k, lab in enumerate(present):
+            out[labels == lab] = base + 1 + k
+    return out
+
+
+def merge_small_fragments(gt: np.ndarray, min_vox: int) -> np.ndarray:
+    """Ground truth as instance recovery can give it: fragments under ``min_vox`` merged.
+
+    Smallest first, each joins the fragment of its bone it touches most (26-neighbour
+    contacts); one touching none of its bone stays. Then :func:`rank_fragments`. Oracle
+    figures (ground truth -> ABBC -> recovery) compare against this.
+    """
+    gt = gt.copy()
+    islands: set[int] = set()
+    while True:
+        sizes = np.bincount(gt.ravel(), minlength=_N)
+        small = [k for k in range(1, _N) if 0 < sizes[k] < min_vox and k not in islands]
+        if not small:
+            return rank_fragments(gt)
+        k = min(small, key=lambda lab: (sizes[lab], lab))
+        touching: dict[int, int] = {}
+        box = bounding_box(gt == k, margin_vox=1)
+        for (p, q), n in cc3d.contacts(gt[box], connectivity=26, surface_area=False).items():
+            other = q if p == k else p
+            if k in (p, q) and (other - 1) // 10 == (k - 1) // 10:
+                touching[other] = touching.get(other, 0) + int(n)
+        if not touching:
+            islands.add(k)
+            continue
+        gt[gt == k] = max(touching, key=touching.get)
 
 
 # --------------------------------------------------------------------------- many cases

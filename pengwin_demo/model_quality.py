@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .labels import BONES
+
 log = logging.getLogger(__name__)
 
 EVAL_SEEDS = (900001, 900002, 900003, 900004, 900005)
@@ -25,13 +27,12 @@ EVAL_SEEDS = (900001, 900002, 900003, 900004, 900005)
 
 def bone_iou(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """IoU per bone of two anatomy maps (0 bg, 1 sacrum, 2 left hip, 3 right hip)."""
-    names = {1: "sacrum", 2: "left_hip", 3: "right_hip"}
     out = {}
-    for k, name in names.items():
+    for k, name in BONES.items():
         p, g = pred == k, gt == k
         union = np.count_nonzero(p | g)
         out[name] = float(np.count_nonzero(p & g) / union) if union else float("nan")
-    out["mean"] = float(np.nanmean([out[n] for n in names.values()]))
+    out["mean"] = float(np.nanmean([out[n] for n in BONES.values()]))
     return out
 
 

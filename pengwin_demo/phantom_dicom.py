@@ -11,6 +11,7 @@ Identifiers are synthetic (PatientName ``PHANTOM^<n>``); nothing resembles a per
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,85 @@ RESCALE_INTERCEPT = -1024
 
 def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=["pengwin_demo.phantom", *[str(p) for p in parts]])
+
+
+@dataclass(frozen=True)
+class SeriesUids:
+    """The UIDs every slice of one series shares."""
+
+    study: str
+    series: str
+    frame_of_reference: str
+
+
+def image_slice(
+    stored: np.ndarray,
+    position_lps_mm,
+    orientation,
+    pixel_spacing_rc_mm,
+    *,
+    uids: SeriesUids,
+    sop_uid: str,
+    instance_number: int,
+    modality: str = "CT",
+    sop_class_uid: str = CTImageStorage,
+    bits_stored: int = 16,
+    rescale: tuple[float, float] | None = (1, RESCALE_INTERCEPT),
+) -> Dataset:
+    """One single-frame image as a DICOM data set: file meta, identity, plane and pixels.
+
+    Patient, study and series descriptions are left to the caller.
+
+    Parameters
+    ----------
+    stored : ndarray of uint16 or int16, shape (rows, columns)
+        Stored pixel values; int16 gives PixelRepresentation 1 (signed).
+    position_lps_mm : sequence of 3 float
+        ImagePositionPatient: LPS position of the first pixel's centre, mm.
+    orientation : sequence of 6 float
+        ImageOrientationPatient: LPS directions of the row (index x) and column (index y) axes.
+    pixel_spacing_rc_mm : (float, float)
+        PixelSpacing: (row spacing = y, column spacing = x), mm.
+    uids : SeriesUids
+        Study, series and frame-of-reference UIDs.
+    sop_uid : str
+        SOPInstanceUID of this image.
+    instance_number : int
+        InstanceNumber (1-based).
+    modality, sop_class_uid : str
+        Modality and SOP class.
+    bits_stored : int
+        BitsStored (BitsAllocated is 16).
+    rescale : (slope, intercept) or None
+        RescaleSlope and RescaleIntercept (HU = stored x slope + intercept); None writes none.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid or CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = uids.study
+    ds.SeriesInstanceUID = uids.series
+    ds.FrameOfReferenceUID = uids.frame_of_reference
+    ds.Modality = modality
+    ds.InstanceNumber = int(instance_number)
+    ds.ImagePositionPatient = [round(float(v), 6) for v in position_lps_mm]
+    ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
+    ds.PixelSpacing = [round(float(v), 6) for v in pixel_spacing_rc_mm]
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = int(bits_stored)
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    return ds
 
 
 def write_dicom_series(
@@ -54,30 +134,18 @@ def write_dicom_series(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = uid_key or f"{patient_index}-{series_number}"
-    study_uid, series_uid, frame_uid = _uid(key, "study"), _uid(key, "series"), _uid(key, "frame")
+    uids = SeriesUids(_uid(key, "study"), _uid(key, "series"), _uid(key, "frame"))
     sz, sy, sx = ct.spacing_zyx_mm
     d = ct.direction
-    orientation = [round(float(v), 8) for v in (*d[:, 0], *d[:, 1])]
+    orientation = (*d[:, 0], *d[:, 1])
     normal = np.cross(d[:, 0], d[:, 1])
     hu = np.clip(ct.array, RESCALE_INTERCEPT, 65535 + RESCALE_INTERCEPT)
     pixels = (hu.astype(np.int32) - RESCALE_INTERCEPT).astype(np.uint16)
-    nz, ny, nx = ct.shape
     paths = []
-    for k in range(nz):
+    for k in range(ct.shape[0]):
         position = ct.index_to_world(np.array([k, 0.0, 0.0]))[0]
-        sop_uid = _uid(key, "slice", k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "CT"
+        ds = image_slice(pixels[k], position, orientation, (sy, sx), uids=uids,
+                         sop_uid=_uid(key, "slice", k), instance_number=k + 1)
         ds.Manufacturer = "pengwin_demo phantom"
         ds.PatientName = f"PHANTOM^{patient_index}"
         ds.PatientID = f"PHANTOM-{patient_index:04d}"
@@ -92,27 +160,14 @@ def write_dicom_series(
         ds.SeriesDescription = "Phantom CT"
         ds.BodyPartExamined = "PELVIS"
         ds.SeriesNumber = int(series_number)
-        ds.InstanceNumber = k + 1
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.PatientPosition = "HFS"
-        ds.ImagePositionPatient = [round(float(v), 6) for v in position]
-        ds.ImageOrientationPatient = orientation
         ds.SliceLocation = round(float(position @ normal), 6)
         ds.SliceThickness = round(float(sz), 6)
         ds.SpacingBetweenSlices = round(float(sz), 6)
-        ds.PixelSpacing = [round(float(sy), 6), round(float(sx), 6)]
-        ds.Rows, ds.Columns = ny, nx
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = RESCALE_INTERCEPT
-        ds.RescaleSlope = 1
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = 400, 1800
         ds.KVP = 120
-        ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
         path = out / f"slice_{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

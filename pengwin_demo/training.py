@@ -37,13 +37,13 @@ import SimpleITK as sitk
 
 from .errors import InputError, ModelError
 from .io import VOLUME_SUFFIXES, read_volume, volume_suffix, write_volume
-from .labels import anatomy_from_fragments
+from .labels import ABBC_CLASSES, ANATOMY_CLASSES, anatomy_from_fragments
 from .volume import Volume
 
 log = logging.getLogger(__name__)
 
-ABBC_LABELS = {"background": 0, "boundary": 1, "core": 2, "border": 3}
-ANATOMY_LABELS = {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3}
+ABBC_LABELS = ABBC_CLASSES
+ANATOMY_LABELS = ANATOMY_CLASSES
 DATASET_NAMES = {"abbc": "PengwinABBC", "anatomy": "PengwinAnatomy"}
 FILE_ENDING = ".nii.gz"
 DEMO_CONFIGURATION = "3d_demo"

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Train the bundled demo models in one GPU run, measure them on held-out phantoms, and
-# leave models/anatomy and models/abbc ready to commit (MODEL_CARD.md includes the numbers).
+# leave pengwin_demo/models/bundled/{anatomy,abbc} ready to commit (MODEL_CARD.md includes the numbers).
 #
 #   scripts/gpu_train.sh                 # GPU: full demo recipe, more epochs
 #   DEVICE=cpu EPOCHS=1 CASES=2 EVAL_CASES=0 scripts/gpu_train.sh   # the CPU code path (smoke)
 #
 # Environment: DEVICE (auto|cuda|cpu, default auto), WORK (scratch, default
-# /tmp/pengwin_gpu_training), OUT (default models/), RECIPE (demo|bootstrap), EPOCHS
+# /tmp/pengwin_gpu_training), OUT (default pengwin_demo/models/bundled), RECIPE (demo|bootstrap), EPOCHS
 # (default 150 on a GPU, the recipe's on CPU), CASES (training phantoms, default 48 on a GPU),
 # THREADS (torch threads per process), EVAL_CASES (held-out full-size phantoms, default 3),
 # MAX_MINUTES (training time budget per model; the learning rate decays over it; EPOCHS then
 # only caps the run), ITERS (iterations per epoch). A WORK folder that already holds the
-# phantoms' nnU-Net datasets and preprocessed `3d_demo` data is reused as it is (the GPU
-# lease copies one in, so the GPU machine needs no phantom generation or SimpleITK I/O).
+# phantoms' nnU-Net datasets and preprocessed `3d_demo` data is reused as it is (prepare it on
+# another machine and copy it in: the GPU machine then needs no phantom generation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE=${DEVICE:-auto}
 WORK=${WORK:-/tmp/pengwin_gpu_training}
-OUT=${OUT:-models}
+OUT=${OUT:-pengwin_demo/models/bundled}
 RECIPE=${RECIPE:-demo}
 EVAL_CASES=${EVAL_CASES:-3}
 
@@ -56,4 +56,4 @@ add_quality_to_cards(Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()
 PY
 fi
 du -sh "$OUT/anatomy" "$OUT/abbc"
-echo "done: models in $OUT (commit models/anatomy models/abbc)"
+echo "done: models in $OUT (commit $OUT/anatomy $OUT/abbc)"

@@ -1,6 +1,6 @@
 """ABBC targets on hand-built cases: invariants, geometry in mm, edge cases, bad input.
 
-Invariants (tests/test_abbc_support.py): the four classes partition the volume and
+Invariants (tests/_helpers/abbc_checks.py): the four classes partition the volume and
 background stays background; every fragment has a core voxel; no 26-connected core
 component spans two fragments; border lies only within the border width of another
 fragment of the same bone; open (boundary/core) voxels of two fragments of one bone
@@ -20,7 +20,7 @@ from pengwin_demo.abbc import (
 )
 from pengwin_demo.errors import InputError
 from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
-from test_abbc_support import (
+from _helpers.abbc_checks import (
     check_all,
     check_border_near_same_bone,
     check_cores_apart,

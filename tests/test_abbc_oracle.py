@@ -6,8 +6,8 @@ against its best predicted fragment). Ground-truth fragments under the recovery'
 fragment size (1000 voxels) are first merged as the recovery merges them (into the
 fragment of their bone they touch most); the all-fragments figure is printed too.
 
-The real fractured sacrum lives in ../shared/data (see its README); those tests skip when
-it is absent.
+The real fractured sacrum comes from the ``real_sacrum_dir`` fixture (tests/conftest.py);
+those tests skip when it is absent.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import pytest
 
 from pengwin_demo.abbc import abbc_targets
 from pengwin_demo.labels import ABBC_BORDER, ABBC_CORE, anatomy_from_fragments
-from test_abbc_support import (
-    SACRUM,
+from _helpers.abbc_checks import (
     best_ious,
     check_all,
     core_components,
@@ -44,13 +43,11 @@ def mean(d: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def sacrum():
-    if not SACRUM.exists():
-        pytest.skip(f"real test data not found at {SACRUM} (../shared/data beside the repo)")
+def sacrum(real_sacrum_dir):
     from pengwin_demo.io import read_volume
     from pengwin_demo.volume import bounding_box
 
-    vol = read_volume(SACRUM, kind="label")
+    vol = read_volume(real_sacrum_dir / "fragments.nii.gz", kind="label")
     box = bounding_box(vol.array > 0, margin_vox=12)
     labels = np.ascontiguousarray(vol.array[box])
     abbc = abbc_targets(labels, vol.spacing_zyx_mm)

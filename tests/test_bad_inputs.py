@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bad_inputs
-from bad_inputs import CASES, tree_digest, write_corpus
+from _helpers import bad_inputs
+from _helpers.bad_inputs import CASES, tree_digest, write_corpus
+from _helpers.real_data import REAL_DATA
 from pengwin_demo.__main__ import main as cli
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume
 from pengwin_demo.pipeline import Pipeline
 from pengwin_demo.volume import Volume
-from test_watcher import failed_jobs, make_dirs, outputs
+from _helpers.watcher_jobs import failed_jobs, make_dirs, outputs
 from watcher import WatcherConfig, WatcherService
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MASKED_REAL = [DATA / "real_fracture_sacrum" / "image.nii.gz",
-               *sorted((DATA / "real_fractured_pelves").glob("case_*/SA_image.nii.gz"))[:2]]
+MASKED_REAL = [REAL_DATA / "real_fracture_sacrum" / "image.nii.gz",
+               *sorted((REAL_DATA / "real_fractured_pelves").glob("case_*/SA_image.nii.gz"))[:2]]
 
 
 def test_the_corpus_has_at_least_twenty_classes():

@@ -16,21 +16,9 @@ from pengwin_demo.errors import InputError
 from pengwin_demo.io import write_volume
 from pengwin_demo.volume import Volume
 
-import dicom_factory as fac
+from _helpers import dicom_factory as fac
+from _helpers.dicom_factory import assert_on_field
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_ct_siemens"
-
-
-def world_field(vol: Volume) -> np.ndarray:
-    """field_hu at the LPS centre of every voxel of ``vol`` (z, y, x)."""
-    idx = np.indices(vol.shape).reshape(3, -1).T
-    return fac.field_hu(vol.index_to_world(idx)).reshape(vol.shape)
-
-
-def assert_on_field(vol: Volume, tol_hu: float) -> None:
-    """Every voxel holds the synthetic field value of the place the geometry says it is."""
-    err = np.abs(vol.array.astype(np.float64) - world_field(vol))
-    assert err.max() <= tol_hu, f"max deviation {err.max():.2f} HU"
 
 
 def test_volume_file_is_delegated(tmp_path):
@@ -194,11 +182,10 @@ def test_not_dicom_at_all(tmp_path):
         load_ct(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real DICOM test data ../shared/data/dicom_ct_siemens is absent")
-def test_real_siemens_jpeg2000_matches_simpleitk():
-    ct = load_ct(REAL)
+def test_real_siemens_jpeg2000_matches_simpleitk(siemens_series_dir):
+    ct = load_ct(siemens_series_dir)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(REAL)))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(siemens_series_dir)))
     ref = Volume.from_sitk(reader.Execute())
     assert ct.volume.shape == ref.shape == (20, 512, 512)
     assert ct.volume.same_grid(ref, tol_mm=1e-4)

@@ -13,8 +13,8 @@ from pengwin_demo.dicom import load_ct
 from pengwin_demo.dicom_geometry import FILL_HU
 from pengwin_demo.errors import InputError
 
-import dicom_factory as fac
-from test_dicom_load import assert_on_field, world_field
+from _helpers import dicom_factory as fac
+from _helpers.dicom_factory import assert_on_field, world_field
 
 
 def _write(tmp_path, dss, sub="in"):

@@ -15,7 +15,7 @@ from pengwin_demo.dicom_files import extract_zip
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 
-import dicom_factory as fac
+from _helpers import dicom_factory as fac
 
 
 # ------------------------------------------------------------------ zip safety

@@ -16,6 +16,7 @@ from pengwin_demo.errors import InputError
 from pengwin_demo.geodesic import grow_labels
 from pengwin_demo.instances import RecoveryResult, recover_fragments
 from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, anatomy_from_fragments
+from pengwin_demo.metrics import fragment_iou, rank_fragments
 
 SPACING = (1.5, 1.0, 1.0)  # (z, y, x) mm
 
@@ -53,61 +54,7 @@ def toy_pelvis(shape=(36, 56, 96)) -> np.ndarray:
     labels[left & (x < 74)] = 11
     labels[left & (x >= 74) & (y < yc)] = 12
     labels[left & (x >= 74) & (y >= yc)] = 13
-    return _rank(labels)
-
-
-def _rank(labels: np.ndarray) -> np.ndarray:
-    """Renumber so that within each bone the largest fragment has the lowest label."""
-    out = np.zeros_like(labels)
-    for base in (0, 10, 20):
-        present = [lab for lab in range(base + 1, base + 11) if np.any(labels == lab)]
-        present.sort(key=lambda lab: -int(np.count_nonzero(labels == lab)))
-        for k, lab in enumerate(present):
-            out[labels == lab] = base + 1 + k
-    return out
-
-
-def fragment_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """PENGWIN fragment IoU: each gt fragment vs its best same-bone prediction, averaged."""
-    table = np.bincount(gt.astype(np.int64).ravel() * 31 + pred.ravel(), minlength=31 * 31).reshape(31, 31)
-    gt_n, pred_n = table.sum(axis=1), table.sum(axis=0)
-    ious = []
-    for g in np.flatnonzero(gt_n[1:]) + 1:
-        cands = range((g - 1) // 10 * 10 + 1, (g - 1) // 10 * 10 + 11)
-        ious.append(max(table[g, p] / (gt_n[g] + pred_n[p] - table[g, p]) for p in cands))
-    return float(np.mean(ious))
-
-
-def merge_small_fragments(gt: np.ndarray, min_vox: int) -> np.ndarray:
-    """Ground truth with fragments under ``min_vox`` merged into the same-bone fragment they
-    touch most (26-neighbour contacts), smallest first, then ranked by size per bone."""
-    import cc3d
-
-    gt = gt.copy()
-    islands: set[int] = set()
-    while True:
-        sizes = np.bincount(gt.ravel(), minlength=31)
-        small = [k for k in range(1, 31) if 0 < sizes[k] < min_vox and k not in islands]
-        if not small:
-            return _rank(gt)
-        k = min(small, key=lambda lab: (sizes[lab], lab))
-        touching: dict[int, int] = {}
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndi_box(gt == k))
-        for (p, q), n in cc3d.contacts(gt[box], connectivity=26, surface_area=False).items():
-            if k in (p, q):
-                other = q if p == k else p
-                if (other - 1) // 10 == (k - 1) // 10:
-                    touching[other] = touching.get(other, 0) + int(n)
-        if not touching:  # an island of its own: keep it
-            islands.add(k)
-            continue
-        gt[gt == k] = max(touching, key=touching.get)
-
-
-def ndi_box(mask: np.ndarray):
-    from scipy import ndimage as ndi
-
-    return ndi.find_objects(mask.astype(np.uint8))[0]
+    return rank_fragments(labels)
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +225,8 @@ def test_instance_straddling_two_bones_is_split_by_anatomy(toy):
 def _two_blocks_and_a_neck(wall: bool) -> tuple[np.ndarray, np.ndarray]:
     """Two cored blocks of bone joined by a 2 x 2 voxel neck of boundary (x 26-34).
 
-    ``wall=False``: one fragment with two cores, no border anywhere (issue #6: a core split
-    in two must stay one fragment). ``wall=True``: the blocks are two fragments of the bone
+    ``wall=False``: one fragment with two cores, no border anywhere (a core split in two
+    must stay one fragment). ``wall=True``: the blocks are two fragments of the bone
     that touch face to face, with a border wall two voxels a side and a 2 x 2 hole of
     boundary in it (a gap in a predicted wall). Returns (abbc, ground-truth labels)."""
     shape = (20, 20, 62)

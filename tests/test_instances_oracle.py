@@ -1,7 +1,7 @@
 """Oracle and imperfect-prediction tests: ground truth -> ABBC targets -> recovery -> compare.
 
 Uses the project's own ABBC generator (:func:`pengwin_demo.abbc.abbc_targets`) on the real
-fractured sacrum in ``../shared/data`` (skipped when absent) and on synthetic phantoms.
+fractured sacrum (the ``real_sacrum_dir`` fixture; skipped when absent) and on synthetic phantoms.
 Fragment IoU follows the PENGWIN semantics (each ground-truth fragment against its best
 same-bone prediction, averaged); ground-truth fragments under the minimum fragment size
 are merged into their neighbour first, and the all-fragments figure is printed beside it.
@@ -9,33 +9,26 @@ are merged into their neighbour first, and the all-fragments figure is printed b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pengwin_demo import abbc_noise
 from pengwin_demo.instances import recover_fragments
 from pengwin_demo.labels import ABBC_CORE, anatomy_from_fragments
+from pengwin_demo.metrics import fragment_iou, merge_small_fragments
 from pengwin_demo.volume import bounding_box
-
-from test_instances import fragment_iou, merge_small_fragments
 
 abbc_mod = pytest.importorskip("pengwin_demo.abbc")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SACRUM = DATA / "real_fracture_sacrum" / "fragments.nii.gz"
 MIN_FRAGMENT_VOX = 1000
 
 
 @pytest.fixture(scope="module")
-def sacrum():
+def sacrum(real_sacrum_dir):
     """Real sacrum labels cropped to the bone (+4 voxels), its ABBC map and anatomy."""
-    if not SACRUM.exists():
-        pytest.skip(f"real test data not found at {SACRUM} (../shared/data is not part of the repo)")
     from pengwin_demo.io import read_volume
 
-    vol = read_volume(SACRUM, kind="label")
+    vol = read_volume(real_sacrum_dir / "fragments.nii.gz", kind="label")
     box = bounding_box(vol.array > 0, margin_vox=4)
     gt = np.ascontiguousarray(vol.array[box])
     spacing = vol.spacing_zyx_mm

@@ -14,9 +14,6 @@ from pengwin_demo.masked_cases import (find_masked_cases, is_masked_layout, mask
 from pengwin_demo.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
-PELVES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_fractured_pelves"
-SACRUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_fracture_sacrum"
-needs_pelves = pytest.mark.skipif(not PELVES.is_dir(), reason=f"real test data not found at {PELVES}")
 
 
 def _grid(shape=(6, 8, 10), spacing=(1.0, 0.8, 0.8)) -> Volume:
@@ -95,9 +92,8 @@ def test_single_bone_layout_needs_the_bone(tmp_path):
         masked_to_pengwin(src, tmp_path / "out2", bone="femur")
 
 
-@needs_pelves
-def test_real_case_sums_the_bones_and_keeps_every_expert_voxel():
-    case = next(c for c in find_masked_cases(PELVES) if c.name == "case_001")
+def test_real_case_sums_the_bones_and_keeps_every_expert_voxel(real_pelves_dir):
+    case = next(c for c in find_masked_cases(real_pelves_dir) if c.name == "case_001")
     ct, labels = read_masked_case(case)
     # case_001: intact sacrum and right hip; left hip in two pieces with source ids 1 and 3
     counts = {int(v): int(n) for v, n in zip(*np.unique(labels.array, return_counts=True))}
@@ -107,12 +103,11 @@ def test_real_case_sums_the_bones_and_keeps_every_expert_voxel():
     assert ct.same_grid(left)
 
 
-@needs_pelves
 @pytest.mark.slow
-def test_prepare_dataset_cli_reads_the_real_per_bone_layout(tmp_path):
+def test_prepare_dataset_cli_reads_the_real_per_bone_layout(tmp_path, real_pelves_dir):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "case_003").symlink_to(PELVES / "case_003")
+    (src / "case_003").symlink_to(real_pelves_dir / "case_003")
     out = subprocess.run(
         [sys.executable, "-m", "pengwin_demo", "prepare-dataset", str(src), str(tmp_path / "raw"),
          "--pengwin-out", str(tmp_path / "pengwin"), "--workers", "1"],
@@ -133,12 +128,11 @@ def test_prepare_dataset_cli_asks_where_masked_cases_go(tmp_path):
     assert out.returncode == 2 and "--pengwin-out" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(not SACRUM.is_dir(), reason=f"real test data not found at {SACRUM}")
-def test_real_single_sacrum_reads_as_sacrum_labels(tmp_path):
+def test_real_single_sacrum_reads_as_sacrum_labels(tmp_path, real_sacrum_dir):
     src = tmp_path / "sacrum"
     src.mkdir()
     for name in ("image.nii.gz", "fragments.nii.gz"):
-        (src / name).symlink_to(SACRUM / name)
+        (src / name).symlink_to(real_sacrum_dir / name)
     masked_to_pengwin(src, tmp_path / "out", bone="SA")
     labels = read_volume(tmp_path / "out" / "labels" / "sacrum.nii.gz", "label")
     values, counts = np.unique(labels.array, return_counts=True)

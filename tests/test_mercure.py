@@ -19,11 +19,11 @@ import pydicom
 import pytest
 import trimesh
 
-import dicom_factory as factory
+from _helpers import dicom_factory as factory
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.phantom_dicom import write_dicom_series
 from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
-from test_watcher import REPO, watcher_env
+from _helpers.watcher_jobs import REPO, watcher_env
 from watcher.mercure import ModuleSettings, Output
 
 

@@ -26,7 +26,6 @@ from pengwin_demo.meshes import (
 )
 from pengwin_demo.volume import Volume
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPACING = (1.5, 0.8, 0.7)  # z, y, x mm
 ORIGIN = (-40.0, 25.0, -300.0)  # LPS mm
 
@@ -205,10 +204,8 @@ def test_scene_glb_empty_scene_is_valid():
     assert data[:4] == b"glTF"
 
 
-@pytest.mark.skipif(not (DATA / "real_fracture_sacrum").exists(),
-                    reason="real test data ../shared/data/real_fracture_sacrum not present")
-def test_real_sacrum_fragments_mesh_onto_their_voxels():
-    full = read_volume(DATA / "real_fracture_sacrum" / "fragments.nii.gz", kind="label")
+def test_real_sacrum_fragments_mesh_onto_their_voxels(real_sacrum_dir):
+    full = read_volume(real_sacrum_dir / "fragments.nii.gz", kind="label")
     nz = np.argwhere(full.array)
     lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
     vol = full.crop(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)))

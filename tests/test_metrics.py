@@ -12,13 +12,14 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-from scipy.spatial.distance import cdist
 
 from pengwin_demo.errors import InputError
 from pengwin_demo.metrics import (
     METRIC_KEYS,
     bounding_radius,
     evaluate_case,
+    reference_surface_distances_mm,
+    reference_surface_points_mm,
     surface_distances_mm,
     surface_points_mm,
     surface_shell,
@@ -262,27 +263,6 @@ def test_labels_outside_pengwin_range_are_ignored():
 
 
 # ---------------------------------------------------------------- building blocks
-def _naive_points(mask, spacing, sample_size=10_000, seed=2024):
-    """Whole-grid reference: scipy shell, argwhere, draw with replacement, scale."""
-    struct = ndi.generate_binary_structure(3, 1)
-    shell = ndi.binary_dilation(mask, struct) & ~ndi.binary_erosion(mask, struct)
-    pts = np.argwhere(shell)
-    if len(pts) > sample_size:
-        pts = pts[np.random.RandomState(seed).randint(0, len(pts), size=sample_size)]
-    return pts * np.asarray(spacing)
-
-
-def _naive_hd95_assd(a, b):
-    """Dense distance matrix in row blocks (the template's cdist, without its 800 MB)."""
-    d_ab = np.empty(len(a), np.float32)
-    d_ba = np.full(len(b), np.inf, np.float32)
-    for start in range(0, len(a), 2000):
-        d = cdist(a[start:start + 2000], b).astype(np.float32)
-        d_ab[start:start + 2000] = d.min(axis=1)
-        d_ba = np.minimum(d_ba, d.min(axis=0))
-    return max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), (d_ab.mean() + d_ba.mean()) / 2
-
-
 def test_cropped_subsampled_surfaces_match_the_whole_grid_reference():
     """Shells over 10 000 voxels: the crop must draw exactly the same points."""
     spacing = (1.25, 0.75, 0.8)
@@ -294,15 +274,16 @@ def test_cropped_subsampled_surfaces_match_the_whole_grid_reference():
     pred[np.roll(ball, (2, -3, 1), axis=(0, 1, 2)) & (xx > 14)] = 1
     assert surface_shell(ball).sum() > 10_000
     r = evaluate_case(pred, gt, spacing)
-    a, b = _naive_points(gt == 1, spacing), _naive_points(pred == 1, spacing)
-    hd95, assd = _naive_hd95_assd(a, b)
+    a = reference_surface_points_mm(gt == 1, spacing)
+    b = reference_surface_points_mm(pred == 1, spacing)
+    hd95, assd = reference_surface_distances_mm(a, b)
     assert r["hd95_f"] == pytest.approx(float(hd95), abs=1e-4)
     assert r["assd_f"] == pytest.approx(float(assd), abs=1e-4)
     assert r["iou_f"] == np.logical_and(gt, pred).sum() / np.logical_or(gt, pred).sum()
     # and the crop-with-offset path draws the same points as the whole grid
     box = (slice(3, 58), slice(4, 86), slice(8, 93))
     cropped = surface_points_mm(ball[box], spacing, offset_zyx_vox=(3, 4, 8))
-    np.testing.assert_array_equal(cropped, _naive_points(ball, spacing))
+    np.testing.assert_array_equal(cropped, reference_surface_points_mm(ball, spacing))
 
 
 def test_sampling_matches_scikit_learn_resample():

@@ -14,8 +14,6 @@ from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.metrics import METRIC_KEYS, evaluate_case, evaluate_folders, pair_cases
 from pengwin_demo.volume import Volume, bounding_box
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SACRUM = DATA / "real_fracture_sacrum" / "fragments.nii.gz"
 SPACING = (2.0, 0.8, 0.8)
 
 
@@ -137,10 +135,8 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ real fracture data
 @pytest.fixture(scope="module")
-def real_sacrum():
-    if not SACRUM.is_file():
-        pytest.skip("real test data ../shared/data/real_fracture_sacrum is absent")
-    return read_volume(SACRUM, kind="label")
+def real_sacrum(real_sacrum_dir):
+    return read_volume(real_sacrum_dir / "fragments.nii.gz", kind="label")
 
 
 def test_real_sacrum_agrees_with_the_official_template(real_sacrum):

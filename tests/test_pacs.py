@@ -25,8 +25,8 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-import dicom_factory as factory
-from orthanc_support import ORTHANC_BIN, SKIP_REASON, Orthanc, free_port
+from _helpers import dicom_factory as factory
+from _helpers.orthanc import ORTHANC_BIN, SKIP_REASON, Orthanc, free_port
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
@@ -36,8 +36,8 @@ from pengwin_demo.phantom_dicom import write_dicom_series
 from pengwin_demo.seg_export import write_dicom_seg
 from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
 from pengwin_demo.volume import Volume, resample_onto
-from test_watcher import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
-from test_watcher_support import convert_process
+from _helpers.watcher_jobs import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
+from _helpers.watcher_jobs import convert_process
 from watcher import WatcherConfig, WatcherService, load_config
 from watcher.arrival import InboxScanner
 from watcher.dicom_node import DicomReceiver, StoreStatus
@@ -289,7 +289,7 @@ def test_once_with_send_to_processes_the_inbox_and_sends_before_exit(tmp_path):
     pacs = Orthanc(tmp_path / "pacs", {}).start()
     try:
         cmd = [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
-               "--process", "orthanc_support:seg_process", "--settle-seconds", "0", "--once",
+               "--process", "_helpers.orthanc:seg_process", "--settle-seconds", "0", "--once",
                "--send-to", f"127.0.0.1:{pacs.dicom_port}:ORTHANC"]
         result = subprocess.run(cmd, cwd=REPO, env=watcher_env(), capture_output=True, text=True,
                                 timeout=300)

@@ -22,11 +22,11 @@ from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.meshes import stl_name
+from pengwin_demo.models import bundled_models_dir
 from pengwin_demo.pipeline import STAGES, Pipeline
 from pengwin_demo.volume import Volume
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = bundled_models_dir()
 HAVE_BUNDLED = (MODELS / "anatomy" / "plans.json").is_file() and (MODELS / "abbc" / "plans.json").is_file()
 
 
@@ -238,7 +238,7 @@ def test_more_than_ten_fragments_in_a_bone_warns(tmp_path):
 
 
 def test_dicom_input_with_dicom_seg(tmp_path):
-    import dicom_factory as fac
+    from _helpers import dicom_factory as fac
     import highdicom as hd
 
     dss = fac.make_series(n_slices=30, rows=56, columns=128, pixel_spacing_rc_mm=(1.0, 1.1),
@@ -307,17 +307,15 @@ def test_bad_mesh_detail_is_refused(tmp_path):
 
 
 # -- with the bundled demo models ----------------------------------------------------------
-needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason="bundled demo models not installed in models/")
+needs_models = pytest.mark.skipif(not HAVE_BUNDLED, reason=f"bundled demo models not found in {MODELS}")
 
 
 @needs_models
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "dicom_ct_siemens").exists(),
-                    reason="real test data ../shared/data/dicom_ct_siemens not present")
-def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys):
+def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys, siemens_series_dir):
     from pengwin_demo.__main__ import main
 
-    rc = main(["segment", str(DATA / "dicom_ct_siemens"), "-o", str(tmp_path / "out"),
+    rc = main(["segment", str(siemens_series_dir), "-o", str(tmp_path / "out"),
                "--device", "cpu", "--dicom-seg", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out

@@ -1,19 +1,16 @@
 """DICOM SEG export: one segment per fragment, referencing the source series, on the CT grid."""
 
-from pathlib import Path
-
-import dicom_factory as fac
 import highdicom as hd
 import numpy as np
 import pytest
 
+from _helpers import dicom_factory as fac
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.errors import InputError
 from pengwin_demo.labels import PALETTE_RGB
 from pengwin_demo.seg_export import labels_to_seg, segment_label, write_dicom_seg
 from pengwin_demo.volume import Volume, resample_onto
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _fragments(shape) -> np.ndarray:
@@ -74,10 +71,8 @@ def test_seg_refuses_empty_labels_and_non_dicom():
         labels_to_seg(vol.with_array(np.ones((4, 5, 6), np.uint8)), [])
 
 
-@pytest.mark.skipif(not (DATA / "dicom_ct_siemens").exists(),
-                    reason="real test data ../shared/data/dicom_ct_siemens not present")
-def test_seg_from_real_siemens_headers_with_missing_uids(tmp_path):
-    ct = load_ct(DATA / "dicom_ct_siemens")
+def test_seg_from_real_siemens_headers_with_missing_uids(tmp_path, siemens_series_dir):
+    ct = load_ct(siemens_series_dir)
     assert not str(ct.dicom_headers[0].get("SeriesInstanceUID", ""))  # the quirk under test
     a = np.zeros(ct.volume.shape, np.uint8)
     a[3:8, 100:200, 150:300] = 1

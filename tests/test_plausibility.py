@@ -1,8 +1,6 @@
 """Is what Stage 1 found a pelvis? Refusals and warnings on real pelves, phantoms with bones
 removed, swapped sides and soft tissue taken for bone."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,8 +8,6 @@ from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.plausibility import check_anatomy
-
-PELVES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_fractured_pelves"
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +17,8 @@ def phantom():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PELVES.is_dir(), reason=f"real test data not found at {PELVES}")
-def test_real_pelves_with_expert_bones_pass_without_warnings():
-    for case in find_masked_cases(PELVES):
+def test_real_pelves_with_expert_bones_pass_without_warnings(real_pelves_dir):
+    for case in find_masked_cases(real_pelves_dir):
         ct, labels = read_masked_case(case)
         check = check_anatomy(labels.with_array(anatomy_from_fragments(labels.array)), ct.array)
         assert check.refusal is None and check.warnings == [], (case.name, check)

@@ -46,6 +46,7 @@ def test_ci_treats_no_tests_collected_as_success(tmp_path):
 def test_dockerfile_installs_requirements_and_serves_app_on_7860():
     text = (REPO / "Dockerfile").read_text()
     assert "pip install -r requirements.txt" in text
+    assert "pip install --no-deps ." in text  # the package: console scripts, bundled models
     assert "EXPOSE 7860" in text and "GRADIO_SERVER_PORT=7860" in text
     assert 'CMD ["python", "app.py"]' in text
     assert "python -m watcher" in text  # the other documented command
@@ -63,3 +64,42 @@ def test_requirements_pin_compatible_torch_and_nnunet():
     for needed in ("simpleitk", "pydicom", "connected-components-3d", "edt", "scikit-fmm",
                    "trimesh", "gradio", "watchdog", "highdicom", "pylibjpeg-openjpeg"):
         assert needed in reqs, needed
+
+
+def test_the_repository_speaks_only_of_the_software():
+    # written so that these lines do not match themselves
+    pattern = re.compile(r"gpu[._ -]leas[e]|this\s+workplace|device\s+time|lent\s+gpu|\bleas[e]\b|"
+                         r"issue\s+#\d|DESIGN\.md", re.I)
+    suffixes = {".py", ".md", ".sh", ".toml", ".txt", ".cfg", ".yml", ".yaml", ".service"}
+    skip = {".git", "__pycache__", "build", ".pytest_cache"}
+    found = []
+    for path in REPO.rglob("*"):
+        if skip & set(path.relative_to(REPO).parts) or not path.is_file():
+            continue
+        if path.suffix in suffixes or path.name in ("Dockerfile", "run"):
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()[:80]}")
+    assert not found, "\n".join(found)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_no_test_or_benchmark_imports_a_test_module_or_a_benchmark():
+    bad = []
+    for path in sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "benchmarks").glob("*.py")]):
+        for name in _imported_modules(path):
+            top = name.split(".")[0]
+            if top.startswith(("test_", "bench_", "conftest")) or top in ("tests", "benchmarks"):
+                bad.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -1,6 +1,6 @@
 """Watcher on the real filesystem with real watchdog observers.
 
-The jobs run :func:`test_watcher_support.convert_process` (the real DICOM loader, writing
+The jobs run :func:`_helpers.watcher_jobs.convert_process` (the real DICOM loader, writing
 ``ct.nii.gz``), so arrival, claiming, settling, atomic outputs, failure and recovery are
 checked on actual series; tests/test_watcher_pipeline.py runs the full pipeline.
 """
@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,70 +20,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dicom_factory as factory
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
-from test_watcher_support import convert_process
 from watcher import WatcherConfig, WatcherService, load_config
 from watcher.arrival import InboxScanner
 from watcher.jobs import JobStore
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SIEMENS = DATA / "dicom_ct_siemens"
-needs_siemens = pytest.mark.skipif(
-    not SIEMENS.is_dir(), reason=f"real DICOM series not found at {SIEMENS} (../shared/data absent)")
+from _helpers import dicom_factory as factory
+from _helpers.watcher_jobs import (
+    REPO,
+    convert_process,
+    drop,
+    failed_jobs,
+    make_dirs,
+    outputs,
+    wait_for,
+    watcher_cmd,
+    watcher_env,
+)
 
-
-# -- helpers -----------------------------------------------------------------------
-def make_dirs(tmp_path: Path) -> tuple[Path, Path]:
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    inbox.mkdir()
-    return inbox, outbox
 
 
 def series_files(folder: Path, n_slices: int, **kw) -> list[Path]:
     return factory.write_files(factory.make_series(n_slices=n_slices, **kw), folder)
 
 
-def drop(staging: Path, inbox: Path) -> Path:
-    """Move a prepared item into the inbox in one step (as a finished copy looks)."""
-    target = inbox / staging.name
-    os.rename(staging, target)
-    return target
-
-
-def outputs(outbox: Path) -> list[Path]:
-    return sorted(p for p in outbox.iterdir() if not p.name.startswith(".")) if outbox.is_dir() else []
-
-
-def failed_jobs(config: WatcherConfig) -> list[Path]:
-    return sorted(p for p in config.failed.iterdir()) if config.failed.is_dir() else []
-
-
-def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
 def slices_out(job_dir: Path) -> int:
     return read_volume(job_dir / "ct.nii.gz").shape[0]
 
 
-def watcher_cmd(inbox: Path, outbox: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
-            "--process", "test_watcher_support:convert_process", *extra]
 
-
-def watcher_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
 
 
 # -- configuration -----------------------------------------------------------------
@@ -191,12 +156,11 @@ def test_marker_ends_the_wait_and_settle_holds_otherwise(tmp_path):
     assert sorted(p.name for p in inbox.iterdir()) == [".pengwin-work", "no_marker"]
 
 
-@needs_siemens
-def test_real_series_as_folder_zip_and_loose_files_present_at_start(tmp_path):
+def test_real_series_as_folder_zip_and_loose_files_present_at_start(tmp_path, siemens_series_dir):
     inbox, outbox = make_dirs(tmp_path)
-    shutil.copytree(SIEMENS, inbox / "siemens")
-    factory.zip_folder(SIEMENS, inbox / "siemens.zip")
-    for path in sorted(SIEMENS.iterdir()):          # loose files of the real series
+    shutil.copytree(siemens_series_dir, inbox / "siemens")
+    factory.zip_folder(siemens_series_dir, inbox / "siemens.zip")
+    for path in sorted(siemens_series_dir.iterdir()):          # loose files of the real series
         shutil.copy(path, inbox / path.name)
     series_files(tmp_path / "phantom", 14)          # and loose files of a second series
     for path in (tmp_path / "phantom").iterdir():

@@ -20,17 +20,17 @@ from pathlib import Path
 import pydicom
 import pytest
 
-import dicom_factory as factory
+from _helpers import dicom_factory as factory
 from pengwin_demo.dicom_read import read_header
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
-from test_watcher import REPO, failed_jobs, make_dirs, outputs, watcher_env
-from test_watcher_support import convert_process
+from _helpers.watcher_jobs import REPO, failed_jobs, make_dirs, outputs, watcher_env
+from _helpers.watcher_jobs import convert_process
 from watcher import WatcherConfig, WatcherService
 from watcher.faults import Point
 
-CONVERT = "test_watcher_support:convert_process"
-ORACLE = "test_watcher_support:oracle_pipeline_process"
+CONVERT = "_helpers.watcher_jobs:convert_process"
+ORACLE = "_helpers.watcher_jobs:oracle_pipeline_process"
 
 
 def run_watcher(inbox: Path, outbox: Path, kill_at: str | None = None, process: str = CONVERT,

@@ -18,13 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dicom_factory as factory
 from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume
-from test_watcher import (REPO, SIEMENS, drop, failed_jobs, make_dirs, outputs, wait_for,
-                          watcher_env)
-from test_watcher_support import oracle_case
 from watcher import WatcherConfig, WatcherService
+
+from _helpers import dicom_factory as factory
+from _helpers.watcher_jobs import (
+    REPO,
+    drop,
+    failed_jobs,
+    make_dirs,
+    oracle_case,
+    outputs,
+    wait_for,
+    watcher_env,
+)
 
 pytest.importorskip("pengwin_demo.phantom_dicom", reason="phantom DICOM writer not available")
 from pengwin_demo.phantom_dicom import write_dicom_series  # noqa: E402
@@ -94,7 +102,7 @@ def test_kill9_during_a_real_pipeline_job_then_restart(tmp_path):
     drop(tmp_path / "staging" / "phantom", inbox)
     history = inbox / ".pengwin-work" / "history.jsonl"
     args = [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
-            "--settle-seconds", "0.3", "--process", "test_watcher_support:oracle_pipeline_process"]
+            "--settle-seconds", "0.3", "--process", "_helpers.watcher_jobs:oracle_pipeline_process"]
     env = watcher_env(WATCHER_TEST_PHANTOM_SEED=str(ORACLE_SEED))
     proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     try:
@@ -130,17 +138,19 @@ def bundled_pipeline():
 
 
 @pytest.mark.slow
-def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled_pipeline):
+def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled_pipeline,
+                                                               siemens_series_dir_if_present):
+    siemens = siemens_series_dir_if_present
     ct, _truth, _ = oracle_case(ORACLE_SEED)
     inbox, outbox = make_dirs(tmp_path)
     write_dicom_series(ct, tmp_path / "staging" / "phantom")
     n_phantom = len(list((tmp_path / "staging" / "phantom").iterdir()))
     drop(tmp_path / "staging" / "phantom", inbox)
-    if SIEMENS.is_dir():
-        shutil.copytree(SIEMENS, inbox / "siemens")
+    if siemens:
+        shutil.copytree(siemens, inbox / "siemens")
     cfg = WatcherConfig(inbox=inbox, outbox=outbox, settle_seconds=0.5)
     counts = WatcherService(cfg, pipeline=bundled_pipeline).run_once(timeout=900)
-    n_good = 2 if SIEMENS.is_dir() else 1
+    n_good = 2 if siemens else 1
     assert counts == {"done": n_good, "failed": 0, "left": 0, "split": 0, "retrying": 0}, [
         (f / "error.txt").read_text() for f in failed_jobs(cfg)]
     by_files = {json.loads((j / "job.json").read_text())["files"]: j for j in outputs(outbox)}
@@ -151,6 +161,6 @@ def test_bundled_models_phantom_and_real_series_without_pelvis(tmp_path, bundled
     # the bootstrap demo models are weak: fragments, or a warning that says why there are none
     assert labels.array.any() or meta["warnings"], meta
     assert len(list((phantom / "fragments").glob("*.stl"))) == len(np.unique(labels.array)) - 1
-    if SIEMENS.is_dir():  # upper abdomen, no pelvis: completes with a warning, not a failure
+    if siemens:  # upper abdomen, no pelvis: completes with a warning, not a failure
         meta = json.loads((by_files[20] / "job.json").read_text())
         assert meta["state"] == "done" and meta["warnings"], meta

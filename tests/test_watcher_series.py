@@ -1,6 +1,6 @@
 """Every series that arrives is accounted for, and the watcher reads DICOM as ``convert`` does.
 
-The jobs run the real DICOM loader (:func:`test_watcher_support.convert_process`); the
+The jobs run the real DICOM loader (:func:`_helpers.watcher_jobs.convert_process`); the
 deliveries are synthetic studies from :mod:`dicom_factory`.
 """
 
@@ -15,12 +15,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
-import dicom_factory as factory
+from _helpers import dicom_factory as factory
 from pengwin_demo.__main__ import main as cli
 from pengwin_demo.dicom_read import read_header
 from pengwin_demo.io import read_volume
-from test_watcher import failed_jobs, make_dirs, outputs
-from test_watcher_support import convert_process
+from _helpers.watcher_jobs import failed_jobs, make_dirs, outputs
+from _helpers.watcher_jobs import convert_process
 from watcher import WatcherConfig, WatcherService
 
 

@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 
-from pengwin_demo.errors import InputError, ModelError
+from pengwin_demo.errors import InputError, exit_status
 
 from .config import load_config
 from .dicom_node import DicomReceiver
@@ -108,28 +108,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # one line per job event; the pipeline's detail goes to job.log
         for handler in logging.getLogger().handlers:
             handler.addFilter(_job_events_only)
+    return exit_status(lambda: _serve(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
     keys = ("inbox", "outbox", "work", "failed", "settle_seconds", "empty_grace_seconds",
             "polling", "keep_inputs", "dicom_seg", "allow_non_ct", "device", "max_attempts",
             *NETWORK_KEYS)
-    receiver = sender = None
+    config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
+    if config.send_to:
+        config = config.with_(dicom_seg=True)
+    if args.once and config.dicom_port:
+        raise InputError("--dicom-port runs a receiver, which --once would stop at once; "
+                         "run without --once (e.g. under systemd).")
+    process = _import_callable(args.process) if args.process else None
+    sender = ResultSender(config, record=JobStore(config).record) if config.send_to else None
+    service = WatcherService(config, process=process, on_done=sender.enqueue if sender else None)
+    if args.once:
+        counts = service.run_once(timeout=args.timeout)
+        left = sender.drain(timeout=args.timeout) if sender else 0
+        logging.getLogger("watcher").info(
+            "once: %d done, %d failed, %d left in the inbox, %d sends pending",
+            counts["done"], counts["failed"], counts["left"], left)
+        return 0
+    receiver = None
     try:
-        config = load_config({k: getattr(args, k) for k in keys}, config_file=args.config)
-        if config.send_to:
-            config = config.with_(dicom_seg=True)
-        if args.once and config.dicom_port:
-            raise InputError("--dicom-port runs a receiver, which --once would stop at once; "
-                             "run without --once (e.g. under systemd).")
-        process = _import_callable(args.process) if args.process else None
-        sender = ResultSender(config, record=JobStore(config).record) if config.send_to else None
-        service = WatcherService(config, process=process,
-                                 on_done=sender.enqueue if sender else None)
-        if args.once:
-            counts = service.run_once(timeout=args.timeout)
-            left = sender.drain(timeout=args.timeout) if sender else 0
-            logging.getLogger("watcher").info(
-                "once: %d done, %d failed, %d left in the inbox, %d sends pending",
-                counts["done"], counts["failed"], counts["left"], left)
-            return 0
         if config.dicom_port:
             receiver = DicomReceiver.from_config(config)
             JobStore(config).prepare()  # the staging area must be on the inbox's filesystem
@@ -149,12 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _graceful)
         service.run_forever()
         return 0
-    except (InputError, ModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         for part in (receiver, sender):
             if part is not None:

@@ -61,7 +61,11 @@ class _DropStopNoise(logging.Filter):
         return "called when the thread is inactive" not in record.getMessage()
 
 
-logging.getLogger("watchdog.observers.inotify").addFilter(_DropStopNoise())
+def _drop_watchdog_stop_noise() -> None:
+    """Install :class:`_DropStopNoise` once; done when a service starts, never on import."""
+    logger = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _DropStopNoise) for f in logger.filters):
+        logger.addFilter(_DropStopNoise())
 
 _MODIFYING_EVENTS = {"created", "modified", "moved", "closed"}
 STATUS_HEARTBEAT_S = 30.0
@@ -292,6 +296,7 @@ class WatcherService:
     def _start_observer(self) -> None:
         if self._observer is not None:
             return
+        _drop_watchdog_stop_noise()
         handler = _InboxEvents(self.scanner, self._wake)
         # The scanner walks each item itself on every scan and compares signatures, so
         # the observer only needs the top level: it wakes the loop when something

@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--work-dir", default="demo_training",
                         help="scratch folder: phantoms, nnU-Net folders, logs (reused to resume)")
     parser.add_argument("--out", default=None,
-                        help="where anatomy/ and abbc/ are written (default: the bundled models/ folder)")
+                        help="where anatomy/ and abbc/ are written (default: the bundled models inside the package, pengwin_demo/models/bundled/)")
     parser.add_argument("--recipe", choices=("bootstrap", "demo"), default="demo",
                         help="bootstrap: a few minutes; demo: the bundled models (default)")
     parser.add_argument("--cases", type=int, default=24, help="training phantoms (default 24)")
@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..models import MODELS_DIR, resolve_device
+    from ..models import bundled_models_dir, resolve_device
     from ..training import train_demo_models
 
     if (args.extend or args.init_from) and args.max_minutes is None:
@@ -46,7 +46,7 @@ def run(args) -> int:
     device = resolve_device(args.device).type
     kinds = (args.only,) if args.only else ("anatomy", "abbc")
     out = train_demo_models(
-        args.work_dir, Path(args.out) if args.out else MODELS_DIR, recipe=args.recipe, cases=args.cases,
+        args.work_dir, Path(args.out) if args.out else bundled_models_dir(), recipe=args.recipe, cases=args.cases,
         seed=args.seed, size=args.size, device=device, threads=args.threads,
         parallel=not args.sequential, epochs=args.epochs, kinds=kinds,
         max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
@@ -31,6 +30,9 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+from pengwin_demo.phantom_dicom import SeriesUids, image_slice
+from pengwin_demo.volume import Volume
 
 PATIENT_NAME = "Doe^Jane^Q"
 PATIENT_ID = "PID-8675309"
@@ -104,53 +106,27 @@ def make_series(
     pos = np.asarray(pos, dtype=np.float64)
     sy, sx = pixel_spacing_rc_mm
     jj, ii = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
-    series_uid = series_uid or generate_uid()
-    study_uid = study_uid or generate_uid()
-    frame_uid = generate_uid()
+    uids = SeriesUids(study_uid or generate_uid(), series_uid or generate_uid(), generate_uid())
     sop_class = CTImageStorage if sop_class_uid is None else sop_class_uid
     out = []
     for k, p in enumerate(pos):
         world = p[None, None] + ii[..., None] * sx * row + jj[..., None] * sy * col
-        hu = field_hu(world)
-        stored = np.rint((hu - intercept) / slope)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class or CTImageStorage
-        sop_uid = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
+        stored = np.rint((field_hu(world) - intercept) / slope)
+        if not signed:
+            stored = np.clip(stored, 0, 4095)
+        ds = image_slice(
+            stored.astype(np.int16 if signed else np.uint16), p, ori, (sy, sx), uids=uids,
+            sop_uid=generate_uid(), instance_number=k + 1, modality=modality, sop_class_uid=sop_class,
+            bits_stored=16 if signed else 12, rescale=(slope, intercept) if modality == "CT" else None,
+        )
         ds.PatientName = patient_name
         ds.PatientID = patient_id
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = modality
         ds.SeriesNumber = series_number
-        ds.InstanceNumber = k + 1
         ds.SeriesDescription = description
         ds.ImageType = list(image_type)
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in p]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in ori]
-        ds.PixelSpacing = [sy, sx]
         ds.SliceThickness = slice_thickness_mm if slice_thickness_mm is not None else spacing_z_mm
         if tilt_deg:
             ds.GantryDetectorTilt = tilt_deg
-        ds.Rows, ds.Columns = rows, columns
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16 if signed else 12
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        if modality == "CT":
-            ds.RescaleSlope = f"{slope:g}"
-            ds.RescaleIntercept = f"{intercept:g}"
-        dtype = np.int16 if signed else np.uint16
-        if not signed:
-            stored = np.clip(stored, 0, 4095)
-        ds.PixelData = stored.astype(dtype).tobytes()
         out.append(ds)
     return out
 
@@ -258,3 +234,15 @@ def mr_series(**kw) -> list[Dataset]:
     """An MR series (no rescale), otherwise like :func:`make_series`."""
     kw.setdefault("description", "T2 TSE ax")
     return make_series(modality="MR", sop_class_uid=MRImageStorage, intercept=0.0, **kw)
+
+
+def world_field(vol: Volume) -> np.ndarray:
+    """field_hu at the LPS centre of every voxel of ``vol`` (z, y, x)."""
+    idx = np.indices(vol.shape).reshape(3, -1).T
+    return field_hu(vol.index_to_world(idx)).reshape(vol.shape)
+
+
+def assert_on_field(vol: Volume, tol_hu: float) -> None:
+    """Every voxel holds the synthetic field value of the place the geometry says it is."""
+    err = np.abs(vol.array.astype(np.float64) - world_field(vol))
+    assert err.max() <= tol_hu, f"max deviation {err.max():.2f} HU"

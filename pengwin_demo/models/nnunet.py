@@ -1,4 +1,4 @@
-"""The learned stages: nnU-Net v2 models (bundled demo models or your own) and TotalSegmentator.
+"""nnU-Net v2 models: bundled demo models or your own, loaded once and applied to volumes.
 
 A *model* is an nnU-Net v2 results folder (``dataset.json``, ``plans.json`` and
 ``fold_*/checkpoint_final.pth``) or a zip of one (``nnUNetv2_export_model_to_zip`` or
@@ -6,11 +6,6 @@ A *model* is an nnU-Net v2 results folder (``dataset.json``, ``plans.json`` and
 it; the returned :class:`SegmentationModel` takes a :class:`~pengwin_demo.volume.Volume`
 and returns a uint8 label map on the same grid, so the rest of the code never sees how
 a network is built.
-
-Stage 1 (anatomy: 0 background, 1 sacrum, 2 left hip, 3 right hip) can instead use
-TotalSegmentator (:class:`TotalSegmentatorAnatomy`); :func:`anatomy_model` picks the backend
-and falls back to the bundled anatomy model with a warning when TotalSegmentator's weights
-are not installed.
 
 Orientation: nnU-Net works on the raw (z, y, x) array and ignores the direction matrix.
 So that a CT stored in another orientation (e.g. a RAS NIfTI) is seen the way the training
@@ -35,82 +30,27 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, ModelError
-from .volume import Volume, resample_onto
+from ..errors import InputError, ModelError
+from ..labels import ABBC_CLASSES, ANATOMY_CLASSES
+from ..volume import Volume, resample_onto
+from .devices import resolve_device
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-"""Folder of the bundled demo models (one nnU-Net results folder per kind)."""
-
 MODEL_KINDS = ("anatomy", "abbc")
 
-EXPECTED_LABELS: dict[str, dict[str, int]] = {
-    "anatomy": {"background": 0, "sacrum": 1, "left_hip": 2, "right_hip": 3},
-    "abbc": {"background": 0, "boundary": 1, "core": 2, "border": 3},
-}
+EXPECTED_LABELS: dict[str, dict[str, int]] = {"anatomy": ANATOMY_CLASSES, "abbc": ABBC_CLASSES}
 """The ``labels`` block a model's dataset.json must have to serve as each stage."""
 
 CANONICAL_ORIENTATION = "LPS"
 """Array axes orientation the models see (SimpleITK DICOMOrient code; identity direction)."""
 
-TOTALSEG_IDS = {25: 1, 77: 2, 78: 3}
-"""TotalSegmentator ``total`` task ids (sacrum, hip_left, hip_right) -> anatomy labels."""
-TOTALSEG_ROI_SUBSET = ["sacrum", "hip_left", "hip_right"]
-
 CHECKPOINT_NAME = "checkpoint_final.pth"
-
-
-# ---------------------------------------------------------------------------------------
-# devices
-# ---------------------------------------------------------------------------------------
-def resolve_device(device: str = "auto"):
-    """Turn "auto", "cpu", "cuda", "cuda:N" (or a torch.device) into a ``torch.device``.
-
-    "auto" picks CUDA when a GPU is usable and the CPU otherwise. Asking for CUDA without a
-    GPU raises :class:`ModelError`.
-    """
-    import torch
-
-    if isinstance(device, torch.device):
-        device = str(device)
-    name = str(device or "auto").lower()
-    if name == "gpu":
-        name = "cuda"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelError(
-                f"device {device!r} requested but no CUDA GPU is available to PyTorch "
-                f"(torch {torch.__version__}). Use device='cpu' or 'auto'."
-            )
-        return torch.device(name)
-    if name in ("cpu", "mps"):
-        return torch.device(name)
-    raise ModelError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
 
 # ---------------------------------------------------------------------------------------
 # locating models
 # ---------------------------------------------------------------------------------------
-def bundled_model_path(kind: str) -> Path:
-    """Folder of the bundled demo model for ``kind`` ("anatomy" or "abbc").
-
-    The demo models were trained on synthetic phantoms only (see models/*/MODEL_CARD.md);
-    they are not for clinical use.
-    """
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
-    path = MODELS_DIR / kind
-    if not (path / "plans.json").is_file():
-        raise ModelError(
-            f"the bundled {kind} model is missing ({path}). Reinstall the project, or rebuild "
-            "it with `python -m pengwin_demo train-demo-models`."
-        )
-    return path
-
-
 def _fold_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("fold_*") if (p / CHECKPOINT_NAME).is_file())
 
@@ -478,146 +418,3 @@ def _trainer_class(name: str):
     if found is None:
         raise ModelError(f"the model needs trainer class {name!r}, which is not installed.")
     return found
-
-
-# ---------------------------------------------------------------------------------------
-# TotalSegmentator (optional Stage 1 backend)
-# ---------------------------------------------------------------------------------------
-def totalsegmentator_weights_dir() -> Path:
-    """Where TotalSegmentator looks for its weights (TOTALSEG_WEIGHTS_PATH / TOTALSEG_HOME_DIR)."""
-    try:
-        from totalsegmentator.config import get_weights_dir
-    except ImportError:
-        raise ModelError(
-            "TotalSegmentator is not installed. `pip install TotalSegmentator`, or use the "
-            "bundled anatomy model."
-        ) from None
-    return Path(get_weights_dir())
-
-
-def totalsegmentator_missing_weights(fast: bool = False) -> list[str]:
-    """Names of the TotalSegmentator weight folders the anatomy backend needs but lacks.
-
-    With ``roi_subset`` TotalSegmentator runs a 6 mm model to crop, then the ``total``
-    models (all five parts at 1.5 mm, or the 3 mm one when ``fast``).
-    """
-    weights_dir = totalsegmentator_weights_dir()
-    from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
-    from totalsegmentator.python_api import get_task_config
-
-    task_ids = get_task_config("total", fast=fast, quiet=True).get("task_id")
-    task_ids = list(task_ids) if isinstance(task_ids, (list, tuple)) else [task_ids]
-    task_ids.append(298)  # the 6 mm crop model used for roi_subset
-    missing = []
-    for tid in task_ids:
-        info = TASK_ID_WEIGHTS_CONFIGS.get(tid, {})
-        name = info.get("foldername", f"task {tid}")
-        rel = Path(info["rel_path"]) / name if info.get("rel_path") else Path(name)
-        if not (weights_dir / rel).is_dir():
-            missing.append(name)
-    return missing
-
-
-class TotalSegmentatorAnatomy:
-    """Stage 1 by TotalSegmentator: sacrum, left hip, right hip -> anatomy labels 1, 2, 3.
-
-    Construction checks that the weights are installed (it never starts a download) and
-    raises :class:`ModelError` saying how to provide them otherwise.
-    """
-
-    def __init__(self, device: str = "auto", fast: bool = False):
-        self.device = resolve_device(device)
-        self.fast = fast
-        missing = totalsegmentator_missing_weights(fast)
-        if missing:
-            raise ModelError(
-                f"TotalSegmentator weights not found in {totalsegmentator_weights_dir()} "
-                f"(missing: {', '.join(missing)}). Download them once with "
-                "`TotalSegmentator -i some_ct.nii.gz -o /tmp/ts --roi_subset sacrum hip_left hip_right` "
-                "on a machine with internet, or copy an existing weights folder and point "
-                "TOTALSEG_HOME_DIR (the folder holding nnunet/results) or TOTALSEG_WEIGHTS_PATH to it."
-            )
-        self.labels = dict(EXPECTED_LABELS["anatomy"])
-
-    def predict(self, volume: Volume) -> np.ndarray:
-        """Anatomy map (uint8, 0 bg, 1 sacrum, 2 left hip, 3 right hip) on the input grid."""
-        from totalsegmentator.python_api import totalsegmentator
-        from .io import read_volume, write_volume
-
-        ts_device = "gpu" if self.device.type == "cuda" else self.device.type
-        if self.device.type == "cuda" and self.device.index is not None:
-            ts_device = f"gpu:{self.device.index}"
-        with tempfile.TemporaryDirectory(prefix="pengwin-ts-") as tmp:
-            src = Path(tmp) / "ct.nii.gz"  # TotalSegmentator treats any non-NIfTI path as DICOM
-            write_volume(volume, src)
-            out = Path(tmp) / "seg.nii.gz"
-            try:
-                img = totalsegmentator(
-                    src, None, roi_subset=TOTALSEG_ROI_SUBSET, ml=True, device=ts_device,
-                    fast=self.fast, quiet=True,
-                )
-            except (ConnectionError, OSError) as err:
-                raise ModelError(
-                    f"TotalSegmentator could not run ({type(err).__name__}: {str(err)[:200]}); "
-                    "it probably tried to download weights. Provide them via TOTALSEG_HOME_DIR."
-                ) from err
-            import nibabel as nib
-
-            nib.save(img, str(out))
-            seg = read_volume(out, kind="label")
-        lut = np.zeros(256, dtype=np.uint8)
-        for ts_id, ours in TOTALSEG_IDS.items():
-            lut[ts_id] = ours
-        seg = seg.with_array(lut[seg.array])
-        if not seg.same_grid(volume, tol_mm=1e-3):
-            seg = resample_onto(seg, volume, "nearest")
-        return np.ascontiguousarray(seg.array, dtype=np.uint8)
-
-    __call__ = predict
-
-
-def _totalsegmentator_ready() -> bool:
-    """Whether TotalSegmentator is installed with the weights the anatomy backend needs."""
-    try:
-        return not totalsegmentator_missing_weights()
-    except (ModelError, ImportError, KeyError):
-        return False
-
-
-def anatomy_model(backend: str = "auto", device: str = "auto"):
-    """Stage 1 model and the warnings a user should see.
-
-    Parameters
-    ----------
-    backend : str
-        "auto" (TotalSegmentator where its weights are installed, else the bundled model,
-        without a warning), "bundled" (the demo model), "totalsegmentator" (falls back to
-        the bundled model with a warning), or a path to an nnU-Net anatomy model folder / zip.
-    device : str
-        See :func:`resolve_device`.
-
-    Returns
-    -------
-    (model, warnings)
-        ``model.predict(volume) -> uint8 anatomy map``; ``warnings`` is a list of strings
-        (e.g. TotalSegmentator unavailable, fell back to the bundled model).
-    """
-    warnings: list[str] = []
-    if backend == "auto":
-        backend = "totalsegmentator" if _totalsegmentator_ready() else "bundled"
-    if backend == "totalsegmentator":
-        try:
-            return TotalSegmentatorAnatomy(device=device), warnings
-        except ModelError as err:
-            msg = f"TotalSegmentator unavailable, using the bundled demo anatomy model instead: {err}"
-            log.warning(msg)
-            warnings.append(msg)
-            backend = "bundled"
-    if backend == "bundled":
-        return load_model(bundled_model_path("anatomy"), device, expected="anatomy"), warnings
-    return load_model(backend, device, expected="anatomy"), warnings
-
-
-def abbc_model(path: str | os.PathLike | None = None, device: str = "auto") -> SegmentationModel:
-    """Stage 2 model: the bundled demo ABBC model, or the nnU-Net ABBC model at ``path``."""
-    return load_model(path if path is not None else bundled_model_path("abbc"), device, expected="abbc")

@@ -1,4 +1,4 @@
-"""Support for the watcher tests (this module holds no tests).
+"""Support for the watcher tests: ``process`` callables and inbox/outbox helpers.
 
 :func:`convert_process` is a real, light ``process(input_path, out_dir)`` for the watcher:
 it loads the CT with :func:`pengwin_demo.dicom.load_ct` (so junk, truncated and MR input
@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from watcher import WatcherConfig
+
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def convert_process(input_path: Path, out_dir: Path, progress=None) -> SimpleNamespace:
@@ -84,3 +89,48 @@ def oracle_pipeline_process(input_path: Path, out_dir: Path, progress=None):
     phantom ``$WATCHER_TEST_PHANTOM_SEED``."""
     _ct, _labels, pipeline = oracle_case(int(os.environ["WATCHER_TEST_PHANTOM_SEED"]))
     return pipeline.run(input_path, out_dir, progress=progress)
+
+
+# -- inbox and outbox ---------------------------------------------------------------
+# -- helpers -----------------------------------------------------------------------
+def make_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    return inbox, outbox
+
+
+def drop(staging: Path, inbox: Path) -> Path:
+    """Move a prepared item into the inbox in one step (as a finished copy looks)."""
+    target = inbox / staging.name
+    os.rename(staging, target)
+    return target
+
+
+def outputs(outbox: Path) -> list[Path]:
+    return sorted(p for p in outbox.iterdir() if not p.name.startswith(".")) if outbox.is_dir() else []
+
+
+def failed_jobs(config: WatcherConfig) -> list[Path]:
+    return sorted(p for p in config.failed.iterdir()) if config.failed.is_dir() else []
+
+
+def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def watcher_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def watcher_cmd(inbox: Path, outbox: Path, *extra: str) -> list[str]:
+    """``python -m watcher`` on ``inbox``/``outbox`` with :func:`convert_process` as the job."""
+    return [sys.executable, "-m", "watcher", "--inbox", str(inbox), "--outbox", str(outbox),
+            "--process", "_helpers.watcher_jobs:convert_process", *extra]

@@ -23,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-import dicom_factory as factory
+from _helpers import dicom_factory as factory
 from pengwin_demo.io import VOLUME_SUFFIXES, write_volume
 from pengwin_demo.volume import Volume
 
