@@ -278,13 +278,14 @@ class Pipeline:
         self.stage2_margin_mm = float(stage2_margin_mm)
         self.stage2_mask_dilation_mm = stage2_mask_dilation_mm
         self.require_pelvis = bool(require_pelvis)
-        self._models: dict[str, Any] | None = None
+        self._models: dict[str, Any] = {}
+        self._info: dict[str, Any] = {}
         self._model_warnings: list[str] = []
         self._load_lock = threading.Lock()
 
     # -- models -----------------------------------------------------------------------
-    def load_models(self) -> dict[str, Any]:
-        """Load (once) and return ``{"anatomy": model, "abbc": model}``.
+    def load_models(self, kinds: tuple[str, ...] = ("anatomy", "abbc")) -> dict[str, Any]:
+        """Load (once each) and return ``{"anatomy": model, "abbc": model}`` (those of ``kinds``).
 
         Raises
         ------
@@ -292,33 +293,36 @@ class Pipeline:
             A model is missing, incomplete or of the wrong kind.
         """
         with self._load_lock:
-            if self._models is None:
-                self._models = self._load()
-            return self._models
+            for kind in kinds:
+                if kind not in self._models:
+                    self._models[kind] = self._load_anatomy() if kind == "anatomy" else self._load_abbc()
+            return {k: self._models[k] for k in kinds}
 
-    def _load(self) -> dict[str, Any]:
+    def _load_anatomy(self):
         from . import models as M
 
-        warnings: list[str] = []
         if hasattr(self.anatomy, "predict"):
-            anatomy, backend = self.anatomy, "custom"
+            anatomy, backend, warnings = self.anatomy, "custom", []
         else:
             anatomy, warnings = M.anatomy_model(str(self.anatomy), self.device)
             backend = "totalsegmentator" if isinstance(anatomy, M.TotalSegmentatorAnatomy) else (
                 "bundled" if str(self.anatomy) in ("auto", "bundled", "totalsegmentator") else "nnunet"
             )
+        self._model_warnings = list(warnings)
+        self._info["anatomy"] = _model_info(anatomy, "anatomy", backend)
+        return anatomy
+
+    def _load_abbc(self):
+        from . import models as M
+
         if hasattr(self.fragments, "predict"):
-            abbc, abbc_backend = self.fragments, "custom"
+            abbc, backend = self.fragments, "custom"
         else:
             path = None if str(self.fragments) == "bundled" else self.fragments
             abbc = M.abbc_model(path, self.device)
-            abbc_backend = "bundled" if path is None else "nnunet"
-        self._model_warnings = list(warnings)
-        self._info = {
-            "anatomy": _model_info(anatomy, "anatomy", backend),
-            "fragments": _model_info(abbc, "abbc", abbc_backend),
-        }
-        return {"anatomy": anatomy, "abbc": abbc}
+            backend = "bundled" if path is None else "nnunet"
+        self._info["fragments"] = _model_info(abbc, "abbc", backend)
+        return abbc
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -426,8 +430,10 @@ class Pipeline:
                 "with thinner slices (1 mm or less) gives better results"
             )
         clock.stage("models")
-        models = self.load_models()
-        warnings.extend(self._model_warnings)
+        # a user's anatomy map replaces the anatomy model: not even loaded then
+        models = self.load_models(("abbc",) if anatomy_map is not None else ("anatomy", "abbc"))
+        if anatomy_map is None:
+            warnings.extend(self._model_warnings)
         device = self.device_name()
 
         # -- stage 1 ------------------------------------------------------------------
@@ -548,7 +554,8 @@ class Pipeline:
         report = build_report(
             ct=ct, labels=labels, source_kind=ct_input.source_kind, series=series,
             fragments=fragments, warnings=warnings, timings_s=timings,
-            models={**self._info, "anatomy": anatomy_info}, inference=inference, files=files,
+            models={"fragments": self._info["fragments"], "anatomy": anatomy_info}, inference=inference,
+            files=files,
         )
         paths["report"] = out_dir / "report.json"
         write_report(report, paths["report"])
