@@ -34,7 +34,7 @@ import numpy as np
 
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
-from .plausibility import BONE_HU, MIN_BONE_ML, check_anatomy
+from .plausibility import MIN_BONE_ML, check_anatomy
 from .upsample import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
-from .training import (DemoConfig, NnunetDirs, _training_summary, dataset_folder_name,
+from .training import (DemoConfig, NnunetDirs, _training_summary,
                        plan_and_preprocess, prepare_datasets, preprocessed_ready, strip_model, train)
 from .volume import bounding_box
 
@@ -188,8 +188,3 @@ def _checkpoint(source: str | os.PathLike | None) -> str | None:
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint to start the training from.")
     return str(path.resolve())
-
-
-def dataset_name() -> str:
-    """The nnU-Net folder name of the real ABBC dataset."""
-    return dataset_folder_name("abbc", REAL_DATASET_ID)
