@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
-from .training import (DemoConfig, NnunetDirs, _training_summary,
+from .training import (DemoConfig, NnunetDirs, training_summary,
                        plan_and_preprocess, prepare_datasets, preprocessed_ready, strip_model, train)
 from .volume import bounding_box
 
@@ -141,7 +141,7 @@ def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str],
 
     ``notes`` (markdown) is appended, e.g. the measured quality and the training history.
     """
-    summary = _training_summary(train_log)
+    summary = training_summary(train_log)
     info = {"kind": "abbc", "data": "real per-bone masked fractured pelves", "training_cases": training_cases,
             "holdout_cases": holdout, "config": asdict(cfg), "device": device, "licence": LICENCE,
             **summary}

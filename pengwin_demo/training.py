@@ -731,7 +731,7 @@ def preprocessed_ready(kind: str, dataset_id: int, dirs: NnunetDirs, cfg: DemoCo
     return same and len(list(data.glob("*_seg.b2nd"))) == n_cases
 
 
-def _training_summary(train_log: Path | None) -> dict:
+def training_summary(train_log: Path | None) -> dict:
     """Epochs run, seconds per epoch and last pseudo-Dice from an nnU-Net training log."""
     import re
 
@@ -759,7 +759,7 @@ def write_model_card(model_dir: Path, kind: str, cfg: DemoConfig, *, recipe: str
                      quality: dict | None = None) -> Path:
     """Write ``MODEL_CARD.md`` (and ``training.json``) next to a bundled model."""
     model_dir = Path(model_dir)
-    summary = _training_summary(train_log)
+    summary = training_summary(train_log)
     if not summary and (model_dir / "training.json").is_file():
         old = json.loads((model_dir / "training.json").read_text())
         summary = {k: old.get(k) for k in ("epochs", "seconds_per_epoch", "last_pseudo_dice")}
