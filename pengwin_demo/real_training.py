@@ -27,7 +27,7 @@ from .volume import bounding_box
 log = logging.getLogger(__name__)
 
 __all__ = ["REAL_ABBC_CONFIG", "REAL_DATASET_ID", "CASE_MARGIN_VOX", "LICENCE", "write_training_cases",
-           "train_real_abbc", "write_real_card"]
+           "train_real_abbc", "write_real_card", "checkpoint_file"]
 
 REAL_DATASET_ID = 511
 """nnU-Net dataset id of the real ABBC training set (the anatomy set gets 512)."""
@@ -118,7 +118,7 @@ def train_real_abbc(
         names = write_training_cases(list(sources), cases_dir, tuple(holdout))
         prepare_datasets(cases_dir, dirs.raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout)}, indent=2))
-    cfg = replace(config, init_weights=_checkpoint(init_weights),
+    cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     if not preprocessed_ready("abbc", REAL_DATASET_ID, dirs, cfg):
         plan_and_preprocess(REAL_DATASET_ID, dirs, cfg, 1, log_dir / "plan_abbc.log", threads)
@@ -175,7 +175,7 @@ def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str],
     return path
 
 
-def _checkpoint(source: str | os.PathLike | None) -> str | None:
+def checkpoint_file(source: str | os.PathLike | None) -> str | None:
     """The checkpoint file of a model folder (or the file itself); None stays None."""
     if source is None:
         return None

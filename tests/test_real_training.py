@@ -6,36 +6,18 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _helpers.masked import write_masked_case
+
 from pengwin_demo.errors import InputError
-from pengwin_demo.io import write_volume
 from pengwin_demo.models import bundled_model_path
 from pengwin_demo.real_training import REAL_ABBC_CONFIG, train_real_abbc, write_training_cases
-from pengwin_demo.volume import Volume
-
-
-def _masked_case(folder: Path, seed: int) -> None:
-    """A small per-bone masked case: three textured bone blocks, the left hip in two pieces."""
-    rng = np.random.default_rng(seed)
-    shape = (40, 56, 72)
-    grid = Volume(np.zeros(shape, np.int16), (1.5, 1.5, 1.5), (0.0, 0.0, 0.0))
-    S = np.s_
-    pieces = {"SA": [S[8:32, 16:40, 28:44]], "LI": [S[8:32, 16:40, 48:58], S[8:32, 16:40, 60:68]],
-              "RI": [S[8:32, 16:40, 4:24]]}
-    for prefix, boxes in pieces.items():
-        frags = np.zeros(shape, np.uint8)
-        for k, box in enumerate(boxes, start=1):
-            frags[box] = k
-        ct = np.where(frags > 0, rng.normal(400, 150, shape), 0).astype(np.int16)
-        write_volume(grid.with_array(ct), folder / f"{prefix}_image.nii.gz")
-        write_volume(grid.with_array(frags), folder / f"{prefix}_fragments.nii.gz")
 
 
 def test_held_out_names_must_exist(tmp_path):
-    _masked_case(tmp_path / "src" / "p1", 1)
+    write_masked_case(tmp_path / "src" / "p1", 1)
     with pytest.raises(InputError, match=r"held-out case\(s\) \['p9'\]"):
         write_training_cases([tmp_path / "src"], tmp_path / "out", holdout=("p9",))
     with pytest.raises(InputError, match="no training case left"):
@@ -45,7 +27,7 @@ def test_held_out_names_must_exist(tmp_path):
 @pytest.mark.slow
 def test_train_abbc_keeps_held_out_patients_out_and_starts_from_the_given_weights(tmp_path):
     for i, name in enumerate(("p1", "p2", "p3")):
-        _masked_case(tmp_path / "src" / name, i)
+        write_masked_case(tmp_path / "src" / name, i)
     cfg = replace(REAL_ABBC_CONFIG, iterations_per_epoch=2, val_iterations_per_epoch=1)
     start = bundled_model_path("abbc")
     out = train_real_abbc(tmp_path / "work", tmp_path / "model", [tmp_path / "src"], holdout=("p2",),

@@ -1,0 +1,180 @@
+"""Train the anatomy (Stage 1) model on real pelves placed in synthetic bodies.
+
+Real per-bone masked pelves (:mod:`pengwin_demo.masked_cases`) -> composites
+(:func:`pengwin_demo.composite.composite_case`: each real pelvis in several random bodies,
+half of them mirrored with left and right swapped, plus crops above the pelvis with no
+pelvic bone at all) and, optionally, full-context phantoms -> the nnU-Net anatomy raw
+dataset -> plans with :data:`REAL_ANATOMY_CONFIG` -> training that starts from another
+model's weights -> an inference-only model folder with its card. Held-out patients are
+never composited, so a model can be checked on bones it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from .composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
+from .errors import InputError
+from .masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
+from .real_training import LICENCE, checkpoint_file
+from .training import (DemoConfig, NnunetDirs, plan_and_preprocess, prepare_datasets, preprocessed_ready,
+                       strip_model, train, training_summary)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["REAL_ANATOMY_CONFIG", "ANATOMY_DATASET_ID", "write_composite_cases", "train_real_anatomy"]
+
+ANATOMY_DATASET_ID = 521
+"""nnU-Net id of the composite set's ABBC half; the anatomy set used here is id + 1."""
+
+REAL_ANATOMY_CONFIG = DemoConfig(
+    spacing_zyx_mm=(4.0, 4.0, 4.0), patch_size_vox=(64, 64, 64), features_per_stage=(8, 16, 32, 64),
+    batch_size=2, epochs=1000, iterations_per_epoch=25, val_iterations_per_epoch=2, initial_lr=0.01,
+    mirror=False,
+)
+"""The bundled anatomy network (4 mm, a 256 mm patch: the whole pelvis in view). No
+mirroring in nnU-Net's augmentation, which would swap the sides without their labels;
+mirrored composites swap both."""
+
+
+def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.PathLike, *,
+                          holdout: tuple[str, ...] = (), per_case: int = 8, seed: int = 0,
+                          phantoms: int = 0, options: CompositeOptions = CompositeOptions()) -> list[str]:
+    """Write composites of every case but ``holdout`` (and phantoms) in PENGWIN layout.
+
+    Parameters
+    ----------
+    per_case : int
+        Bodies per real pelvis; every second one is mirrored, every fourth also gives a
+        negative crop above the pelvis.
+    seed : int
+        Seed of the bodies (same seed, same cases).
+    phantoms : int
+        Small full-context phantoms added (:func:`pengwin_demo.phantom.write_phantom_dataset`).
+    options : CompositeOptions
+        Ranges the bodies are drawn from.
+
+    Returns
+    -------
+    list of str
+        The real case (patient) names used.
+    """
+    cases = [c for src in sources for c in find_masked_cases(src)]
+    unknown = sorted(set(holdout) - {c.name for c in cases})
+    if unknown:
+        raise InputError(f"held-out case(s) {unknown} are not among the cases {sorted(c.name for c in cases)}.")
+    used = []
+    for i, case in enumerate(cases):
+        if case.name in holdout:
+            continue
+        ct, labels = read_masked_case(case)
+        for k in range(per_case):
+            rng = np.random.default_rng([seed, i, k])
+            c_ct, c_lab = composite_case(ct, labels, rng, options)
+            if k % 2:
+                c_ct, c_lab = mirror_case(c_ct, c_lab)
+            written = [(f"{case.name}_body{k:02d}", c_ct, c_lab)]
+            above = pelvis_free_crop(c_ct, c_lab) if k % 4 == 0 else None
+            if above is not None:
+                written.append((f"{case.name}_body{k:02d}_above", *above))
+            write_pengwin_cases(written, out_dir)
+            log.info("composite %s body %d written", case.name, k)
+        used.append(case.name)
+    if not used:
+        raise InputError("no training case left after holding out " + ", ".join(holdout))
+    if phantoms:
+        from .phantom import write_phantom_dataset
+
+        write_phantom_dataset(out_dir, phantoms, seed + 1, "small", fmt="nii.gz")
+    return used
+
+
+def train_real_anatomy(
+    work_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    sources: list[str | os.PathLike],
+    *,
+    holdout: tuple[str, ...] = (),
+    per_case: int = 8,
+    phantoms: int = 12,
+    init_weights: str | os.PathLike | None = None,
+    max_seconds: float | None = None,
+    config: DemoConfig = REAL_ANATOMY_CONFIG,
+    device: str = "cpu",
+    threads: int = 2,
+) -> Path:
+    """Real masked pelves in synthetic bodies -> an anatomy model in ``out_dir``.
+
+    ``work_dir`` keeps the cases, nnU-Net folders and logs, so a second call resumes
+    (or, with the same budget, continues) the training. See :func:`write_composite_cases`
+    for ``holdout``, ``per_case`` and ``phantoms``.
+    """
+    work, out = Path(work_dir), Path(out_dir)
+    dirs = NnunetDirs.under(work)
+    log_dir = work / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    record = work / "cases.json"
+    if not record.is_file():
+        cases_dir = work / "pengwin_cases"
+        names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
+                                      phantoms=phantoms)
+        prepare_datasets(cases_dir, dirs.raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
+        record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
+                                      "phantoms": phantoms}, indent=2))
+    cfg = replace(config, init_weights=checkpoint_file(init_weights),
+                  max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
+    dataset = ANATOMY_DATASET_ID + 1
+    if not preprocessed_ready("anatomy", dataset, dirs, cfg):
+        plan_and_preprocess(dataset, dirs, cfg, 1, log_dir / "plan_anatomy.log", threads)
+    results = train(dataset, dirs, cfg, device, log_dir / "train_anatomy.log", threads)
+    if out.exists():
+        shutil.rmtree(out)
+    strip_model(results, out)
+    write_anatomy_card(out, cfg, json.loads(record.read_text()), device, log_dir / "train_anatomy.log")
+    return out
+
+
+def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
+                       notes: str = "") -> Path:
+    """``training.json`` and ``MODEL_CARD.md`` of a model from :func:`train_real_anatomy`."""
+    summary = training_summary(train_log)
+    info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
+            "training_cases": cases["training"], "holdout_cases": cases["holdout"],
+            "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "config": asdict(cfg),
+            "device": device, "licence": LICENCE, **summary}
+    info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
+    (model_dir / "training.json").write_text(json.dumps(info, indent=2))
+    weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
+    card = f"""# Anatomy model trained with real pelvic bones (nnU-Net v2, `3d_demo`)
+
+**Research use only, not for clinical use.** Licence of the weights: {LICENCE}.
+
+- Task: Stage 1, anatomy (0 background, 1 sacrum, 2 left hip, 3 right hip) in a whole CT.
+- Data: {len(cases["training"])} real fractured pelves ({", ".join(cases["training"])}), each
+  placed in {cases["per_case"]} synthetic bodies (muscle, fat, bowel gas and fluid, bladder,
+  contrast vessels, table; femurs in the real acetabula and lumbar vertebrae on the real
+  sacrum, painted with the case's own bone intensities and labelled background), half of
+  them mirrored with the hip labels swapped, plus crops above the pelvis as negatives, and
+  {cases["phantoms"]} small phantoms. Held out (never in training):
+  {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.
+- Configuration `3d_demo`: spacing {tuple(cfg.spacing_zyx_mm)} mm (z, y, x), patch
+  {tuple(cfg.patch_size_vox)} voxels, features per stage {tuple(cfg.features_per_stage)},
+  batch {cfg.batch_size}; no mirroring.
+- Training: started from {info["config"]["init_weights"] or "random weights"}; {summary.get("epochs", "?")} epochs x
+  {cfg.iterations_per_epoch} iterations on `{device}` ({summary.get("seconds_per_epoch", "?")} s per epoch),
+  learning rate decayed over a {(cfg.max_seconds or 0) / 60:.0f}-minute budget; last training
+  pseudo-Dice per class {summary.get("last_pseudo_dice", [])}.
+- Files: inference only, {weights_mb:.2f} MB of weights.
+- Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
+  --max-minutes N [--holdout CASES]`.
+"""
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text(card + (f"\n{notes.strip()}\n" if notes.strip() else ""))
+    return path

@@ -1,0 +1,99 @@
+"""Composite training cases: a bone-masked pelvis placed in a synthetic body."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pengwin_demo.composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
+from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
+from pengwin_demo.phantom import make_phantom
+from pengwin_demo.training import to_canonical
+
+
+def _bone_ids(labels: np.ndarray) -> np.ndarray:
+    return np.where(labels > 0, (labels - 1) // 10 + 1, 0)
+
+
+def _centre_x_mm(volume, mask: np.ndarray) -> float:
+    return float(volume.index_to_world(np.argwhere(mask).mean(0, keepdims=True))[0, 0])
+
+
+TEST_BODIES = CompositeOptions(inplane_mm=(2.5, 3.0), slice_mm=(2.5, 3.0), below_mm=(60.0, 80.0),
+                               above_mm=(80.0, 100.0), fov_mm=(300.0, 320.0))
+"""Coarser, shorter bodies than the training default: the same code, test-sized."""
+
+
+@pytest.fixture(scope="module")
+def masked_phantom():
+    """A phantom pelvis masked like the real data (0 HU outside the labelled bones)."""
+    ct, labels = make_phantom(3, "small", n_fragments={"sacrum": 1, "left_hip": 2, "right_hip": 1})
+    return ct.with_array(np.where(labels.array > 0, ct.array, 0).astype(np.int16)), labels
+
+
+def _check_composite(src_ct, src_lab, ct, lab) -> None:
+    voxel_ml = np.prod(ct.spacing_zyx_mm) / 1000
+    src_ml = np.prod(src_lab.spacing_zyx_mm) / 1000
+    for bone in (1, 2, 3):
+        before = np.count_nonzero(_bone_ids(src_lab.array) == bone) * src_ml
+        after = np.count_nonzero(_bone_ids(lab.array) == bone) * voxel_ml
+        assert after == pytest.approx(before, rel=0.08), (bone, before, after)
+        # the left hip (2) stays on the patient's left: larger LPS x than the right hip (3)
+    assert _centre_x_mm(lab, _bone_ids(lab.array) == 2) > _centre_x_mm(lab, _bone_ids(lab.array) == 3)
+    a = ct.array
+    assert ct.array.dtype == np.int16 and np.allclose(ct.direction, np.eye(3))
+    assert (a < -900).mean() > 0.05  # air around the body
+    soft = a[(a > -150) & (a < 100)]
+    assert soft.size > 0.2 * a.size  # a body of fat and muscle
+    # distractor bone (femurs, vertebrae) exists and is not labelled
+    unlabelled_bone_ml = np.count_nonzero((a > 300) & (lab.array == 0)) * voxel_ml
+    assert unlabelled_bone_ml > 20, unlabelled_bone_ml
+    # the real bone keeps its own intensities
+    src_bone = src_ct.array[src_lab.array > 0]
+    assert np.median(a[lab.array > 0]) == pytest.approx(np.median(src_bone), rel=0.2, abs=40)
+
+
+def test_composite_of_masked_phantom(masked_phantom):
+    ct, labels = masked_phantom
+    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(0), TEST_BODIES)
+    _check_composite(ct, labels, c_ct, c_lab)
+    again = composite_case(ct, labels, np.random.default_rng(0), TEST_BODIES)
+    assert np.array_equal(again[0].array, c_ct.array)  # same seed, same case
+
+
+def test_mirror_swaps_sides_with_labels(masked_phantom):
+    ct, labels = masked_phantom
+    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(1), TEST_BODIES)
+    m_ct, m_lab = mirror_case(c_ct, c_lab)
+    left_before = _bone_ids(c_lab.array) == 2
+    left_after = _bone_ids(m_lab.array) == 2
+    assert np.count_nonzero(left_after) == np.count_nonzero(_bone_ids(c_lab.array) == 3)
+    assert np.array_equal(left_after, (_bone_ids(c_lab.array) == 3)[:, :, ::-1])
+    assert _centre_x_mm(m_lab, left_after) > _centre_x_mm(m_lab, _bone_ids(m_lab.array) == 3)
+    assert np.array_equal(m_ct.array, c_ct.array[:, :, ::-1])
+    assert np.count_nonzero(left_before) > 0
+
+
+def test_crop_above_pelvis_has_no_pelvis(masked_phantom):
+    ct, labels = masked_phantom
+    for seed in range(6):
+        c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(seed), TEST_BODIES)
+        crop = pelvis_free_crop(c_ct, c_lab)
+        if crop is not None:
+            break
+    assert crop is not None
+    a_ct, a_lab = crop
+    assert not a_lab.array.any() and a_ct.shape[0] >= 24
+    # the crop keeps its place in the patient: its first slice is above the last bone slice
+    top_bone = np.nonzero(c_lab.array.any((1, 2)))[0].max()
+    assert a_ct.origin_lps_mm[2] > c_ct.index_to_world(np.array([[top_bone, 0, 0]]))[0, 2]
+    # lumbar vertebrae above the sacrum: dense bone in the crop
+    assert np.count_nonzero(a_ct.array > 300) > 0
+
+
+@pytest.mark.slow
+def test_composite_of_real_pelvis(real_pelves_dir):
+    case = find_masked_cases(real_pelves_dir)[0]
+    ct, labels = read_masked_case(case)
+    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(5))
+    _check_composite(to_canonical(ct), to_canonical(labels), c_ct, c_lab)
