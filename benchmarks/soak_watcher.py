@@ -42,8 +42,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pengwin_demo.dicom import load_ct  # noqa: E402
-from pengwin_demo.dicom_read import read_header  # noqa: E402
+from pengwin_demo.dicom import load_ct, read_header  # noqa: E402
 from pengwin_demo.io import write_volume  # noqa: E402
 
 FORMS = ("folder", "folder", "zip", "loose")

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from _helpers import dicom_factory as factory
-from pengwin_demo.dicom_read import read_header
+from pengwin_demo.dicom import read_header
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from _helpers.watcher_jobs import REPO, failed_jobs, make_dirs, outputs, watcher_env

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 DUPLICATE_TOL_MM = 0.01
 """Two slices closer than this along the normal share one position."""

@@ -3,8 +3,8 @@
 Every image frame becomes one :class:`SliceHeader` (a classic single-frame file is one
 frame; an enhanced multi-frame file gives one per frame), read without pixel data.
 Files that are not DICOM, DICOMDIR indexes, structured reports and other objects without
-an image are skipped and counted. Headers are read by :func:`pengwin_demo.dicom_read.read_header`, the
-policy the watcher shares (files without preamble are force-read and checked).
+an image are skipped and counted. Headers are read by :func:`.read.read_header`, the policy
+the watcher shares (files without preamble are force-read and checked).
 
 Choice rules (:func:`choose_series`): a usable series is Modality CT, not a localizer or
 scout, not a secondary capture or dose screen, with at least ``min_slices`` frames. Among
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .dicom_read import quiet_pydicom, read_header
-from .errors import InputError
+from ..errors import InputError
+from .read import quiet_pydicom, read_header
 
 __all__ = ["quiet_pydicom", "scan_files", "group_series", "choose_series"]
 

@@ -5,13 +5,9 @@ zip of one, or a single (multi-frame) DICOM file. For DICOM it lists every serie
 the CT series to segment (or the one asked for by SeriesInstanceUID), validates and sorts
 its slices, converts to HU and builds LPS geometry, resampling onto a regular orthogonal
 grid when slices are missing, unevenly spaced or tilted (see
-:mod:`pengwin_demo.dicom_geometry` for the rules). Whatever cannot be used raises
+:mod:`pengwin_demo.dicom.geometry` for the rules). Whatever cannot be used raises
 :class:`~pengwin_demo.errors.InputError` with a message that says what is wrong and what
 to do. Patient names and IDs are removed from every message and name this module makes.
-
-Module map: :mod:`.dicom_files` (folders, safe zip), :mod:`.dicom_series` (headers,
-grouping, choice), :mod:`.dicom_geometry` (sorting, grid planning, resampling),
-:mod:`.dicom_pixels` (decoding to HU).
 """
 
 from __future__ import annotations
@@ -25,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from . import dicom_geometry as geom
-from .dicom_files import UnpackedInput
-from .dicom_pixels import decode_stack
-from .dicom_series import (
+from ..ct_intensity import check_ct_intensities
+from ..errors import InputError
+from ..io import read_volume, volume_suffix
+from ..volume import Volume
+from . import geometry as geom
+from .files import UnpackedInput
+from .pixels import decode_stack
+from .series import (
     MIN_SLICES,
     SeriesInfo,
     SliceHeader,
@@ -38,10 +38,6 @@ from .dicom_series import (
     quiet_pydicom,
     scan_files,
 )
-from .ct_intensity import check_ct_intensities
-from .errors import InputError
-from .io import read_volume, volume_suffix
-from .volume import Volume
 
 log = logging.getLogger(__name__)
 

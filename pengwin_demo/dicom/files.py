@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_ZIP_UNPACKED_BYTES = 8 * 1024**3
 """Refuse a zip that unpacks to more than this (8 GiB: many whole CT studies)."""

@@ -1,0 +1,26 @@
+"""CT input: a volume file, a DICOM folder, a zip of one or a single DICOM file -> :class:`CTInput`.
+
+:func:`load_ct` is the one entry point; :func:`describe` summarises what it loaded. The
+watcher shares the header reading policy (:func:`read_header`, :func:`series_key`) and the
+series grouping (:func:`scan_files`, :func:`group_series`, :func:`assess`), so it splits a
+delivery the way ``load_ct`` reads it.
+
+- :mod:`.load`: :func:`load_ct`, :class:`CTInput`, privacy scrubbing, orchestration.
+- :mod:`.files`: folder walk, safe zip extraction.
+- :mod:`.read`: the header reading policy.
+- :mod:`.series`: header scanning, grouping, the choice of the series to segment.
+- :mod:`.geometry`: pure slice geometry: sorting, grid planning, resampling.
+- :mod:`.pixels`: pixel data -> int16 HU.
+"""
+
+from .files import UnpackedInput, extract_zip
+from .geometry import FILL_HU
+from .load import CTInput, describe, load_ct
+from .read import quiet_pydicom, read_header, series_key
+from .series import MIN_SLICES, SeriesInfo, assess, choose_series, group_series, scan_files
+
+__all__ = [
+    "FILL_HU", "MIN_SLICES", "CTInput", "SeriesInfo", "UnpackedInput", "assess", "choose_series",
+    "describe", "extract_zip", "group_series", "load_ct", "quiet_pydicom", "read_header",
+    "scan_files", "series_key",
+]
