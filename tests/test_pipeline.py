@@ -21,7 +21,7 @@ from pengwin_demo.abbc import abbc_targets
 from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.labels import anatomy_from_fragments
-from pengwin_demo.meshes import stl_name
+from pengwin_demo.outputs import stl_name
 from pengwin_demo.models import bundled_models_dir
 from pengwin_demo.pipeline import STAGES, Pipeline
 from pengwin_demo.volume import Volume

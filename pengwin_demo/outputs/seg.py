@@ -27,11 +27,11 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
-from . import __version__
-from .errors import InputError
-from .labels import PALETTE_RGB, bone_of_label
+from .. import __version__
+from ..errors import InputError
+from ..labels import PALETTE_RGB, bone_of_label
+from ..volume import Volume
 from .report import labels_present
-from .volume import Volume
 
 __all__ = ["labels_to_seg", "write_dicom_seg", "segment_label"]
 

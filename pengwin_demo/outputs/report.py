@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import __version__
-from .labels import PALETTE_RGB, bone_name, bone_of_label
-from .volume import Volume
+from .. import __version__
+from ..labels import PALETTE_RGB, bone_name, bone_of_label
+from ..volume import Volume
 
 __all__ = [
     "REPORT_VERSION",
