@@ -32,8 +32,7 @@ from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from pengwin_demo.outputs import (ENCAPSULATED_STL_STORAGE, fragment_meshes, stl_from_instance,
                                   write_dicom_seg, write_stls)
-from pengwin_demo.phantom import make_phantom
-from pengwin_demo.phantom_dicom import write_dicom_series
+from pengwin_demo.phantom import make_phantom, write_dicom_series
 from pengwin_demo.volume import Volume, resample_onto
 from _helpers.watcher_jobs import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
 from _helpers.watcher_jobs import convert_process

@@ -2,7 +2,7 @@
 
 Canonical frame: LPS millimetres (+x the patient's left, +y posterior, +z superior) with
 the origin between the hip joint centres. Global size, pose and the stored image
-orientation are applied later (see :mod:`pengwin_demo.phantom`); here live the shapes:
+orientation are applied later (see :mod:`.generate`); here live the shapes:
 
 * sacrum: curved, tapering wedge (wide alae on top, tip below), sacral canal and four
   pairs of anterior foramina, S1 endplate on top;
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import phantom_sdf as sdf
+from . import sdf
 
 SACRUM, LEFT_HIP, RIGHT_HIP = 1, 2, 3
 """Anatomy ids of the labelled bones (0 = unlabelled bone such as L5 and the femurs)."""
@@ -43,7 +43,7 @@ class Structure:
         inside it with a margin.
     paint : callable
         ``paint(canvas)`` draws the signed distance (mm, negative inside) into a
-        :class:`~pengwin_demo.phantom_sdf.Canvas`.
+        :class:`~pengwin_demo.phantom.sdf.Canvas`.
     cortex_mm : float
         Cortical shell thickness (mm).
     cortex_hu, cancellous_hu : float

@@ -19,11 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .phantom_anatomy import Structure
-from .phantom_fractures import FracturePlan
-from .phantom_sdf import Canvas
-from .volume import Volume
+from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
+from ..volume import Volume
+from .anatomy import Structure
+from .fractures import FracturePlan
+from .sdf import Canvas
 
 FAR_MM = 1000.0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cc3d
 import numpy as np
 
-from .phantom_sdf import random_unit, rotation_matrix
+from .sdf import random_unit, rotation_matrix
 
 FRAGMENT_COUNT_PROBABILITIES: dict[int, float] = {
     1: 0.30, 2: 0.25, 3: 0.15, 4: 0.09, 5: 0.06, 6: 0.05, 7: 0.04, 8: 0.03, 9: 0.02, 10: 0.01,

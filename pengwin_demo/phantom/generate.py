@@ -6,10 +6,10 @@ first within a bone) on the same grid. The same seed gives the same case, bit fo
 
 How a case is made
 ------------------
-1. Anatomy (:mod:`pengwin_demo.phantom_anatomy`): signed distance fields of the sacrum,
+1. Anatomy (:mod:`pengwin_demo.phantom.anatomy`): signed distance fields of the sacrum,
    both hip bones, L5 and both femurs in a canonical patient frame (LPS mm), evaluated on
    a coarse canonical grid per bone.
-2. Fractures (:mod:`pengwin_demo.phantom_fractures`): each labelled bone is cut by curved
+2. Fractures (:mod:`pengwin_demo.phantom.fractures`): each labelled bone is cut by curved
    sheets and small balls into 1-10 pieces; some pieces move rigidly (1-8 mm, up to 10
    degrees), the others stay in contact along a barely visible line.
 3. Grid: spacing, field of view and stored direction (LPS or RAS) are drawn; the patient
@@ -35,16 +35,17 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .io import write_volume
-from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .phantom_anatomy import AnatomyParams, build_structures, sample_anatomy
-from .phantom_fractures import (
+from ..io import write_volume
+from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
+from ..volume import Volume
+from .anatomy import AnatomyParams, build_structures, sample_anatomy
+from .fractures import (
     FRAGMENT_COUNT_PROBABILITIES,
     FracturePlan,
     plan_fractures,
     sample_fragment_counts,
 )
-from .phantom_render import (
+from .render import (
     Grid,
     Group,
     box_in_grid,
@@ -55,9 +56,8 @@ from .phantom_render import (
     render_group,
     resample_to_ct,
 )
-from .phantom_sdf import rotation_matrix
-from .phantom_tissue import soft_tissue
-from .volume import Volume
+from .sdf import rotation_matrix
+from .tissue import soft_tissue
 
 __all__ = [
     "FRAGMENT_COUNT_PROBABILITIES",
@@ -420,7 +420,7 @@ def write_phantom_dataset(
         write_volume(ph.ct, out / "images" / f"{name}.{ext}")
         write_volume(ph.labels, out / "labels" / f"{name}.{ext}")
         if fmt == "dicom":
-            from .phantom_dicom import write_dicom_series
+            from .dicom_export import write_dicom_series
 
             write_dicom_series(ph.ct, out / "dicom" / name, series_number=1, patient_index=i,
                                uid_key=f"{name}-{cs}")
