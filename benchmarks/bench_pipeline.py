@@ -75,7 +75,7 @@ class _Precomputed:
 
 def _oracles(truth_path: str, spacing: float):
     """Anatomy and ABBC of the truth on a ``spacing`` mm grid (made before any timing)."""
-    from pengwin_demo.abbc import abbc_targets
+    from pengwin_demo.recovery import abbc_targets
     from pengwin_demo.io import read_volume
     from pengwin_demo.labels import anatomy_from_fragments
     from pengwin_demo.volume import resample_to_spacing

@@ -35,7 +35,7 @@ import numpy as np
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
 from .plausibility import MIN_BONE_ML, check_anatomy
-from .upsample import nearest_onto, smooth_labels_onto
+from .recovery import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ class Pipeline:
                 models["abbc"], ct, anatomy_vol, device, warnings)
             # -- recovery -------------------------------------------------------------
             clock.stage("recovery")
-            from .instances import recover_fragments
+            from .recovery import recover_fragments
 
             rec = recover_fragments(abbc_vol.array, anatomy_vol.array, abbc_vol.spacing_zyx_mm,
                                     **self.recovery_kwargs)

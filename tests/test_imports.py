@@ -59,7 +59,8 @@ def test_a_started_watcher_drops_watchdogs_stop_noise_once(tmp_path):
     assert _python(code, tmp_path).strip() == "1 False"
 
 
-SUBPACKAGES = ("pengwin_demo.dicom", "pengwin_demo.outputs", "pengwin_demo.phantom")
+SUBPACKAGES = ("pengwin_demo.dicom", "pengwin_demo.outputs", "pengwin_demo.phantom",
+               "pengwin_demo.recovery")
 
 
 def test_every_name_a_subpackage_exports_imports(tmp_path):

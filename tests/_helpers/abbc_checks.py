@@ -166,7 +166,7 @@ def best_ious(gt: np.ndarray, pred: np.ndarray) -> dict[int, float]:
 
 def recover_per_bone(abbc: np.ndarray, anatomy: np.ndarray, spacing, **kwargs) -> np.ndarray:
     """Instance recovery run on each bone alone (growth cannot cross a joint)."""
-    from pengwin_demo.instances import recover_fragments
+    from pengwin_demo.recovery import recover_fragments
 
     out = np.zeros(abbc.shape, dtype=np.uint8)
     for b in (1, 2, 3):
@@ -180,7 +180,7 @@ def recover_per_bone(abbc: np.ndarray, anatomy: np.ndarray, spacing, **kwargs) -
 
 
 def simple_growth(abbc: np.ndarray, spacing, min_seed_vox: int = 50, min_fragment_vox: int = 1000):
-    """A deliberately plain instance recovery, independent of pengwin_demo.instances.
+    """A deliberately plain instance recovery, independent of pengwin_demo.recovery.instances.
 
     Seeds: 26-connected core components of at least ``min_seed_vox``; every boundary/core
     voxel joins the seed it reaches first (breadth-first flooding, border and background

@@ -9,7 +9,7 @@ the bounding box of the bone:
    which need less evidence to merge again in step 4).
 2. **Growth through bone**: every boundary/core voxel goes to the seed whose geodesic wave
    (physical spacing, border and background impassable) reaches it first
-   (:func:`pengwin_demo.geodesic.grow_labels`). Boundary/core components that no seed
+   (:func:`.geodesic.grow_labels`). Boundary/core components that no seed
    reaches (a fragment whose core was missed) become instances of their own when they
    have at least ``min_seed_vox`` voxels.
 3. **Growth through border**: the remaining bone voxels (border, specks) are assigned the
@@ -45,9 +45,8 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .geodesic import METHODS, grow_labels
-from .labels import (
+from ..errors import InputError
+from ..labels import (
     ABBC_BORDER,
     ABBC_BOUNDARY,
     ABBC_CORE,
@@ -55,7 +54,8 @@ from .labels import (
     MAX_FRAGMENTS_PER_BONE,
     first_label,
 )
-from .volume import bounding_box
+from ..volume import bounding_box
+from .geodesic import METHODS, grow_labels
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def recover_fragments(
     max_per_bone : int
         At most this many fragments per bone (PENGWIN: 10).
     method : {"fast", "reference"}
-        Geodesic growth implementation (see :mod:`pengwin_demo.geodesic`).
+        Geodesic growth implementation (see :mod:`.geodesic`).
 
     Returns
     -------

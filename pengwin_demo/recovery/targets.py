@@ -15,7 +15,7 @@ PENGWIN 2024 winners' idea, as described in the seed article):
   boundary shell there border and demotes core there to boundary; that reading is
   ``border_shell_only=True``.)
 
-Instance recovery (:mod:`pengwin_demo.instances`) turns the classes back into fragments:
+Instance recovery (:mod:`.instances`) turns the classes back into fragments:
 core components are seeds, they grow through boundary and core, border is a wall.
 
 What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
@@ -67,8 +67,8 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, bone_of_labels
+from ..errors import InputError
+from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, bone_of_labels
 
 log = logging.getLogger(__name__)
 
@@ -802,7 +802,7 @@ def _grow_box(box, margin, shape):
 
 
 def _bbox(mask: np.ndarray, margin: int = 0):
-    from .volume import bounding_box
+    from ..volume import bounding_box
 
     return bounding_box(mask, margin_vox=margin)
 

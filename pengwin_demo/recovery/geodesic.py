@@ -46,7 +46,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from .volume import bounding_box
+from ..volume import bounding_box
 
 METHODS = ("fast", "reference")
 
