@@ -3,7 +3,7 @@
 :func:`load_ct` is the one entry point; :func:`describe` summarises what it loaded. The
 watcher shares the header reading policy (:func:`read_header`, :func:`series_key`) and the
 series grouping (:func:`scan_files`, :func:`group_series`, :func:`assess`), so it splits a
-delivery the way ``load_ct`` reads it.
+delivery the way ``load_ct`` reads it. Names load with their module on first use.
 
 - :mod:`.load`: :func:`load_ct`, :class:`CTInput`, privacy scrubbing, orchestration.
 - :mod:`.files`: folder walk, safe zip extraction.
@@ -13,14 +13,15 @@ delivery the way ``load_ct`` reads it.
 - :mod:`.pixels`: pixel data -> int16 HU.
 """
 
-from .files import UnpackedInput, extract_zip
-from .geometry import FILL_HU
-from .load import CTInput, describe, load_ct
-from .read import quiet_pydicom, read_header, series_key
-from .series import MIN_SLICES, SeriesInfo, assess, choose_series, group_series, scan_files
+import lazy_loader
 
-__all__ = [
-    "FILL_HU", "MIN_SLICES", "CTInput", "SeriesInfo", "UnpackedInput", "assess", "choose_series",
-    "describe", "extract_zip", "group_series", "load_ct", "quiet_pydicom", "read_header",
-    "scan_files", "series_key",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "load": ["CTInput", "describe", "load_ct"],
+        "files": ["UnpackedInput", "extract_zip"],
+        "read": ["quiet_pydicom", "read_header", "series_key"],
+        "series": ["MIN_SLICES", "SeriesInfo", "assess", "choose_series", "group_series", "scan_files"],
+        "geometry": ["FILL_HU"],
+    },
+)
