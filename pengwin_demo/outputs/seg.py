@@ -29,7 +29,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from .. import __version__
 from ..errors import InputError
-from ..labels import PALETTE_RGB, bone_of_label
+from ..labels import PALETTE_RGB, Anatomy, bone_name, bone_of_label, rank_in_bone
 from ..volume import Volume
 from .report import labels_present
 
@@ -47,9 +47,8 @@ _CATEGORY = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
 
 def segment_label(label: int) -> str:
     """Human-readable segment label, e.g. ``"21 right hip fragment 1"`` (at most 64 chars)."""
-    bone = bone_of_label(label)
-    name = {1: "sacrum", 2: "left hip", 3: "right hip"}[bone]
-    return f"{label:02d} {name} fragment {label - (bone - 1) * 10}"
+    name = bone_name(label).replace("_", " ")
+    return f"{label:02d} {name} fragment {rank_in_bone(label)}"
 
 
 def _fixed_sources(headers: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], list[str]]:
@@ -129,15 +128,15 @@ def labels_to_seg(
             segment_number=number,
             segment_label=segment_label(label),
             segmented_property_category=_CATEGORY,
-            segmented_property_type=_SACRUM if bone == 1 else _HIP,
+            segmented_property_type=_SACRUM if bone == Anatomy.SACRUM else _HIP,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=f"fragment {label:02d}",
             tracking_uid=generate_uid(),
             display_color=hd.color.CIELabColor.from_rgb(*[int(c) for c in PALETTE_RGB[label]]),
         )
-        if bone in (2, 3):
-            side = _LEFT if bone == 2 else _RIGHT
+        if bone != Anatomy.SACRUM:
+            side = _LEFT if bone == Anatomy.LEFT_HIP else _RIGHT
             desc.SegmentedPropertyTypeModifierCodeSequence = [side]
         descriptions.append(desc)
 

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..io import write_volume
-from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
+from ..labels import BONES, MAX_FRAGMENTS_PER_BONE, first_label
 from ..volume import Volume
 from .anatomy import AnatomyParams, build_structures, sample_anatomy
 from .fractures import (
@@ -68,7 +68,9 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-BONE_KEYS = {"sacrum": 1, "left_hip": 2, "right_hip": 3, 1: 1, 2: 2, 3: 3}
+BONE_KEYS: dict[str | int, int] = {**{name: bone for bone, name in BONES.items()},
+                                   **{bone: bone for bone in BONES}}
+"""``n_fragments`` keys: bone name or anatomy id -> anatomy id."""
 
 PLAN_RES_MM = 2.0
 """Planning grid (canonical, mm) for fractures: the same for every size, so a seed breaks

@@ -502,7 +502,7 @@ def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
     seeds = [seed_count]
     n_split = 0
     for i in range(1, n_inst + 1):
-        for b in (1, 2, 3):
+        for b in BONES:
             if b == majority[i] or votes[i, b] < min_fragment_vox:
                 continue
             new = n_inst + 1 + n_split
@@ -569,7 +569,7 @@ def _assign_missing_bones(
                 break
             margin = [2 * m for m in margin]
         dist = edt.edt(inst[box] != i, anisotropy=spacing, parallel=1)
-        best = min((float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b))
+        best = min((float(dist[sub_an == b].min()), b) for b in BONES if np.any(sub_an == b))
         inst_bone[i] = best[1]
 
 

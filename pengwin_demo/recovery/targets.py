@@ -68,7 +68,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, bone_of_labels
+from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, MAX_LABEL, bone_of_labels
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def abbc_targets(
     clock = _Clock()
     labels = np.ascontiguousarray(labels[bone_box])
     out = result[bone_box]
-    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=31)[1:]) + 1]
+    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:]) + 1]
     clock.lap("crop")
 
     # Distance (mm) of every fragment voxel to its own fragment's surface: the multi-label
@@ -704,7 +704,7 @@ def _separate_cores(out, labels, min_core_vox, max_core_fraction) -> None:
     if not clash.any():
         return
     region, lab_box = out, labels  # rare: work on the whole (bone-box) arrays
-    sizes = np.bincount(lab_box.ravel(), minlength=31)
+    sizes = np.bincount(lab_box.ravel(), minlength=MAX_LABEL + 1)
     involved = sorted({int(v) for v in np.unique(core_lab[clash])}, key=lambda v: (-sizes[v], -v))
     for lab in involved[:-1]:  # every fragment but the smallest gives way
         clash, core_lab = _core_clash(region, lab_box)
@@ -813,12 +813,12 @@ def _check_labels(labels) -> np.ndarray:
         raise InputError(f"fragment labels must be a 3D (z, y, x) array, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise InputError(
-            f"fragment labels must be integers (PENGWIN 0-30), got dtype {labels.dtype}; "
+            f"fragment labels must be integers (PENGWIN 0-{MAX_LABEL}), got dtype {labels.dtype}; "
             "read the file as a label map"
         )
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 30):
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > MAX_LABEL):
         raise InputError(
-            f"fragment labels must be PENGWIN labels 0-30, found values {int(labels.min())}.."
+            f"fragment labels must be PENGWIN labels 0-{MAX_LABEL}, found values {int(labels.min())}.."
             f"{int(labels.max())}; convert the map to PENGWIN labels first"
         )
     return np.ascontiguousarray(labels, dtype=np.uint8)
