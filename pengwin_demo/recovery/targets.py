@@ -193,16 +193,7 @@ def abbc_targets(
     present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:]) + 1]
     clock.lap("crop")
 
-    # Distance (mm) of every fragment voxel to its own fragment's surface: the multi-label
-    # EDT treats a change of label as a surface. The volume edge is not a surface (the scan
-    # cut the bone there, the bone goes on).
-    dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
-    dist = dist.astype(np.float32, copy=False)
-    # distance (mm) to the background, for the half-thickness limit of the fracture zone
-    depth = None
-    if zone_half_thickness:
-        depth = edt.edt(labels > 0, anisotropy=tuple(spacing), black_border=False,
-                        parallel=parallel).astype(np.float32, copy=False)
+    dist, depth = _distances(labels, spacing, zone_half_thickness, parallel)
     clock.lap("distance")
 
     boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
@@ -220,31 +211,12 @@ def abbc_targets(
     margin = np.maximum(smooth_margin, zone_margin)
 
     zone_args = (boxes, widths, spacing, parallel, border_shell_only, depth)
+    core_args = (sigma_axes, lap_weights, laplacian_threshold, core_mm)
+    finish_args = (min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox)
     for lab in present:
         box = _grow_box(boxes[lab], margin, labels.shape)
-        lab_crop = labels[box]
-        frag = lab_crop == lab
-        d = np.where(frag, dist[box], np.float32(0))
-        classes = _core_boundary(d, frag, sigma_axes, lap_weights, laplacian_threshold, core_mm)
-        clock.lap("core")
-        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
-        clock.lap("zone")
-        _finish_core(
-            classes, frag, d, min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox
-        )
-        region = out[box]
-        region[frag] = classes[frag]
-        clock.lap("finish")
-
-    # small stray pieces away from their fragment's box: boundary, or border near a fracture
-    for lab, cid, sbox in strays:
-        box = _grow_box(sbox, zone_margin, labels.shape)
-        lab_crop = labels[box]
-        frag = comps[box] == cid
-        classes = np.where(frag, np.uint8(ABBC_BOUNDARY), np.uint8(0))
-        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
-        region = out[box]
-        region[frag] = classes[frag]
+        _label_fragment(out, labels, dist, lab, box, core_args, zone_args, finish_args, clock)
+    _label_strays(out, labels, comps, strays, zone_margin, zone_args)
     del comps, dist, depth
 
     if symmetric_walls and not border_shell_only:
@@ -254,6 +226,50 @@ def abbc_targets(
     clock.lap("separate")
     log.debug("abbc_targets %s: %s", labels.shape, clock)
     return result
+
+
+def _distances(labels, spacing, zone_half_thickness: bool, parallel: int):
+    """Distance (mm, float32) of every fragment voxel to its own fragment's surface, and to
+    the background (None without ``zone_half_thickness``)."""
+    # the multi-label EDT treats a change of label as a surface. The volume edge is not a
+    # surface (the scan cut the bone there, the bone goes on).
+    dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
+    dist = dist.astype(np.float32, copy=False)
+    # distance (mm) to the background, for the half-thickness limit of the fracture zone
+    depth = None
+    if zone_half_thickness:
+        depth = edt.edt(labels > 0, anisotropy=tuple(spacing), black_border=False,
+                        parallel=parallel).astype(np.float32, copy=False)
+    return dist, depth
+
+
+def _label_fragment(out, labels, dist, lab, box, core_args, zone_args, finish_args, clock) -> None:
+    """In place: the classes of fragment ``lab`` in ``out``, worked out on ``box``: core and
+    boundary, then its fracture zone, then the core's clean-up."""
+    lab_crop = labels[box]
+    frag = lab_crop == lab
+    d = np.where(frag, dist[box], np.float32(0))
+    classes = _core_boundary(d, frag, *core_args)
+    clock.lap("core")
+    _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+    clock.lap("zone")
+    _finish_core(classes, frag, d, *finish_args)
+    region = out[box]
+    region[frag] = classes[frag]
+    clock.lap("finish")
+
+
+def _label_strays(out, labels, comps, strays, zone_margin, zone_args) -> None:
+    """In place: small stray pieces away from their fragment's box are boundary, or border
+    near a fracture."""
+    for lab, cid, sbox in strays:
+        box = _grow_box(sbox, zone_margin, labels.shape)
+        lab_crop = labels[box]
+        frag = comps[box] == cid
+        classes = np.where(frag, np.uint8(ABBC_BOUNDARY), np.uint8(0))
+        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+        region = out[box]
+        region[frag] = classes[frag]
 
 
 class _Clock:
