@@ -410,34 +410,12 @@ def _join_pieces(zone, contact, frag):
     from scipy.sparse.csgraph import dijkstra
 
     main = int(big[np.argmax(sizes[big])])
-    shape = zone.shape
-    index = np.full(shape, -1, dtype=np.int64)
-    z_idx = np.flatnonzero(zone)
-    m = z_idx.size
-    index.ravel()[z_idx] = np.arange(m)
-    cost = np.where(contact.ravel()[z_idx], CONTACT_PATH_COST, 1.0)
-    rows, cols, weights = [], [], []
-    src_nodes, touch_part, touch_node = [], [], []
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        a_i, b_i = index[tuple(lo)], index[tuple(hi)]
-        a_p, b_p = parts[tuple(lo)], parts[tuple(hi)]
-        both = (a_i >= 0) & (b_i >= 0)
-        rows.append(a_i[both])
-        cols.append(b_i[both])
-        for node, part in ((a_i, b_p), (b_i, a_p)):  # zone voxel beside a piece
-            sel = (node >= 0) & (part > 0)
-            touch_node.append(node[sel])
-            touch_part.append(part[sel].astype(np.int64))
-    touch_node = np.concatenate(touch_node)
-    touch_part = np.concatenate(touch_part)
+    z_idx, r, c, touch_node, touch_part = _zone_adjacency(zone, parts)
     src_nodes = np.unique(touch_node[touch_part == main])
     if src_nodes.size == 0:
         return zone
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
+    m = z_idx.size
+    cost = np.where(contact.ravel()[z_idx], CONTACT_PATH_COST, 1.0)
     w = 0.5 * (cost[r] + cost[c])
     source = m  # a virtual node next to the main piece
     r = np.concatenate([r, np.full(src_nodes.size, source)])
@@ -459,6 +437,31 @@ def _join_pieces(zone, contact, frag):
             flat_keep[z_idx[node]] = False
             node = int(pred[node])
     return keep
+
+
+def _zone_adjacency(zone, parts):
+    """The zone as a graph: its voxels' flat indices (node i is ``z_idx[i]``), the
+    6-neighbour node pairs (rows, columns), and every (node, piece) where a zone voxel lies
+    beside a piece of ``parts`` (labels > 0)."""
+    index = np.full(zone.shape, -1, dtype=np.int64)
+    z_idx = np.flatnonzero(zone)
+    index.ravel()[z_idx] = np.arange(z_idx.size)
+    rows, cols, touch_part, touch_node = [], [], [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a_i, b_i = index[tuple(lo)], index[tuple(hi)]
+        a_p, b_p = parts[tuple(lo)], parts[tuple(hi)]
+        both = (a_i >= 0) & (b_i >= 0)
+        rows.append(a_i[both])
+        cols.append(b_i[both])
+        for node, part in ((a_i, b_p), (b_i, a_p)):  # zone voxel beside a piece
+            sel = (node >= 0) & (part > 0)
+            touch_node.append(node[sel])
+            touch_part.append(part[sel].astype(np.int64))
+    return (z_idx, np.concatenate(rows), np.concatenate(cols), np.concatenate(touch_node),
+            np.concatenate(touch_part))
 
 
 def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, depth=None):
