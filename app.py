@@ -28,7 +28,7 @@ import numpy as np
 
 from pengwin_demo.errors import InputError, ModelError
 from pengwin_demo.pipeline import get_pipeline
-from pengwin_demo.viewer import AXES, WINDOWS_HU, n_slices, render_slice, to_lps_orientation
+from pengwin_demo.outputs import AXES, WINDOWS_HU, n_slices, render_slice, to_lps_orientation
 
 log = logging.getLogger("pengwin_app")
 

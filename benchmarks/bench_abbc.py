@@ -10,7 +10,7 @@ is its own; the RSS right after loading (Python, numpy, the labels) is printed b
 
 Printed, from the same run:
 
-* ``pengwin_demo.abbc.abbc_targets`` (per-fragment crops, seung-lab edt, 2 threads);
+* ``pengwin_demo.recovery.abbc_targets`` (per-fragment crops, seung-lab edt, 2 threads);
 * the naive reference, the article's snippet applied per fragment on the whole volume:
   scipy ``distance_transform_edt`` of the fragment, Gaussian (sigma 2 voxels; on an
   anisotropic grid made isotropic in mm as in ``abbc_targets``), Laplacian (float64),
@@ -60,11 +60,11 @@ CHILD = textwrap.dedent(
     c0 = cpu_s()
     t0 = time.perf_counter()
     if method == "ours":
-        from pengwin_demo.abbc import abbc_targets
+        from pengwin_demo.recovery import abbc_targets
         out = abbc_targets(labels, spacing, parallel=2)
         done = None
     elif method == "ours_naive":
-        from pengwin_demo.abbc import abbc_targets
+        from pengwin_demo.recovery import abbc_targets
         out = abbc_targets(labels, spacing, parallel=2, **json.loads({naive!r}))
         done = None
     else:

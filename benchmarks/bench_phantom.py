@@ -51,7 +51,7 @@ def _one(seed: int, size: str, reference: bool, write: bool) -> dict:
             write_volume(ph.ct, Path(tmp) / "ct.mha")
             write_volume(ph.labels, Path(tmp) / "labels.mha")
             out["write_mha_s"] = time.perf_counter() - t0
-            from pengwin_demo.phantom_dicom import write_dicom_series
+            from pengwin_demo.phantom import write_dicom_series
 
             t0 = time.perf_counter()
             write_dicom_series(ph.ct, Path(tmp) / "dicom")

@@ -7,7 +7,7 @@ Usage::
 
 1. Makes a full-size synthetic fractured pelvis (``make_phantom(seed, "full")``, about
    512 x 512 x 330 at 0.6-1.0 mm) and writes it as NIfTI (not timed).
-2. **Meshes**: :func:`pengwin_demo.meshes.fragment_meshes` on the true label map (crop per
+2. **Meshes**: :func:`pengwin_demo.outputs.fragment_meshes` on the true label map (crop per
    fragment, marching cubes, Taubin, decimation) against a reference that meshes each label
    on the whole volume (no crop) with marching cubes + Taubin and no decimation, in the
    same process, best of 2.
@@ -75,7 +75,7 @@ class _Precomputed:
 
 def _oracles(truth_path: str, spacing: float):
     """Anatomy and ABBC of the truth on a ``spacing`` mm grid (made before any timing)."""
-    from pengwin_demo.abbc import abbc_targets
+    from pengwin_demo.recovery import abbc_targets
     from pengwin_demo.io import read_volume
     from pengwin_demo.labels import anatomy_from_fragments
     from pengwin_demo.volume import resample_to_spacing
@@ -183,7 +183,7 @@ def main() -> None:
         return worker_reference_stage1(args.ct, args.device)
 
     from pengwin_demo.io import read_volume, write_volume
-    from pengwin_demo.meshes import fragment_meshes
+    from pengwin_demo.outputs import fragment_meshes
     from pengwin_demo.phantom import make_phantom
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

@@ -4,9 +4,9 @@
 
 For every real per-bone masked case (``../shared/data/real_fractured_pelves``) and every
 spacing, the expert fragments go through the path a perfect ABBC network would take:
-ABBC targets on the CT grid (:func:`pengwin_demo.abbc.abbc_targets`), to the model grid
+ABBC targets on the CT grid (:func:`pengwin_demo.recovery.abbc_targets`), to the model grid
 (nearest, as a label map), instance recovery there with the expert anatomy, and back onto
-the CT grid (:func:`pengwin_demo.upsample.smooth_labels_onto` with the bone's partial-volume
+the CT grid (:func:`pengwin_demo.recovery.smooth_labels_onto` with the bone's partial-volume
 fraction as foreground, the field a well-trained network's foreground probability
 approximates). The official PENGWIN metrics of that round trip are the ceiling of a model
 at that spacing: fracture gaps narrower than the grid close and the fragments merge.
@@ -28,12 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pengwin_demo.abbc import abbc_targets  # noqa: E402
-from pengwin_demo.instances import recover_fragments  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case  # noqa: E402
 from pengwin_demo.metrics import evaluate_case  # noqa: E402
-from pengwin_demo.upsample import smooth_labels_onto  # noqa: E402
+from pengwin_demo.recovery import abbc_targets, recover_fragments, smooth_labels_onto  # noqa: E402
 from pengwin_demo.volume import bounding_box, resample_onto, resample_to_spacing  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real_fractured_pelves"

@@ -18,13 +18,13 @@ truth (the oracle) and its anatomy map is the ground truth's bones. Printed:
 
 Both run in this process one after the other, so other load on the machine hits both;
 the CPU-time ratio is the steadier figure on a shared machine. A ``growth`` line splits
-off the time spent in :func:`pengwin_demo.geodesic.grow_labels` (both growth phases),
+off the time spent in :func:`pengwin_demo.recovery.grow_labels` (both growth phases),
 the only step where the two methods differ. ``--real-full`` adds the
 real fractured sacrum on its whole 512 x 512 x 357 grid.
 
 Part 2, imperfect predictions: fragment IoU against corruption level on the real
 fractured sacrum (cropped to its bone), for every corruption in
-:mod:`pengwin_demo.abbc_noise`: border with gaps, border thinner/thicker, spurious core
+:mod:`pengwin_demo.recovery.noise`: border with gaps, border thinner/thicker, spurious core
 specks, fragments whose core is missing, salt-and-pepper class noise and jittered bone
 surface. For the surface jitter the best any recovery could reach (the ground truth on
 the jittered bone, added voxels labelled like a neighbour) is printed beside it.
@@ -42,11 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pengwin_demo import abbc_noise, instances  # noqa: E402
-from pengwin_demo.abbc import abbc_targets  # noqa: E402
-from pengwin_demo.instances import recover_fragments  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
 from pengwin_demo.metrics import fragment_iou, merge_small_fragments  # noqa: E402
+from pengwin_demo.recovery import abbc_targets, instances, recover_fragments  # noqa: E402
+from pengwin_demo.recovery import noise as abbc_noise  # noqa: E402
 from pengwin_demo.volume import bounding_box  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real_fracture_sacrum" / "fragments.nii.gz"

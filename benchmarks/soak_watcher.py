@@ -42,8 +42,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pengwin_demo.dicom import load_ct  # noqa: E402
-from pengwin_demo.dicom_read import read_header  # noqa: E402
+from pengwin_demo.dicom import load_ct, read_header  # noqa: E402
 from pengwin_demo.io import write_volume  # noqa: E402
 
 FORMS = ("folder", "folder", "zip", "loose")
@@ -61,7 +60,7 @@ def process(input_path: Path, out_dir: Path) -> SimpleNamespace:
 def write_series(staging: Path, n: int, seed: int) -> list[Path]:
     """``n`` phantom series (SeriesNumber 1..n), each in its own folder under ``staging``."""
     from pengwin_demo.phantom import make_phantom
-    from pengwin_demo.phantom_dicom import write_dicom_series
+    from pengwin_demo.phantom import write_dicom_series
     from pengwin_demo.volume import resample_to_spacing
 
     ct, _labels = make_phantom(seed, size="small")

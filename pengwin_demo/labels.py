@@ -45,6 +45,9 @@ BONES: dict[int, str] = {int(b): b.name.lower() for b in Anatomy if b != Anatomy
 
 MAX_FRAGMENTS_PER_BONE = 10
 
+MAX_LABEL = len(BONES) * MAX_FRAGMENTS_PER_BONE
+"""Highest PENGWIN label (30): a fragment map holds 0..MAX_LABEL."""
+
 # plain ints: these go into numpy arrays and compiled extensions
 ABBC_BACKGROUND, ABBC_BOUNDARY, ABBC_CORE, ABBC_BORDER = (int(c) for c in Abbc)
 ABBC_NAMES: dict[int, str] = {v: k for k, v in ABBC_CLASSES.items()}
@@ -55,9 +58,9 @@ def bone_of_label(label: int) -> int:
     label = int(label)
     if label == 0:
         return 0
-    if not 1 <= label <= 30:
-        raise ValueError(f"PENGWIN labels are 0-30, got {label}")
-    return (label - 1) // 10 + 1
+    if not 1 <= label <= MAX_LABEL:
+        raise ValueError(f"PENGWIN labels are 0-{MAX_LABEL}, got {label}")
+    return int(bone_of_labels(label))
 
 
 def bone_of_labels(values: np.ndarray) -> np.ndarray:
@@ -71,26 +74,31 @@ def bone_name(label: int) -> str:
     return BONES[bone_of_label(label)]
 
 
+def rank_in_bone(label: int) -> int:
+    """Size rank of a PENGWIN label 1-30 within its bone: 1 for the largest fragment (1, 11, 21)."""
+    return int(label) - first_label(bone_of_label(label)) + 1
+
+
 def first_label(bone: int) -> int:
     """PENGWIN label of the largest fragment of anatomy id ``bone`` (1, 11 or 21)."""
     if bone not in BONES:
         raise ValueError(f"bone must be 1, 2 or 3, got {bone}")
-    return (bone - 1) * 10 + 1
+    return (bone - 1) * MAX_FRAGMENTS_PER_BONE + 1
 
 
 def anatomy_from_fragments(fragments: np.ndarray) -> np.ndarray:
     """PENGWIN fragment map (0-30) -> anatomy map (0 bg, 1 sacrum, 2 left hip, 3 right hip)."""
     lut = np.zeros(256, dtype=np.uint8)
-    lut[1:31] = (np.arange(1, 31) - 1) // 10 + 1
+    lut[1:MAX_LABEL + 1] = bone_of_labels(np.arange(1, MAX_LABEL + 1))
     return lut[fragments.astype(np.uint8, copy=False)]
 
 
 def _palette() -> np.ndarray:
     """RGB (0-255) for labels 0-30: sacrum reds, left hip greens, right hip blues."""
-    rgb = np.zeros((31, 3), dtype=np.uint8)
-    hues = {1: 0.0, 2: 0.33, 3: 0.60}
+    rgb = np.zeros((MAX_LABEL + 1, 3), dtype=np.uint8)
+    hues = {Anatomy.SACRUM: 0.0, Anatomy.LEFT_HIP: 0.33, Anatomy.RIGHT_HIP: 0.60}
     for bone, hue in hues.items():
-        for k in range(10):
+        for k in range(MAX_FRAGMENTS_PER_BONE):
             # alternate lightness so neighbouring fragment numbers contrast; shift hue a little
             h = (hue + (k % 5 - 2) * 0.025) % 1.0
             light = (0.42, 0.62, 0.30, 0.72, 0.52)[k % 5]

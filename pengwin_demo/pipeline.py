@@ -35,7 +35,7 @@ import numpy as np
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
 from .plausibility import MIN_BONE_ML, check_anatomy
-from .upsample import nearest_onto, smooth_labels_onto
+from .recovery import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -398,7 +398,7 @@ class Pipeline:
         ModelError
             A model is missing or unusable.
         """
-        from .meshes import MESH_DETAILS
+        from .outputs import MESH_DETAILS
 
         if mesh_detail not in MESH_DETAILS:
             raise InputError(f"mesh detail must be one of {sorted(MESH_DETAILS)}, got {mesh_detail!r}")
@@ -410,8 +410,8 @@ class Pipeline:
     def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail, *,
              anatomy_map=None, allow_non_ct=False) -> PipelineResult:
         from .io import write_like
-        from .meshes import fragment_meshes, stl_name, write_scene_glb, write_stls
-        from .report import (build_report, fragment_stats, labels_present, series_summary,
+        from .outputs import fragment_meshes, stl_name, write_scene_glb, write_stls
+        from .outputs import (build_report, fragment_stats, labels_present, series_summary,
                              unused_series, write_report)
 
         clock = _Stopwatch(progress)
@@ -465,7 +465,7 @@ class Pipeline:
                 models["abbc"], ct, anatomy_vol, device, warnings)
             # -- recovery -------------------------------------------------------------
             clock.stage("recovery")
-            from .instances import recover_fragments
+            from .recovery import recover_fragments
 
             rec = recover_fragments(abbc_vol.array, anatomy_vol.array, abbc_vol.spacing_zyx_mm,
                                     **self.recovery_kwargs)
@@ -670,7 +670,7 @@ class Pipeline:
         if not labels.array.any():
             log.info("DICOM SEG not written: there are no fragments to store")
             return None
-        from .seg_export import write_dicom_seg
+        from .outputs import write_dicom_seg
 
         seg_path, seg_warnings = write_dicom_seg(labels, headers, out_dir / "segmentation.dcm")
         warnings.extend(seg_warnings)

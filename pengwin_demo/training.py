@@ -105,7 +105,7 @@ def convert_case(
     abbc_kwargs: dict | None = None,
 ) -> dict:
     """Write one case into both raw datasets; returns its label voxel counts."""
-    from .abbc import abbc_targets
+    from .recovery import abbc_targets
 
     ct = to_canonical(read_volume(image_path, "ct"))
     labels = to_canonical(read_volume(label_path, "label"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo.abbc import (
+from pengwin_demo.recovery.targets import (
     BORDER_MM,
     _deepest_region,
     _finish_core,
@@ -484,7 +484,7 @@ def test_symmetric_walls_thin_the_zone_facing_a_thin_plate():
     """The plate keeps half its thickness open (its zone is its contact layer); the block's
     zone under it is thinned to the same one voxel, so recovery splits the wall on the
     fracture. Where two thick parts meet (x = 30) the wall stays 2 voxels a side."""
-    from pengwin_demo.instances import recover_fragments
+    from pengwin_demo.recovery import recover_fragments
 
     labels = _block_under_a_plate()
     out = abbc_targets(labels, ISO, border_mm=2.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pengwin_demo.__main__ import main
-from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.volume import Volume
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.labels import ABBC_BORDER, ABBC_CORE, anatomy_from_fragments
 from _helpers.abbc_checks import (
     best_ious,
@@ -81,7 +81,7 @@ def test_real_sacrum_small_fragments_are_not_drowned_in_border(sacrum):
 
 
 def test_real_sacrum_oracle_with_instance_recovery(sacrum):
-    from pengwin_demo.instances import recover_fragments
+    from pengwin_demo.recovery import recover_fragments
 
     labels, spacing, abbc = sacrum
     pred = recover_fragments(abbc, anatomy_from_fragments(labels), spacing).labels
@@ -145,7 +145,7 @@ def test_small_phantoms_oracle():
 
 @pytest.mark.slow
 def test_full_size_phantom_oracle():
-    from pengwin_demo.instances import recover_fragments
+    from pengwin_demo.recovery import recover_fragments
 
     labels, spacing = _phantom(0, "full")
     abbc = abbc_targets(labels, spacing)

@@ -9,8 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from pengwin_demo.dicom import load_ct
-from pengwin_demo.dicom_geometry import FILL_HU
+from pengwin_demo.dicom import FILL_HU, load_ct
 from pengwin_demo.errors import InputError
 
 from _helpers import dicom_factory as fac

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from pengwin_demo.__main__ import main
-from pengwin_demo.dicom import load_ct
-from pengwin_demo.dicom_files import extract_zip
+from pengwin_demo.dicom import extract_zip, load_ct
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 

@@ -1,4 +1,4 @@
-"""Geodesic growth (pengwin_demo.geodesic): the fast path against the per-seed reference.
+"""Geodesic growth (pengwin_demo.recovery.geodesic): fast path against per-seed reference.
 
 Small hand-built volumes, each run through both methods; the fast path's two routes for a
 contested component (exact per-seed fields, or the multi-source Dijkstra labels) are both
@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo import geodesic
-from pengwin_demo.geodesic import grow_labels
+from pengwin_demo.recovery import geodesic, grow_labels
 
 SPACING = (1.5, 0.8, 0.7)
 
@@ -111,7 +110,7 @@ def test_single_seed_components_and_empty_input():
 
 def test_phantom_growth_matches_reference():
     """Both growth phases of the recovery on a small phantom's oracle ABBC map."""
-    from pengwin_demo.abbc import abbc_targets
+    from pengwin_demo.recovery import abbc_targets
     from pengwin_demo.labels import ABBC_BOUNDARY, ABBC_CORE
     from pengwin_demo.phantom import make_phantom
 

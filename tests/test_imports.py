@@ -57,3 +57,28 @@ def test_a_started_watcher_drops_watchdogs_stop_noise_once(tmp_path):
         "print(len(logger.filters), logger.filter(noise))\n"
     )
     assert _python(code, tmp_path).strip() == "1 False"
+
+
+SUBPACKAGES = ("pengwin_demo.dicom", "pengwin_demo.outputs", "pengwin_demo.phantom",
+               "pengwin_demo.recovery")
+
+
+def test_every_name_a_subpackage_exports_imports(tmp_path):
+    code = (
+        "import importlib\n"
+        f"for name in {SUBPACKAGES!r}:\n"
+        "    package = importlib.import_module(name)\n"
+        "    missing = [n for n in package.__all__ if getattr(package, n, None) is None]\n"
+        "    print(name, len(package.__all__), missing)\n"
+    )
+    for line in _python(code, tmp_path).splitlines():
+        name, count, missing = line.split(" ", 2)
+        assert int(count) > 0 and missing == "[]", line
+
+
+def test_the_slice_images_load_neither_meshes_nor_dicom_seg(tmp_path):
+    # pengwin_demo.outputs loads each module on first use: the app's slice viewer must not
+    # pay for trimesh and highdicom at start-up
+    code = ("import sys\nfrom pengwin_demo.outputs import render_slice\n"
+            "print(sorted(m for m in ('trimesh', 'highdicom') if m in sys.modules))")
+    assert _python(code, tmp_path).strip() == "[]"

@@ -2,8 +2,9 @@
 
 The ABBC maps here are built by a deliberately simple rule of this file's own (core =
 deeper than ``core_mm``; border = within ``border_mm`` of another fragment of the same
-bone), independent of :mod:`pengwin_demo.abbc`, so that these tests pin down the recovery
-itself. Oracle tests through the real ABBC generator live in test_instances_oracle.py.
+bone), independent of :mod:`pengwin_demo.recovery.targets`, so that these tests pin down
+the recovery itself. Oracle tests through the real ABBC generator live in
+test_instances_oracle.py.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import numpy as np
 import pytest
 
 from pengwin_demo.errors import InputError
-from pengwin_demo.geodesic import grow_labels
-from pengwin_demo.instances import RecoveryResult, recover_fragments
+from pengwin_demo.recovery import RecoveryResult, grow_labels, recover_fragments
 from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, anatomy_from_fragments
 from pengwin_demo.metrics import fragment_iou, rank_fragments
 

@@ -1,9 +1,9 @@
 """Oracle and imperfect-prediction tests: ground truth -> ABBC targets -> recovery -> compare.
 
-Uses the project's own ABBC generator (:func:`pengwin_demo.abbc.abbc_targets`) on the real
-fractured sacrum (the ``real_sacrum_dir`` fixture; skipped when absent) and on synthetic phantoms.
-Fragment IoU follows the PENGWIN semantics (each ground-truth fragment against its best
-same-bone prediction, averaged); ground-truth fragments under the minimum fragment size
+Uses the project's own ABBC generator (:func:`pengwin_demo.recovery.abbc_targets`) on the real
+fractured sacrum (the ``real_sacrum_dir`` fixture; skipped when absent) and on synthetic
+phantoms. Fragment IoU follows the PENGWIN semantics (each ground-truth fragment against its
+best same-bone prediction, averaged); ground-truth fragments under the minimum fragment size
 are merged into their neighbour first, and the all-fragments figure is printed beside it.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo import abbc_noise
-from pengwin_demo.instances import recover_fragments
 from pengwin_demo.labels import ABBC_CORE, anatomy_from_fragments
 from pengwin_demo.metrics import fragment_iou, merge_small_fragments
+from pengwin_demo.recovery import noise as abbc_noise
+from pengwin_demo.recovery import recover_fragments
 from pengwin_demo.volume import bounding_box
 
-abbc_mod = pytest.importorskip("pengwin_demo.abbc")
+abbc_mod = pytest.importorskip("pengwin_demo.recovery.targets")
 
 MIN_FRAGMENT_VOX = 1000
 

@@ -20,9 +20,8 @@ import pytest
 import trimesh
 
 from _helpers import dicom_factory as factory
-from pengwin_demo.phantom import make_phantom
-from pengwin_demo.phantom_dicom import write_dicom_series
-from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
+from pengwin_demo.phantom import make_phantom, write_dicom_series
+from pengwin_demo.outputs import ENCAPSULATED_STL_STORAGE, stl_from_instance
 from _helpers.watcher_jobs import REPO, watcher_env
 from watcher.mercure import ModuleSettings, Output
 

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.labels import PALETTE_RGB
-from pengwin_demo.meshes import (
+from pengwin_demo.outputs import (
     MeshDetail,
     fragment_meshes,
     lps_to_gltf_matrix,

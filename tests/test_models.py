@@ -81,7 +81,7 @@ def _as_stage2_sees_it(ct: Volume, gt: Volume) -> Volume:
 
 
 def test_bundled_abbc_model_finds_bone_and_cores(abbc, phantom):
-    from pengwin_demo.abbc import abbc_targets
+    from pengwin_demo.recovery import abbc_targets
 
     ct, gt = phantom
     ct = _as_stage2_sees_it(ct, gt)
@@ -95,7 +95,7 @@ def test_bundled_abbc_model_finds_bone_and_cores(abbc, phantom):
 def test_foreground_probability_places_the_surface_between_coarse_voxels(abbc, phantom):
     """On a 3 mm grid, the bone taken back to the CT grid: nearest < smooth < smooth with the
     network's foreground probability (measured: bone Dice 0.923 / 0.943 / 0.950)."""
-    from pengwin_demo.upsample import nearest_onto, smooth_labels_onto
+    from pengwin_demo.recovery import nearest_onto, smooth_labels_onto
     from pengwin_demo.volume import resample_to_spacing
 
     ct, gt = phantom

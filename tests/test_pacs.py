@@ -30,11 +30,9 @@ from _helpers.orthanc import ORTHANC_BIN, SKIP_REASON, Orthanc, free_port
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
-from pengwin_demo.meshes import fragment_meshes, write_stls
-from pengwin_demo.phantom import make_phantom
-from pengwin_demo.phantom_dicom import write_dicom_series
-from pengwin_demo.seg_export import write_dicom_seg
-from pengwin_demo.stl_dicom import ENCAPSULATED_STL_STORAGE, stl_from_instance
+from pengwin_demo.outputs import (ENCAPSULATED_STL_STORAGE, fragment_meshes, stl_from_instance,
+                                  write_dicom_seg, write_stls)
+from pengwin_demo.phantom import make_phantom, write_dicom_series
 from pengwin_demo.volume import Volume, resample_onto
 from _helpers.watcher_jobs import REPO, make_dirs, outputs, wait_for, watcher_cmd, watcher_env
 from _helpers.watcher_jobs import convert_process
@@ -307,7 +305,7 @@ def test_once_with_send_to_processes_the_inbox_and_sends_before_exit(tmp_path):
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
                     reason="dciodvfy (Debian package dicom3tools) not installed")
 def test_encapsulated_stl_passes_the_dicom_iod_validator(tmp_path):
-    from pengwin_demo.stl_dicom import stl_instances, write_instance
+    from pengwin_demo.outputs import stl_instances, write_instance
 
     job_dir, _ = small_job_output(tmp_path)
     seg = pydicom.dcmread(job_dir / "segmentation.dcm")

@@ -9,9 +9,9 @@ from scipy import ndimage
 
 from pengwin_demo.labels import anatomy_from_fragments, first_label
 from pengwin_demo.phantom import generate_phantom, make_phantom
-from pengwin_demo.phantom_anatomy import LEFT_HIP, _wing, build_structures, sample_anatomy
-from pengwin_demo.phantom_fractures import FRAGMENT_COUNT_PROBABILITIES, sample_fragment_counts
-from pengwin_demo.phantom_render import evaluate
+from pengwin_demo.phantom.anatomy import LEFT_HIP, _wing, build_structures, sample_anatomy
+from pengwin_demo.phantom.fractures import FRAGMENT_COUNT_PROBABILITIES, sample_fragment_counts
+from pengwin_demo.phantom.render import evaluate
 
 SEEDS = (0, 1, 2, 3)
 

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from pengwin_demo.__main__ import main
 from pengwin_demo.io import read_volume
-from pengwin_demo.phantom import case_seed, generate_phantom, make_phantom, write_phantom_dataset
-from pengwin_demo.phantom_dicom import write_dicom_series
+from pengwin_demo.phantom import (case_seed, generate_phantom, make_phantom, write_dicom_series,
+                                  write_phantom_dataset)
 from pengwin_demo.volume import Volume
 
 

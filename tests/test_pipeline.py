@@ -17,11 +17,11 @@ import pytest
 import SimpleITK as sitk
 import trimesh
 
-from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.errors import ModelError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.labels import anatomy_from_fragments
-from pengwin_demo.meshes import stl_name
+from pengwin_demo.outputs import stl_name
 from pengwin_demo.models import bundled_models_dir
 from pengwin_demo.pipeline import STAGES, Pipeline
 from pengwin_demo.volume import Volume
@@ -345,7 +345,7 @@ def test_cli_segment_says_which_model_is_missing(tmp_path, capsys):
 # coarse ones (such ties may go either way, in SimpleITK too, by floating-point rounding)
 @pytest.mark.parametrize("spacing", [(2.1, 1.7, 1.3), (3.1, 0.7, 2.3)])
 def test_fast_nearest_upsampling_equals_simpleitk(spacing):
-    from pengwin_demo.upsample import nearest_onto
+    from pengwin_demo.recovery import nearest_onto
     from pengwin_demo.volume import resample_onto, resample_to_spacing
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from _helpers import dicom_factory as fac
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.errors import InputError
 from pengwin_demo.labels import PALETTE_RGB
-from pengwin_demo.seg_export import labels_to_seg, segment_label, write_dicom_seg
+from pengwin_demo.outputs import labels_to_seg, segment_label, write_dicom_seg
 from pengwin_demo.volume import Volume, resample_onto
 
 

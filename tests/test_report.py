@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from pengwin_demo.labels import PALETTE_RGB
-from pengwin_demo.report import (
+from pengwin_demo.outputs import (
     build_report,
     fragment_stats,
     input_summary,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.anatomy_map import anatomy_map_onto, read_anatomy_map
 from pengwin_demo.bone_region import MASK_FILL_HU, bone_box_on, mask_outside_bones
 from pengwin_demo.errors import InputError

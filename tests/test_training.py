@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pengwin_demo.abbc import abbc_targets
+from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from pengwin_demo.labels import anatomy_from_fragments

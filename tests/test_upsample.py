@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pengwin_demo.upsample import nearest_onto, smooth_labels_onto
+from pengwin_demo.recovery import nearest_onto, smooth_labels_onto
 from pengwin_demo.volume import Volume, resample_to_spacing
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pengwin_demo.labels import PALETTE_RGB
-from pengwin_demo.viewer import (extract_slice, overlay_labels, render_slice, to_lps_orientation,
-                                 window_to_uint8)
+from pengwin_demo.outputs import (extract_slice, overlay_labels, render_slice, to_lps_orientation,
+                                  window_to_uint8)
 from pengwin_demo.volume import Volume
 
 

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from _helpers import dicom_factory as factory
-from pengwin_demo.dicom_read import read_header
+from pengwin_demo.dicom import read_header
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from _helpers.watcher_jobs import REPO, failed_jobs, make_dirs, outputs, watcher_env
@@ -118,7 +118,7 @@ def test_kill9_at_each_step_loses_and_duplicates_nothing(tmp_path, form, point):
                                    "meshes", "report"])
 def test_kill9_in_each_stage_of_the_real_pipeline(tmp_path, stage):
     from pengwin_demo.phantom import make_phantom
-    from pengwin_demo.phantom_dicom import write_dicom_series
+    from pengwin_demo.phantom import write_dicom_series
 
     inbox, outbox = make_dirs(tmp_path)
     ct, _labels = make_phantom(5, size="small")
@@ -197,7 +197,7 @@ def test_a_full_disk_leaves_the_job_queued_for_a_retry(tmp_path, tiny_outbox):
 def test_the_log_has_one_line_per_event_and_no_identifiers(tmp_path):
     """A phantom series with a patient name, ids, dates and UIDs through the real pipeline."""
     from pengwin_demo.phantom import make_phantom
-    from pengwin_demo.phantom_dicom import write_dicom_series
+    from pengwin_demo.phantom import write_dicom_series
 
     inbox, outbox = make_dirs(tmp_path)
     ct, _ = make_phantom(5, size="small")

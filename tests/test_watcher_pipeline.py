@@ -34,8 +34,8 @@ from _helpers.watcher_jobs import (
     watcher_env,
 )
 
-pytest.importorskip("pengwin_demo.phantom_dicom", reason="phantom DICOM writer not available")
-from pengwin_demo.phantom_dicom import write_dicom_series  # noqa: E402
+pytest.importorskip("pengwin_demo.phantom.dicom_export", reason="phantom DICOM writer not available")
+from pengwin_demo.phantom import write_dicom_series  # noqa: E402
 
 ORACLE_SEED = 5
 

@@ -17,7 +17,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from _helpers import dicom_factory as factory
 from pengwin_demo.__main__ import main as cli
-from pengwin_demo.dicom_read import read_header
+from pengwin_demo.dicom import read_header
 from pengwin_demo.io import read_volume
 from _helpers.watcher_jobs import failed_jobs, make_dirs, outputs
 from _helpers.watcher_jobs import convert_process

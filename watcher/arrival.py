@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pengwin_demo.dicom_read import series_key
+from pengwin_demo.dicom import series_key
 from pengwin_demo.io import volume_suffix
 
 from .config import TEMP_SUFFIXES, WatcherConfig
@@ -319,7 +319,7 @@ def _unlink_quiet(path: Path) -> None:
 def group_loose_files(paths: list[Path]) -> list[tuple[str, str, list[Path]]]:
     """Group loose files by DICOM series.
 
-    A file is DICOM when :func:`pengwin_demo.dicom_read.read_header` reads it, the same
+    A file is DICOM when :func:`pengwin_demo.dicom.read_header` reads it, the same
     policy ``convert`` follows (files without preamble included).
 
     Returns

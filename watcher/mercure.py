@@ -61,7 +61,7 @@ class ModuleSettings:
     device : str
         "auto", "cpu" or "cuda".
     mesh_detail : str
-        "fine", "normal" or "coarse" (see :mod:`pengwin_demo.meshes`).
+        "fine", "normal" or "coarse" (see :mod:`pengwin_demo.outputs.meshes`).
     outputs : tuple of Output
         What to write: the SEG, and/or Encapsulated STL meshes.
     """
@@ -73,7 +73,7 @@ class ModuleSettings:
     @classmethod
     def from_task(cls, task: dict) -> "ModuleSettings":
         """Settings from a mercure task (``task["process"]["settings"]``); InputError if bad."""
-        from pengwin_demo.meshes import MESH_DETAILS
+        from pengwin_demo.outputs import MESH_DETAILS
 
         process = task.get("process") or {}
         raw = (process.get("settings") or {}) if isinstance(process, dict) else {}
@@ -139,7 +139,7 @@ def _write_outputs(seg_path: Path, stls: list[Path], out_dir: Path,
                    outputs: tuple[Output, ...]) -> list[Path]:
     import pydicom
 
-    from pengwin_demo.stl_dicom import stl_instances, write_instance
+    from pengwin_demo.outputs import stl_instances, write_instance
 
     written = []
     if Output.SEG in outputs:

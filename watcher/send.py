@@ -4,8 +4,8 @@ A job that finishes is queued as ``<work>/send/<job-id>.json`` (before its job f
 removed, so a crash cannot skip it: a recovered job whose outputs were complete is queued
 again, and queuing is idempotent). A background thread sends due entries: the SEG of
 ``<outbox>/<job-id>/segmentation.dcm`` and, with ``send_stl``, every fragment STL wrapped
-as Encapsulated STL (:mod:`pengwin_demo.stl_dicom`). The SEG copies the source CT's study,
-so the PACS files it under that study and a viewer overlays it on the CT.
+as Encapsulated STL (:mod:`pengwin_demo.outputs.stl_dicom`). The SEG copies the source CT's
+study, so the PACS files it under that study and a viewer overlays it on the CT.
 
 A failed send is retried after ``send_retry_seconds``, doubling each time (at most one
 hour), and after ``send_max_attempts`` tries the entry moves to
@@ -85,7 +85,7 @@ def result_datasets(output_dir: Path, with_stl: bool) -> list[Dataset]:
     seg = pydicom.dcmread(seg_path)
     out = [seg]
     if with_stl:
-        from pengwin_demo.stl_dicom import stl_instances
+        from pengwin_demo.outputs import stl_instances
 
         out += stl_instances(sorted((Path(output_dir) / "fragments").glob("*.stl")), seg)
     return out

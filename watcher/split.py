@@ -4,7 +4,7 @@ A folder or zip dropped in the inbox may hold two studies (two patients, two vis
 several reconstructions of one study. The pipeline segments one series per run, so such a
 delivery becomes one job per *candidate* series, and nothing is left out unseen:
 
-- candidates are the series :func:`pengwin_demo.dicom_series.choose_series` would choose
+- candidates are the series :func:`pengwin_demo.dicom.choose_series` would choose
   among, per study: the usable CT volumes, and of those only the axial
   ORIGINAL/PRIMARY ones when the study has any (reformats of the same data ride along);
 - each candidate gets a group of files: its own, and, for the first candidate of its
@@ -15,7 +15,7 @@ delivery becomes one job per *candidate* series, and nothing is left out unseen:
 - files that are not DICOM ride with the first group.
 
 A delivery with one group is not split. The header reading is the loaders'
-(:func:`pengwin_demo.dicom_series.scan_files`), so the split sees what ``load_ct`` sees.
+(:func:`pengwin_demo.dicom.scan_files`), so the split sees what ``load_ct`` sees.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pengwin_demo.dicom_files import UnpackedInput
-from pengwin_demo.dicom_read import read_header
-from pengwin_demo.dicom_series import SeriesInfo, assess, group_series, scan_files
+from pengwin_demo.dicom import SeriesInfo, UnpackedInput, assess, group_series, read_header, scan_files
 from pengwin_demo.errors import InputError
 
 __all__ = ["SeriesGroup", "plan_split"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import abbc
+from ..recovery import targets as abbc
 from ..errors import InputError
 from ..io import is_volume_file, read_volume, volume_suffix, write_volume
 

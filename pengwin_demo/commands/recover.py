@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..instances import recover_fragments
+from ..recovery import recover_fragments
 from ..io import read_volume, write_like
 
 NAME = "recover"

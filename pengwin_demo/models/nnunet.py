@@ -192,7 +192,7 @@ class SegmentationModel:
         foreground : ndarray of float32, shape (Z, Y, X)
             1 minus the softmax probability of class 0 (background), on the input grid:
             its 0.5 level places the bone surface between voxel centres
-            (:func:`pengwin_demo.upsample.smooth_labels_onto` uses it).
+            (:func:`pengwin_demo.recovery.smooth_labels_onto` uses it).
         """
         return self._run(volume, True)
 

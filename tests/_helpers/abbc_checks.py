@@ -10,11 +10,7 @@ import cc3d
 import edt
 import numpy as np
 
-from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
-
-
-def bone(label: int) -> int:
-    return (int(label) - 1) // 10 + 1
+from pengwin_demo.labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, BONES, bone_of_label, bone_of_labels
 
 
 def check_partition(labels: np.ndarray, abbc: np.ndarray) -> None:
@@ -51,7 +47,7 @@ def check_border_near_same_bone(labels, abbc, spacing, max_width_mm) -> None:
         border = frag & (abbc == ABBC_BORDER)
         if not border.any():
             continue
-        others = np.isin(labels, [o for o in present if o != lab and bone(o) == bone(lab)])
+        others = np.isin(labels, [o for o in present if o != lab and bone_of_label(o) == bone_of_label(lab)])
         assert others.any(), f"fragment {lab} has border but no other fragment in its bone"
         d = edt.edt(~others, anisotropy=tuple(spacing), black_border=False)
         worst = float(d[border].max())
@@ -74,7 +70,7 @@ def check_walls(labels, abbc) -> None:
                 nb = padded[1 + dz : z + 1 + dz, 1 + dy : y + 1 + dy, 1 + dx : x + 1 + dx]
                 both = (centre > 0) & (nb > 0) & (centre != nb)
                 if both.any():
-                    same_bone = (centre[both] - 1) // 10 == (nb[both] - 1) // 10
+                    same_bone = bone_of_labels(centre[both]) == bone_of_labels(nb[both])
                     assert not same_bone.any(), (
                         f"open (boundary/core) voxels of fragments {np.unique(centre[both][same_bone])} "
                         "touch another fragment of their bone without border"
@@ -121,12 +117,16 @@ def _contacts(labels: np.ndarray, lab: int) -> dict[int, int]:
 
 
 def merge_small_fragments(labels: np.ndarray, min_vox: int, same_bone_only: bool = False,
-                          bone_of=bone) -> np.ndarray:
+                          bone_of=bone_of_label) -> np.ndarray:
     """Merge ground-truth fragments under ``min_vox`` as instance recovery does by design.
 
     Smallest first, each joins the fragment of its bone it touches most (26-contacts),
     failing that (unless ``same_bone_only``) any fragment it touches; an island touching
     nothing stays. Returns a new uint8 map.
+
+    Not :func:`pengwin_demo.metrics.merge_small_fragments`, which keeps to the same bone and
+    renumbers: here a piece touching only another bone joins it (as recovery's anatomy vote
+    lets it), ids are kept, and ``bone_of`` serves plain instance ids as well.
     """
     out = labels.astype(np.uint8, copy=True)
     islands: set[int] = set()
@@ -166,10 +166,10 @@ def best_ious(gt: np.ndarray, pred: np.ndarray) -> dict[int, float]:
 
 def recover_per_bone(abbc: np.ndarray, anatomy: np.ndarray, spacing, **kwargs) -> np.ndarray:
     """Instance recovery run on each bone alone (growth cannot cross a joint)."""
-    from pengwin_demo.instances import recover_fragments
+    from pengwin_demo.recovery import recover_fragments
 
     out = np.zeros(abbc.shape, dtype=np.uint8)
-    for b in (1, 2, 3):
+    for b in BONES:
         in_bone = anatomy == b
         if not np.any(abbc[in_bone] == ABBC_CORE):
             continue
@@ -180,7 +180,7 @@ def recover_per_bone(abbc: np.ndarray, anatomy: np.ndarray, spacing, **kwargs) -
 
 
 def simple_growth(abbc: np.ndarray, spacing, min_seed_vox: int = 50, min_fragment_vox: int = 1000):
-    """A deliberately plain instance recovery, independent of pengwin_demo.instances.
+    """A deliberately plain instance recovery, independent of pengwin_demo.recovery.instances.
 
     Seeds: 26-connected core components of at least ``min_seed_vox``; every boundary/core
     voxel joins the seed it reaches first (breadth-first flooding, border and background

@@ -31,7 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pengwin_demo.phantom_dicom import SeriesUids, image_slice
+from pengwin_demo.phantom.dicom_export import SeriesUids, image_slice
 from pengwin_demo.volume import Volume
 
 PATIENT_NAME = "Doe^Jane^Q"

@@ -149,7 +149,7 @@ def seg_process(input_path: Path, out_dir: Path):
     import numpy as np
 
     from pengwin_demo.dicom import load_ct
-    from pengwin_demo.seg_export import write_dicom_seg
+    from pengwin_demo.outputs import write_dicom_seg
 
     ct = load_ct(input_path)
     array = np.zeros(ct.volume.shape, np.uint8)

@@ -70,7 +70,7 @@ _ORACLE_CACHE: dict = {}
 def oracle_case(seed: int):
     """(ct, fragment labels, Pipeline with oracle models) for phantom ``seed`` (cached)."""
     if seed not in _ORACLE_CACHE:
-        from pengwin_demo.abbc import abbc_targets
+        from pengwin_demo.recovery import abbc_targets
         from pengwin_demo.labels import anatomy_from_fragments
         from pengwin_demo.phantom import make_phantom
         from pengwin_demo.pipeline import Pipeline

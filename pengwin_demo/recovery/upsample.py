@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .volume import Box, Volume, bounding_box, box_onto, resample_onto
+from ..volume import Box, Volume, bounding_box, box_onto, resample_onto
 
 
 def _grow(box: Box) -> Box:

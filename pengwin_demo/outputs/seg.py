@@ -27,11 +27,11 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
-from . import __version__
-from .errors import InputError
-from .labels import PALETTE_RGB, bone_of_label
+from .. import __version__
+from ..errors import InputError
+from ..labels import PALETTE_RGB, Anatomy, bone_name, bone_of_label, rank_in_bone
+from ..volume import Volume
 from .report import labels_present
-from .volume import Volume
 
 __all__ = ["labels_to_seg", "write_dicom_seg", "segment_label"]
 
@@ -47,9 +47,8 @@ _CATEGORY = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
 
 def segment_label(label: int) -> str:
     """Human-readable segment label, e.g. ``"21 right hip fragment 1"`` (at most 64 chars)."""
-    bone = bone_of_label(label)
-    name = {1: "sacrum", 2: "left hip", 3: "right hip"}[bone]
-    return f"{label:02d} {name} fragment {label - (bone - 1) * 10}"
+    name = bone_name(label).replace("_", " ")
+    return f"{label:02d} {name} fragment {rank_in_bone(label)}"
 
 
 def _fixed_sources(headers: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], list[str]]:
@@ -124,22 +123,7 @@ def labels_to_seg(
     lut = np.zeros(256, dtype=np.uint8)
     for number, label in enumerate(present, start=1):
         lut[label] = number
-        bone = bone_of_label(label)
-        desc = hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=segment_label(label),
-            segmented_property_category=_CATEGORY,
-            segmented_property_type=_SACRUM if bone == 1 else _HIP,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_id=f"fragment {label:02d}",
-            tracking_uid=generate_uid(),
-            display_color=hd.color.CIELabColor.from_rgb(*[int(c) for c in PALETTE_RGB[label]]),
-        )
-        if bone in (2, 3):
-            side = _LEFT if bone == 2 else _RIGHT
-            desc.SegmentedPropertyTypeModifierCodeSequence = [side]
-        descriptions.append(desc)
+        descriptions.append(_segment_description(number, label, algorithm))
 
     volume = hd.Volume(
         lut[labels.array],
@@ -147,9 +131,8 @@ def labels_to_seg(
         coordinate_system="PATIENT",
         frame_of_reference_uid=str(sources[0].FrameOfReferenceUID),
     )
-    first = sources[0]
     seg = hd.seg.Segmentation(
-        source_images=sources,
+        source_images=sources,  # the SEG copies patient and study from them: that is how PACS link it
         pixel_array=volume,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -167,8 +150,27 @@ def labels_to_seg(
         omit_empty_frames=True,
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
     )
-    _ = first  # the SEG copies patient/study from the sources (that is how PACS link it)
     return seg, warnings
+
+
+def _segment_description(number: int, label: int, algorithm) -> hd.seg.SegmentDescription:
+    """Segment ``number`` of PENGWIN ``label``: SNOMED CT Sacrum or Hip with its laterality,
+    the palette colour, a tracking id."""
+    bone = bone_of_label(label)
+    desc = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=segment_label(label),
+        segmented_property_category=_CATEGORY,
+        segmented_property_type=_SACRUM if bone == Anatomy.SACRUM else _HIP,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_id=f"fragment {label:02d}",
+        tracking_uid=generate_uid(),
+        display_color=hd.color.CIELabColor.from_rgb(*[int(c) for c in PALETTE_RGB[label]]),
+    )
+    if bone != Anatomy.SACRUM:
+        desc.SegmentedPropertyTypeModifierCodeSequence = [_LEFT if bone == Anatomy.LEFT_HIP else _RIGHT]
+    return desc
 
 
 def write_dicom_seg(

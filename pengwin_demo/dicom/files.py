@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_ZIP_UNPACKED_BYTES = 8 * 1024**3
 """Refuse a zip that unpacks to more than this (8 GiB: many whole CT studies)."""
@@ -97,52 +97,13 @@ def extract_zip(
     written: list[Path] = []
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > max_files:
-            raise InputError(
-                f"{name}: the archive holds {len(members)} files, more than the limit of "
-                f"{max_files}; send one study or series per archive."
-            )
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise InputError(
-                f"{name}: the archive would unpack to {declared / 1024**3:.1f} GiB, more than the "
-                f"limit of {max_bytes / 1024**3:.1f} GiB; send one study or series per archive."
-            )
+        _check_declared_size(members, name, max_files, max_bytes)
         total = 0
         for m in members:
-            rel = _safe_member_path(m.filename, name)
-            mode = (m.external_attr >> 16) & 0o170000
-            if mode == stat.S_IFLNK:
-                raise InputError(
-                    f"{name}: the archive holds a symbolic link ({rel.name}); refusing to unpack "
-                    "it. Zip the DICOM files themselves."
-                )
-            if m.flag_bits & 0x1:
-                raise InputError(f"{name}: the archive is password-protected; send it unencrypted.")
-            if m.compress_size > 0 and m.file_size / m.compress_size > max_ratio and m.file_size > _CHUNK:
-                raise InputError(
-                    f"{name}: member {rel.name} claims a compression ratio of "
-                    f"{m.file_size / m.compress_size:.0f}:1, typical of a zip bomb; refusing it."
-                )
-            target = (dest / Path(*rel.parts)).resolve()
-            if dest not in target.parents:
-                raise InputError(f"{name}: member {rel.name} would be written outside its folder; refusing.")
+            target = _member_target(m, dest, name, max_ratio)
             target.parent.mkdir(parents=True, exist_ok=True)
-            member_bytes = 0
             try:
-                with zf.open(m) as src, open(target, "xb") as out:
-                    while True:
-                        chunk = src.read(_CHUNK)
-                        if not chunk:
-                            break
-                        member_bytes += len(chunk)
-                        total += len(chunk)
-                        if total > max_bytes or member_bytes > max(m.file_size, 0) + _CHUNK:
-                            raise InputError(
-                                f"{name}: unpacks to more bytes than it declares or than the limit "
-                                f"of {max_bytes / 1024**3:.1f} GiB; refusing it."
-                            )
-                        out.write(chunk)
+                total += _copy_member(zf, m, target, name, total, max_bytes)
             except FileExistsError:
                 continue  # the same name twice in one archive: keep the first copy
             except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as err:
@@ -154,6 +115,64 @@ def extract_zip(
                 raise InputError(f"{name}: cannot unpack a member ({err}); zip the folder again.") from None
             written.append(target)
     return written
+
+
+def _check_declared_size(members: list[zipfile.ZipInfo], name: str, max_files: int, max_bytes: int) -> None:
+    """Refuse an archive whose directory already declares too many files or bytes."""
+    if len(members) > max_files:
+        raise InputError(
+            f"{name}: the archive holds {len(members)} files, more than the limit of "
+            f"{max_files}; send one study or series per archive."
+        )
+    declared = sum(m.file_size for m in members)
+    if declared > max_bytes:
+        raise InputError(
+            f"{name}: the archive would unpack to {declared / 1024**3:.1f} GiB, more than the "
+            f"limit of {max_bytes / 1024**3:.1f} GiB; send one study or series per archive."
+        )
+
+
+def _member_target(m: zipfile.ZipInfo, dest: Path, name: str, max_ratio: float) -> Path:
+    """Where member ``m`` goes inside ``dest`` (resolved); InputError for a symbolic link,
+    an encrypted member, a zip-bomb ratio or a path that leaves ``dest``."""
+    rel = _safe_member_path(m.filename, name)
+    mode = (m.external_attr >> 16) & 0o170000
+    if mode == stat.S_IFLNK:
+        raise InputError(
+            f"{name}: the archive holds a symbolic link ({rel.name}); refusing to unpack "
+            "it. Zip the DICOM files themselves."
+        )
+    if m.flag_bits & 0x1:
+        raise InputError(f"{name}: the archive is password-protected; send it unencrypted.")
+    if m.compress_size > 0 and m.file_size / m.compress_size > max_ratio and m.file_size > _CHUNK:
+        raise InputError(
+            f"{name}: member {rel.name} claims a compression ratio of "
+            f"{m.file_size / m.compress_size:.0f}:1, typical of a zip bomb; refusing it."
+        )
+    target = (dest / Path(*rel.parts)).resolve()
+    if dest not in target.parents:
+        raise InputError(f"{name}: member {rel.name} would be written outside its folder; refusing.")
+    return target
+
+
+def _copy_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, name: str, written_bytes: int,
+                 max_bytes: int) -> int:
+    """Copy member ``m`` to the new file ``target`` in chunks; return its bytes. The bytes
+    actually read are counted: more than the member declares, or than ``max_bytes`` with the
+    ``written_bytes`` before it, is refused (FileExistsError when ``target`` exists)."""
+    member_bytes = 0
+    with zf.open(m) as src, open(target, "xb") as out:
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                return member_bytes
+            member_bytes += len(chunk)
+            if written_bytes + member_bytes > max_bytes or member_bytes > max(m.file_size, 0) + _CHUNK:
+                raise InputError(
+                    f"{name}: unpacks to more bytes than it declares or than the limit "
+                    f"of {max_bytes / 1024**3:.1f} GiB; refusing it."
+                )
+            out.write(chunk)
 
 
 class UnpackedInput:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .labels import PALETTE_RGB
-from .volume import Volume
+from ..labels import PALETTE_RGB
+from ..volume import Volume
 
 WINDOWS_HU: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),

@@ -6,10 +6,10 @@ first within a bone) on the same grid. The same seed gives the same case, bit fo
 
 How a case is made
 ------------------
-1. Anatomy (:mod:`pengwin_demo.phantom_anatomy`): signed distance fields of the sacrum,
+1. Anatomy (:mod:`pengwin_demo.phantom.anatomy`): signed distance fields of the sacrum,
    both hip bones, L5 and both femurs in a canonical patient frame (LPS mm), evaluated on
    a coarse canonical grid per bone.
-2. Fractures (:mod:`pengwin_demo.phantom_fractures`): each labelled bone is cut by curved
+2. Fractures (:mod:`pengwin_demo.phantom.fractures`): each labelled bone is cut by curved
    sheets and small balls into 1-10 pieces; some pieces move rigidly (1-8 mm, up to 10
    degrees), the others stay in contact along a barely visible line.
 3. Grid: spacing, field of view and stored direction (LPS or RAS) are drawn; the patient
@@ -35,16 +35,17 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .io import write_volume
-from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .phantom_anatomy import AnatomyParams, build_structures, sample_anatomy
-from .phantom_fractures import (
+from ..io import write_volume
+from ..labels import BONES, MAX_FRAGMENTS_PER_BONE, first_label
+from ..volume import Volume
+from .anatomy import AnatomyParams, build_structures, sample_anatomy
+from .fractures import (
     FRAGMENT_COUNT_PROBABILITIES,
     FracturePlan,
     plan_fractures,
     sample_fragment_counts,
 )
-from .phantom_render import (
+from .render import (
     Grid,
     Group,
     box_in_grid,
@@ -55,9 +56,8 @@ from .phantom_render import (
     render_group,
     resample_to_ct,
 )
-from .phantom_sdf import rotation_matrix
-from .phantom_tissue import soft_tissue
-from .volume import Volume
+from .sdf import rotation_matrix
+from .tissue import soft_tissue
 
 __all__ = [
     "FRAGMENT_COUNT_PROBABILITIES",
@@ -68,7 +68,9 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-BONE_KEYS = {"sacrum": 1, "left_hip": 2, "right_hip": 3, 1: 1, 2: 2, 3: 3}
+BONE_KEYS: dict[str | int, int] = {**{name: bone for bone, name in BONES.items()},
+                                   **{bone: bone for bone in BONES}}
+"""``n_fragments`` keys: bone name or anatomy id -> anatomy id."""
 
 PLAN_RES_MM = 2.0
 """Planning grid (canonical, mm) for fractures: the same for every size, so a seed breaks
@@ -244,6 +246,30 @@ def generate_phantom(
         displaced_fraction = 0.0 if style < 0.3 else 0.4 + 0.5 * (style - 0.3) / 0.7
 
     # fractures, planned on a fixed grid so that both sizes break the same way
+    plans, grids, bone_pts = _plan_fractures(structures, counts, displaced_fraction, cfg, r_frac, r_motion)
+    world_pts = _transform_points(canon_to_world, np.concatenate(bone_pts).astype(np.float64))
+    margin = 10.0  # room for moved fragments
+    geom, shape, stored_as = _sample_grid(r_grid, cfg, world_pts.min(0) - margin, world_pts.max(0) + margin)
+
+    # soft tissue over the whole field of view, then the bones, crop first
+    ct, fov_box = _soft_tissue_ct(r_tissue, cfg, geom, shape, world_to_canon)
+    groups = _bone_groups(structures, plans, grids, cfg, fov_box)
+    labels, usl = _render_bones(ct, groups, geom, shape, canon_to_world, world_to_canon, fov_box, cfg,
+                                r_tissue, crop=not dense_reference)
+
+    _add_noise(ct, r_noise)
+    present, displaced = _rank_fragments(labels[usl], plans)
+    ct_vol = Volume(ct, geom.spacing_zyx_mm, geom.origin_lps_mm, geom.direction)
+    return Phantom(ct_vol, ct_vol.with_array(labels), int(seed), size, counts, present,
+                   displaced, stored_as, anat, plans)
+
+
+def _plan_fractures(structures, counts, displaced_fraction, cfg, r_frac, r_motion):
+    """Fracture plan of every labelled bone, on the canonical planning grid.
+
+    Returns the plans by anatomy id, the planning grids by structure name where the
+    rendering can reuse them (same resolution), and each bone's canonical points (mm).
+    """
     plans: dict[int, FracturePlan] = {}
     grids: dict[str, Grid] = {}
     bone_pts = []
@@ -259,20 +285,25 @@ def generate_phantom(
         bone_pts.append(pts)
         if cfg.canon_res_mm == PLAN_RES_MM:
             grids[s.name] = plan_grid
-    world_pts = _transform_points(canon_to_world, np.concatenate(bone_pts).astype(np.float64))
-    margin = 10.0  # room for moved fragments
-    geom, shape, stored_as = _sample_grid(r_grid, cfg, world_pts.min(0) - margin, world_pts.max(0) + margin)
+    return plans, grids, bone_pts
 
-    # soft tissue over the whole field of view, straight to int16
+
+def _soft_tissue_ct(rng, cfg: SizeConfig, geom: Volume, shape, world_to_canon):
+    """The CT (int16 HU, ``shape``) filled with soft tissue, and the field of view as a
+    canonical box (2, 3) in mm, 4 mm wider than the CT."""
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                         for k in (0, shape[2] - 1)], float)
     fov_canon = _transform_points(world_to_canon, geom.index_to_world(corners))
     fov_box = np.array([fov_canon.min(0) - 4, fov_canon.max(0) + 4])
-    hu, origin = soft_tissue(r_tissue, fov_box, cfg.tissue_res_mm)
+    hu, origin = soft_tissue(rng, fov_box, cfg.tissue_res_mm)
     ct = resample_to_ct(Grid(hu, origin, cfg.tissue_res_mm), world_to_canon, geom, shape,
                         -1000.0, sitk.sitkInt16)
+    return ct, fov_box
 
-    # bones, crop first: one group per bone and per moved fragment
+
+def _bone_groups(structures, plans, grids, cfg: SizeConfig, fov_box) -> list[Group]:
+    """One render group per bone without a plan, per fractured bone's fragments that stay,
+    and per moved fragment; each with its canonical box (mm)."""
     groups: list[Group] = []
     for s in structures:
         grid = grids.get(s.name) or evaluate(s, cfg.canon_res_mm, fov_box + [[-12], [12]])
@@ -287,6 +318,12 @@ def generate_phantom(
         for k, motion in sorted(plan.motions.items()):
             b = plan.boxes_mm[k]
             groups.append(Group(s, grid, plan, (k,), motion.matrix(), np.array([b[0] - 6, b[1] + 6])))
+    return groups
+
+
+def _render_bones(ct, groups, geom, shape, canon_to_world, world_to_canon, fov_box, cfg, rng, *, crop):
+    """In place: bone HU blended into ``ct`` by partial-volume coverage. Returns the
+    provisional label map (``shape``, uint8) and the slices of the box the bones touch."""
     kept = []
     for g in groups:
         box = box_in_grid(geom, shape, canon_to_world @ g.motion, g.box_mm)
@@ -299,37 +336,43 @@ def generate_phantom(
     acc_a = np.zeros(tuple(int(v) for v in ustop - ustart), np.float32)
     acc_h = np.zeros_like(acc_a)
     labels = np.zeros(shape, np.uint8)
-    tex_box = np.array([np.min([g.structure.box_mm[0] for g in kept], 0),
-                        np.max([g.structure.box_mm[1] for g in kept], 0)])
-    tex_box = np.array([np.maximum(tex_box[0], fov_box[0] - 12), np.minimum(tex_box[1], fov_box[1] + 12)])
-    texture = make_texture(r_tissue, tex_box, cfg.texture_res_mm)
+    texture = _bone_texture(kept, fov_box, cfg, rng)
     w = float(np.prod(geom.spacing_zyx_mm) ** (1 / 3))
-    tex_hu = float(r_tissue.uniform(35, 80))
+    tex_hu = float(rng.uniform(35, 80))
     # unlabelled bone first, moved fragments last: they win the (rare) voxels both claim
     kept.sort(key=lambda g: (g.structure.bone != 0, g.moved))
     for g in kept:
-        render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels, ustart,
-                     crop=not dense_reference)
+        render_group(g, geom, world_to_canon, texture, w, tex_hu, acc_a, acc_h, labels, ustart, crop=crop)
     touched = np.nonzero(acc_a)
     a = np.minimum(acc_a[touched], 1)
     bone_hu = acc_h[touched] / acc_a[touched]
     del acc_a, acc_h
     ct_u = ct[usl]
     ct_u[touched] = np.rint(ct_u[touched] * (1 - a) + bone_hu * a).clip(-1024, 3071).astype(np.int16)
+    return labels, usl
 
-    _add_noise(ct, r_noise)
-    lab_u = labels[usl]
+
+def _bone_texture(groups, fov_box, cfg: SizeConfig, rng):
+    """Cancellous texture over the rendered structures' canonical boxes, within the field of
+    view (+12 mm)."""
+    tex_box = np.array([np.min([g.structure.box_mm[0] for g in groups], 0),
+                        np.max([g.structure.box_mm[1] for g in groups], 0)])
+    tex_box = np.array([np.maximum(tex_box[0], fov_box[0] - 12), np.minimum(tex_box[1], fov_box[1] + 12)])
+    return make_texture(rng, tex_box, cfg.texture_res_mm)
+
+
+def _rank_fragments(lab_u: np.ndarray, plans) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """In place: labels cleaned and ranked to PENGWIN ids. Returns the fragments present per
+    bone and the PENGWIN labels of the moved fragments per bone."""
     clean_labels(lab_u)
     mapping = rank_labels(lab_u)
     present = {bone: len(m) for bone, m in mapping.items()}
     displaced = {
         bone: sorted(mapping[bone][first_label(bone) + k] for k in plans[bone].motions
                      if first_label(bone) + k in mapping[bone])
-        for bone in (1, 2, 3)
+        for bone in BONES
     }
-    ct_vol = Volume(ct, geom.spacing_zyx_mm, geom.origin_lps_mm, geom.direction)
-    return Phantom(ct_vol, ct_vol.with_array(labels), int(seed), size, counts, present,
-                   displaced, stored_as, anat, plans)
+    return present, displaced
 
 
 def _add_noise(ct: np.ndarray, rng: np.random.Generator, bank_slices: int = 12, pad: int = 48) -> None:
@@ -420,7 +463,7 @@ def write_phantom_dataset(
         write_volume(ph.ct, out / "images" / f"{name}.{ext}")
         write_volume(ph.labels, out / "labels" / f"{name}.{ext}")
         if fmt == "dicom":
-            from .phantom_dicom import write_dicom_series
+            from .dicom_export import write_dicom_series
 
             write_dicom_series(ph.ct, out / "dicom" / name, series_number=1, patient_index=i,
                                uid_key=f"{name}-{cs}")

@@ -9,7 +9,7 @@ the bounding box of the bone:
    which need less evidence to merge again in step 4).
 2. **Growth through bone**: every boundary/core voxel goes to the seed whose geodesic wave
    (physical spacing, border and background impassable) reaches it first
-   (:func:`pengwin_demo.geodesic.grow_labels`). Boundary/core components that no seed
+   (:func:`.geodesic.grow_labels`). Boundary/core components that no seed
    reaches (a fragment whose core was missed) become instances of their own when they
    have at least ``min_seed_vox`` voxels.
 3. **Growth through border**: the remaining bone voxels (border, specks) are assigned the
@@ -45,9 +45,8 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .geodesic import METHODS, grow_labels
-from .labels import (
+from ..errors import InputError
+from ..labels import (
     ABBC_BORDER,
     ABBC_BOUNDARY,
     ABBC_CORE,
@@ -55,7 +54,8 @@ from .labels import (
     MAX_FRAGMENTS_PER_BONE,
     first_label,
 )
-from .volume import bounding_box
+from ..volume import bounding_box
+from .geodesic import METHODS, grow_labels
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def recover_fragments(
     max_per_bone : int
         At most this many fragments per bone (PENGWIN: 10).
     method : {"fast", "reference"}
-        Geodesic growth implementation (see :mod:`pengwin_demo.geodesic`).
+        Geodesic growth implementation (see :mod:`.geodesic`).
 
     Returns
     -------
@@ -150,7 +150,6 @@ def recover_fragments(
         return RecoveryResult(labels, [], warnings)
     a = abbc[box]
     an = anatomy[box]
-    bone = a > 0
 
     # 1. seeds
     seeds, n_seeds, core_of_seed = _seeds(a == ABBC_CORE, min_seed_vox)
@@ -162,37 +161,98 @@ def recover_fragments(
         )
         return RecoveryResult(labels, [], warnings)
 
-    # 2. growth through boundary/core; seedless components become instances
+    # 2.-3. growth through boundary/core, then through border
+    inst, n_inst = _grow_instances(a, seeds, n_seeds, spacing, method, min_seed_vox)
+    seed_count = np.zeros(n_inst + 1, dtype=np.int64)
+    seed_count[1 : n_seeds + 1] = 1
+    sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
+    sibling_of[: n_seeds + 1] = core_of_seed
+
+    # bone voxels as flat vectors: the per-instance bookkeeping runs on these only
+    flat = np.flatnonzero(a > 0)
+    lab = inst.ravel()[flat]
+    anat = an.ravel()[flat]
+
+    # 4. merge instances that meet without border between them
+    lab, seed_count, faces = _merge_open(
+        inst, a, an, lab, anat, seed_count, sibling_of, min_fragment_vox, merge_open_fraction,
+        sibling_open_fraction,
+    )
+
+    # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
+    lab, votes, seed_count, n_split = _split_by_anatomy(lab, anat, flat, an, seed_count, spacing)
+    n_inst = votes.shape[0] - 1
+    inst_bone = _majority_bone(votes)
+    inst.ravel()[flat] = lab
+    sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
+    # face contacts carried over from step 4 unless a split changed the instances
+    contacts = _contact_table(inst, a, None if n_split else faces)
+    _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
+    _warn_outside_anatomy(votes, sizes, min_fragment_vox, warnings)
+
+    # 6. small fragments merge into neighbours; rank and cap per bone
+    groups = _UnionFind(n_inst + 1)
+    centroids = _centroids(flat, lab, a.shape, n_inst, spacing)
+    pick = _neighbour_picker(sizes, merge_open_fraction)
+    _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
+    split_ids = range(n_inst - n_split + 1, n_inst + 1)
+    _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction)
+    _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
+
+    # 7. PENGWIN labels: per bone, largest first
+    root = np.array([groups.find(i) for i in range(n_inst + 1)], dtype=np.int64)
+    root[0] = 0
+    root[sizes[root] == 0] = 0  # dropped specks
+    to_label, fragments = _number_fragments(root, sizes, seed_count, inst_bone, spacing, max_per_bone)
+    labels_box = np.zeros(a.shape, dtype=np.uint8)
+    labels_box.ravel()[flat] = to_label[root[lab]]
+    labels[box] = labels_box
+    return RecoveryResult(labels, fragments, warnings)
+
+
+def _grow_instances(a, seeds, n_seeds, spacing, method, min_seed_vox) -> tuple[np.ndarray, int]:
+    """Steps 2 and 3: instance ids (z, y, x) on every bone voxel of ``a``, and their number.
+
+    Seeds grow through boundary/core first; boundary/core components no seed reaches
+    (6-connected, at least ``min_seed_vox``) become instances. Then everything grows through
+    border; bone still unreached becomes instances of its own (26-connected).
+    """
+    bone = a > 0
     passable = (a == ABBC_BOUNDARY) | (a == ABBC_CORE)
     inst = grow_labels(seeds, passable, spacing, method)
     n_inst = _append_components(inst, passable & (inst == 0), n_seeds, 6, min_seed_vox)
     if n_inst > n_seeds:
         log.debug("%d boundary/core regions without a core seed", n_inst - n_seeds)
-
-    # 3. growth through border; unreached bone becomes its own instance
     inst = grow_labels(inst, bone, spacing, method)
     n_inst = _append_components(inst, bone & (inst == 0), n_inst, 26, 1)
+    return inst, n_inst
 
-    seed_count = np.zeros(n_inst + 1, dtype=np.int64)
-    seed_count[1 : n_seeds + 1] = 1
 
-    # bone voxels as flat vectors: the per-instance bookkeeping runs on these only
-    flat = np.flatnonzero(bone)
-    lab = inst.ravel()[flat]
-    anat = an.ravel()[flat]
+def _merge_open(inst, a, an, lab, anat, seed_count, sibling_of, min_fragment_vox,
+                merge_open_fraction, sibling_open_fraction):
+    """Step 4: instances that meet without border between them become one.
 
-    # 4. merge instances that meet without border between them
+    Returns the bone voxels' new instance ids, the seeds per instance and the face contacts
+    between the new instances (see :func:`_merge_open_contacts`).
+    """
+    n_inst = seed_count.shape[0] - 1
     votes = _bone_votes(lab, anat, n_inst)
     vote_bone = _majority_bone(votes)
     big = votes.sum(axis=1) >= min_fragment_vox
-    sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
-    sibling_of[: n_seeds + 1] = core_of_seed
     lut, faces = _merge_open_contacts(
         inst, a, an, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
     )
-    lab, seed_count, n_inst, new_id = _apply_lut(lab, lut, seed_count)
+    lab, seed_count, _, new_id = _apply_lut(lab, lut, seed_count)
+    return lab, seed_count, _renumber_pairs(faces, new_id)
 
-    # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
+
+def _split_by_anatomy(lab, anat, flat, an, seed_count, spacing):
+    """Step 5: bone votes per instance, after splitting instances that straddle two bones.
+
+    Returns the bone voxels' instance ids, the votes (instance, bone), the seeds per
+    instance and the number of split-off pieces (numbered last).
+    """
+    n_inst = seed_count.shape[0] - 1
     votes = _bone_votes(lab, anat, n_inst)
     anat_split = _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing)
     if anat_split is not anat:
@@ -200,16 +260,14 @@ def recover_fragments(
     lab, votes, seed_count, n_split = _split_straddlers(lab, anat_split, votes, seed_count, 1)
     if n_split:
         log.info("split %d instance(s) that straddle two bones", n_split)
-    n_inst = votes.shape[0] - 1
-    inst_bone = _majority_bone(votes)
-    inst.ravel()[flat] = lab
-    sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
-    # face contacts carried over from step 4 unless a split changed the instances
-    faces = None if n_split else _renumber_pairs(faces, new_id)
-    contacts = _contact_table(inst, a, faces)
-    _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
+    return lab, votes, seed_count, n_split
+
+
+def _warn_outside_anatomy(votes, sizes, min_fragment_vox, warnings) -> None:
+    """Warn about fragments of real size that lie mostly where the anatomy map is empty."""
     covered = votes[:, 1:].sum(axis=1)
-    poor = [i for i in range(1, n_inst + 1) if sizes[i] >= min_fragment_vox and covered[i] < 0.5 * sizes[i]]
+    poor = [i for i in range(1, votes.shape[0])
+            if sizes[i] >= min_fragment_vox and covered[i] < 0.5 * sizes[i]]
     if poor:
         _warn(
             warnings,
@@ -218,22 +276,17 @@ def recover_fragments(
             "nearest bone - check the anatomy segmentation",
         )
 
-    # 6. small fragments merge into neighbours; rank and cap per bone
-    groups = _UnionFind(n_inst + 1)
-    centroids = _centroids(flat, lab, bone.shape, n_inst, spacing)
-    pick = _neighbour_picker(sizes, merge_open_fraction)
-    _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
-    split_ids = range(n_inst - n_split + 1, n_inst + 1)
-    _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction)
-    _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
 
-    root = np.array([groups.find(i) for i in range(n_inst + 1)], dtype=np.int64)
-    root[0] = 0
-    root[sizes[root] == 0] = 0  # dropped specks
-    final_sizes = np.bincount(root, weights=sizes, minlength=n_inst + 1).astype(np.int64)
-    final_seeds = np.bincount(root, weights=seed_count, minlength=n_inst + 1).astype(np.int64)
+def _number_fragments(root, sizes, seed_count, inst_bone, spacing, max_per_bone):
+    """Step 7: PENGWIN label of every final group (``root``), largest first per bone.
 
-    to_label = np.zeros(n_inst + 1, dtype=np.uint8)
+    Returns the instance -> label table (uint8, 0 for dropped) and the fragments table of
+    :class:`RecoveryResult`, in label order.
+    """
+    n = sizes.shape[0]
+    final_sizes = np.bincount(root, weights=sizes, minlength=n).astype(np.int64)
+    final_seeds = np.bincount(root, weights=seed_count, minlength=n).astype(np.int64)
+    to_label = np.zeros(n, dtype=np.uint8)
     fragments = []
     voxel_mm3 = float(np.prod(spacing))
     for bone_id, name in BONES.items():
@@ -251,11 +304,8 @@ def recover_fragments(
                     "seeds": int(final_seeds[r]),
                 }
             )
-    labels_box = np.zeros(bone.shape, dtype=np.uint8)
-    labels_box.ravel()[flat] = to_label[root[lab]]
-    labels[box] = labels_box
     fragments.sort(key=lambda f: f["label"])
-    return RecoveryResult(labels, fragments, warnings)
+    return to_label, fragments
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -502,7 +552,7 @@ def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
     seeds = [seed_count]
     n_split = 0
     for i in range(1, n_inst + 1):
-        for b in (1, 2, 3):
+        for b in BONES:
             if b == majority[i] or votes[i, b] < min_fragment_vox:
                 continue
             new = n_inst + 1 + n_split
@@ -569,7 +619,7 @@ def _assign_missing_bones(
                 break
             margin = [2 * m for m in margin]
         dist = edt.edt(inst[box] != i, anisotropy=spacing, parallel=1)
-        best = min((float(dist[sub_an == b].min()), b) for b in (1, 2, 3) if np.any(sub_an == b))
+        best = min((float(dist[sub_an == b].min()), b) for b in BONES if np.any(sub_an == b))
         inst_bone[i] = best[1]
 
 

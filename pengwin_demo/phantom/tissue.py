@@ -1,7 +1,7 @@
 """Soft tissue of the phantom on a coarse canonical grid: air, skin outline, fat, muscle,
 bowel with gas, bladder and the scanner table (HU, float32).
 
-Canonical frame as in :mod:`pengwin_demo.phantom_anatomy` (LPS mm, origin between the hip
+Canonical frame as in :mod:`pengwin_demo.phantom.anatomy` (LPS mm, origin between the hip
 joint centres). The grid is coarse (2-4 mm); the caller resamples it onto the CT grid.
 """
 

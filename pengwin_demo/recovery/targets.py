@@ -15,7 +15,7 @@ PENGWIN 2024 winners' idea, as described in the seed article):
   boundary shell there border and demotes core there to boundary; that reading is
   ``border_shell_only=True``.)
 
-Instance recovery (:mod:`pengwin_demo.instances`) turns the classes back into fragments:
+Instance recovery (:mod:`.instances`) turns the classes back into fragments:
 core components are seeds, they grow through boundary and core, border is a wall.
 
 What is not in the article, and why (see ``docs/abbc.md`` for the measurements):
@@ -67,8 +67,8 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, bone_of_labels
+from ..errors import InputError
+from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, MAX_LABEL, bone_of_labels
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +190,10 @@ def abbc_targets(
     clock = _Clock()
     labels = np.ascontiguousarray(labels[bone_box])
     out = result[bone_box]
-    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=31)[1:]) + 1]
+    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:]) + 1]
     clock.lap("crop")
 
-    # Distance (mm) of every fragment voxel to its own fragment's surface: the multi-label
-    # EDT treats a change of label as a surface. The volume edge is not a surface (the scan
-    # cut the bone there, the bone goes on).
-    dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
-    dist = dist.astype(np.float32, copy=False)
-    # distance (mm) to the background, for the half-thickness limit of the fracture zone
-    depth = None
-    if zone_half_thickness:
-        depth = edt.edt(labels > 0, anisotropy=tuple(spacing), black_border=False,
-                        parallel=parallel).astype(np.float32, copy=False)
+    dist, depth = _distances(labels, spacing, zone_half_thickness, parallel)
     clock.lap("distance")
 
     boxes, strays, comps = _fragment_boxes(labels, present, stray_vox)
@@ -220,31 +211,12 @@ def abbc_targets(
     margin = np.maximum(smooth_margin, zone_margin)
 
     zone_args = (boxes, widths, spacing, parallel, border_shell_only, depth)
+    core_args = (sigma_axes, lap_weights, laplacian_threshold, core_mm)
+    finish_args = (min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox)
     for lab in present:
         box = _grow_box(boxes[lab], margin, labels.shape)
-        lab_crop = labels[box]
-        frag = lab_crop == lab
-        d = np.where(frag, dist[box], np.float32(0))
-        classes = _core_boundary(d, frag, sigma_axes, lap_weights, laplacian_threshold, core_mm)
-        clock.lap("core")
-        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
-        clock.lap("zone")
-        _finish_core(
-            classes, frag, d, min_core_vox, max_core_fraction, stray_vox, extra_core_min_vox
-        )
-        region = out[box]
-        region[frag] = classes[frag]
-        clock.lap("finish")
-
-    # small stray pieces away from their fragment's box: boundary, or border near a fracture
-    for lab, cid, sbox in strays:
-        box = _grow_box(sbox, zone_margin, labels.shape)
-        lab_crop = labels[box]
-        frag = comps[box] == cid
-        classes = np.where(frag, np.uint8(ABBC_BOUNDARY), np.uint8(0))
-        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
-        region = out[box]
-        region[frag] = classes[frag]
+        _label_fragment(out, labels, dist, lab, box, core_args, zone_args, finish_args, clock)
+    _label_strays(out, labels, comps, strays, zone_margin, zone_args)
     del comps, dist, depth
 
     if symmetric_walls and not border_shell_only:
@@ -254,6 +226,50 @@ def abbc_targets(
     clock.lap("separate")
     log.debug("abbc_targets %s: %s", labels.shape, clock)
     return result
+
+
+def _distances(labels, spacing, zone_half_thickness: bool, parallel: int):
+    """Distance (mm, float32) of every fragment voxel to its own fragment's surface, and to
+    the background (None without ``zone_half_thickness``)."""
+    # the multi-label EDT treats a change of label as a surface. The volume edge is not a
+    # surface (the scan cut the bone there, the bone goes on).
+    dist = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=parallel)
+    dist = dist.astype(np.float32, copy=False)
+    # distance (mm) to the background, for the half-thickness limit of the fracture zone
+    depth = None
+    if zone_half_thickness:
+        depth = edt.edt(labels > 0, anisotropy=tuple(spacing), black_border=False,
+                        parallel=parallel).astype(np.float32, copy=False)
+    return dist, depth
+
+
+def _label_fragment(out, labels, dist, lab, box, core_args, zone_args, finish_args, clock) -> None:
+    """In place: the classes of fragment ``lab`` in ``out``, worked out on ``box``: core and
+    boundary, then its fracture zone, then the core's clean-up."""
+    lab_crop = labels[box]
+    frag = lab_crop == lab
+    d = np.where(frag, dist[box], np.float32(0))
+    classes = _core_boundary(d, frag, *core_args)
+    clock.lap("core")
+    _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+    clock.lap("zone")
+    _finish_core(classes, frag, d, *finish_args)
+    region = out[box]
+    region[frag] = classes[frag]
+    clock.lap("finish")
+
+
+def _label_strays(out, labels, comps, strays, zone_margin, zone_args) -> None:
+    """In place: small stray pieces away from their fragment's box are boundary, or border
+    near a fracture."""
+    for lab, cid, sbox in strays:
+        box = _grow_box(sbox, zone_margin, labels.shape)
+        lab_crop = labels[box]
+        frag = comps[box] == cid
+        classes = np.where(frag, np.uint8(ABBC_BOUNDARY), np.uint8(0))
+        _apply_fracture_zone(classes, lab, lab_crop, frag, box, *zone_args)
+        region = out[box]
+        region[frag] = classes[frag]
 
 
 class _Clock:
@@ -394,34 +410,12 @@ def _join_pieces(zone, contact, frag):
     from scipy.sparse.csgraph import dijkstra
 
     main = int(big[np.argmax(sizes[big])])
-    shape = zone.shape
-    index = np.full(shape, -1, dtype=np.int64)
-    z_idx = np.flatnonzero(zone)
-    m = z_idx.size
-    index.ravel()[z_idx] = np.arange(m)
-    cost = np.where(contact.ravel()[z_idx], CONTACT_PATH_COST, 1.0)
-    rows, cols, weights = [], [], []
-    src_nodes, touch_part, touch_node = [], [], []
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        a_i, b_i = index[tuple(lo)], index[tuple(hi)]
-        a_p, b_p = parts[tuple(lo)], parts[tuple(hi)]
-        both = (a_i >= 0) & (b_i >= 0)
-        rows.append(a_i[both])
-        cols.append(b_i[both])
-        for node, part in ((a_i, b_p), (b_i, a_p)):  # zone voxel beside a piece
-            sel = (node >= 0) & (part > 0)
-            touch_node.append(node[sel])
-            touch_part.append(part[sel].astype(np.int64))
-    touch_node = np.concatenate(touch_node)
-    touch_part = np.concatenate(touch_part)
+    z_idx, r, c, touch_node, touch_part = _zone_adjacency(zone, parts)
     src_nodes = np.unique(touch_node[touch_part == main])
     if src_nodes.size == 0:
         return zone
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
+    m = z_idx.size
+    cost = np.where(contact.ravel()[z_idx], CONTACT_PATH_COST, 1.0)
     w = 0.5 * (cost[r] + cost[c])
     source = m  # a virtual node next to the main piece
     r = np.concatenate([r, np.full(src_nodes.size, source)])
@@ -443,6 +437,31 @@ def _join_pieces(zone, contact, frag):
             flat_keep[z_idx[node]] = False
             node = int(pred[node])
     return keep
+
+
+def _zone_adjacency(zone, parts):
+    """The zone as a graph: its voxels' flat indices (node i is ``z_idx[i]``), the
+    6-neighbour node pairs (rows, columns), and every (node, piece) where a zone voxel lies
+    beside a piece of ``parts`` (labels > 0)."""
+    index = np.full(zone.shape, -1, dtype=np.int64)
+    z_idx = np.flatnonzero(zone)
+    index.ravel()[z_idx] = np.arange(z_idx.size)
+    rows, cols, touch_part, touch_node = [], [], [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a_i, b_i = index[tuple(lo)], index[tuple(hi)]
+        a_p, b_p = parts[tuple(lo)], parts[tuple(hi)]
+        both = (a_i >= 0) & (b_i >= 0)
+        rows.append(a_i[both])
+        cols.append(b_i[both])
+        for node, part in ((a_i, b_p), (b_i, a_p)):  # zone voxel beside a piece
+            sel = (node >= 0) & (part > 0)
+            touch_node.append(node[sel])
+            touch_part.append(part[sel].astype(np.int64))
+    return (z_idx, np.concatenate(rows), np.concatenate(cols), np.concatenate(touch_node),
+            np.concatenate(touch_part))
 
 
 def _fracture_zone(lab, lab_crop, frag, box, boxes, widths, spacing, parallel, depth=None):
@@ -704,7 +723,7 @@ def _separate_cores(out, labels, min_core_vox, max_core_fraction) -> None:
     if not clash.any():
         return
     region, lab_box = out, labels  # rare: work on the whole (bone-box) arrays
-    sizes = np.bincount(lab_box.ravel(), minlength=31)
+    sizes = np.bincount(lab_box.ravel(), minlength=MAX_LABEL + 1)
     involved = sorted({int(v) for v in np.unique(core_lab[clash])}, key=lambda v: (-sizes[v], -v))
     for lab in involved[:-1]:  # every fragment but the smallest gives way
         clash, core_lab = _core_clash(region, lab_box)
@@ -802,7 +821,7 @@ def _grow_box(box, margin, shape):
 
 
 def _bbox(mask: np.ndarray, margin: int = 0):
-    from .volume import bounding_box
+    from ..volume import bounding_box
 
     return bounding_box(mask, margin_vox=margin)
 
@@ -813,12 +832,12 @@ def _check_labels(labels) -> np.ndarray:
         raise InputError(f"fragment labels must be a 3D (z, y, x) array, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise InputError(
-            f"fragment labels must be integers (PENGWIN 0-30), got dtype {labels.dtype}; "
+            f"fragment labels must be integers (PENGWIN 0-{MAX_LABEL}), got dtype {labels.dtype}; "
             "read the file as a label map"
         )
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 30):
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > MAX_LABEL):
         raise InputError(
-            f"fragment labels must be PENGWIN labels 0-30, found values {int(labels.min())}.."
+            f"fragment labels must be PENGWIN labels 0-{MAX_LABEL}, found values {int(labels.min())}.."
             f"{int(labels.max())}; convert the map to PENGWIN labels first"
         )
     return np.ascontiguousarray(labels, dtype=np.uint8)

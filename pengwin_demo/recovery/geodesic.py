@@ -46,7 +46,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from .volume import bounding_box
+from ..volume import bounding_box
 
 METHODS = ("fast", "reference")
 
@@ -319,43 +319,20 @@ def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing
     margin = np.ceil(reach[:, None] / h[None, :]).astype(np.int64) + 2  # per component, axis
     # component boxes (grown by one voxel) and each (component, seed) contact box
     coords = np.unravel_index(flat, shape)
-    comp_lo = np.empty((n_comps + 1, 3), dtype=np.int64)
-    comp_hi = np.empty((n_comps + 1, 3), dtype=np.int64)
-    for axis in range(3):
-        lo = np.full(n_comps + 1, shape[axis], dtype=np.int64)
-        hi = np.full(n_comps + 1, -1, dtype=np.int64)
-        np.minimum.at(lo, comp_of, coords[axis])
-        np.maximum.at(hi, comp_of, coords[axis])
-        comp_lo[:, axis] = np.maximum(lo - 1, 0)
-        comp_hi[:, axis] = np.minimum(hi + 2, shape[axis])
+    comp_lo, comp_hi = _key_boxes(comp_of, n_comps + 1, coords, shape)
+    comp_lo, comp_hi = np.maximum(comp_lo - 1, 0), np.minimum(comp_hi + 2, shape)
     src_node, src_pos, src_id = contacts
     ids, id_of = _small_ids(src_id)
     keys, key_of = _small_ids(comp_of[src_node].astype(np.int64) * ids.size + id_of)  # (component, seed)
     key_comp = keys // ids.size
     scoords = np.unravel_index(src_pos, shape)
-    sub_lo = np.empty((keys.size, 3), dtype=np.int64)
-    sub_hi = np.empty((keys.size, 3), dtype=np.int64)
-    for axis in range(3):
-        lo = np.full(keys.size, shape[axis], dtype=np.int64)
-        hi = np.full(keys.size, -1, dtype=np.int64)
-        np.minimum.at(lo, key_of, scoords[axis])
-        np.maximum.at(hi, key_of, scoords[axis])
-        sub_lo[:, axis] = np.maximum(lo - margin[key_comp, axis], comp_lo[key_comp, axis])
-        sub_hi[:, axis] = np.minimum(hi + margin[key_comp, axis] + 1, comp_hi[key_comp, axis])
+    sub_lo, sub_hi = _key_boxes(key_of, keys.size, scoords, shape)
+    sub_lo = np.maximum(sub_lo - margin[key_comp], comp_lo[key_comp])
+    sub_hi = np.minimum(sub_hi + margin[key_comp] + 1, comp_hi[key_comp])
     work = np.bincount(key_comp, weights=np.prod(sub_hi - sub_lo, axis=1), minlength=n_comps + 1)
     exact = (far <= FIELD_MAX_RANGE_MM) | ((work <= FIELD_MAX_WORK_VOX) & _CONTACT_BOXES)
     # the other route: each seed's field on its Dijkstra cell and a band (box of the cell)
-    id_index = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.int64)
-    id_index[ids] = np.arange(ids.size)
-    cell_key = comp_of.astype(np.int64) * ids.size + id_index[labels]
-    cell_ext = np.ones(cell_key.max(initial=0) + 1)
-    for axis in range(3):
-        lo = np.full(cell_ext.size, shape[axis], dtype=np.int64)
-        hi = np.full(cell_ext.size, -1, dtype=np.int64)
-        np.minimum.at(lo, cell_key, coords[axis])
-        np.maximum.at(hi, cell_key, coords[axis])
-        cell_ext *= np.clip(hi - lo + 1 + 2 * (CELL_BAND_VOX + 2), 0, shape[axis])  # 0 if absent
-    cell_work = np.bincount(np.arange(cell_ext.size) // ids.size, weights=cell_ext, minlength=n_comps + 1)
+    cell_work = _cell_work(labels, comp_of, coords, ids, n_comps, shape)
     by_cells = ~exact & (cell_work[: n_comps + 1] <= FIELD_MAX_WORK_VOX)
     present = np.bincount(comp_of, minlength=n_comps + 1) > 0
     present &= exact | by_cells
@@ -394,6 +371,34 @@ def _refine_exact(labels, dist, contacts, flat, comp_of, n_comps, shape, spacing
             owner[inside[closer]] = sid
         labels[vox] = owner
 
+
+
+def _key_boxes(key: np.ndarray, n_keys: int, coords, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Per key 0..n_keys-1: lowest and highest index (n_keys, 3) of the voxels at ``coords``
+    (one array per axis) that carry it; ``shape`` and -1 for a key without voxels."""
+    lo = np.empty((n_keys, 3), dtype=np.int64)
+    hi = np.empty((n_keys, 3), dtype=np.int64)
+    for axis in range(3):
+        lo[:, axis] = shape[axis]
+        hi[:, axis] = -1
+        np.minimum.at(lo[:, axis], key, coords[axis])
+        np.maximum.at(hi[:, axis], key, coords[axis])
+    return lo, hi
+
+
+def _cell_work(labels, comp_of, coords, ids, n_comps, shape) -> np.ndarray:
+    """Per component: voxels of the boxes around its seeds' Dijkstra cells, each grown by the
+    band (what the cell route would compute)."""
+    id_index = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.int64)
+    id_index[ids] = np.arange(ids.size)
+    cell_key = comp_of.astype(np.int64) * ids.size + id_index[labels]
+    n_cells = cell_key.max(initial=0) + 1
+    lo, hi = _key_boxes(cell_key, n_cells, coords, shape)
+    cell_ext = np.ones(n_cells)
+    for axis in range(3):
+        extent = hi[:, axis] - lo[:, axis] + 1 + 2 * (CELL_BAND_VOX + 2)
+        cell_ext *= np.clip(extent, 0, shape[axis])  # 0 if absent
+    return np.bincount(np.arange(n_cells) // ids.size, weights=cell_ext, minlength=n_comps + 1)
 
 _CONTACT_BOXES = True  # tests switch the contact-box route off to exercise the cell route
 CELL_BAND_VOX = 3

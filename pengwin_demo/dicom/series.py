@@ -3,8 +3,8 @@
 Every image frame becomes one :class:`SliceHeader` (a classic single-frame file is one
 frame; an enhanced multi-frame file gives one per frame), read without pixel data.
 Files that are not DICOM, DICOMDIR indexes, structured reports and other objects without
-an image are skipped and counted. Headers are read by :func:`pengwin_demo.dicom_read.read_header`, the
-policy the watcher shares (files without preamble are force-read and checked).
+an image are skipped and counted. Headers are read by :func:`.read.read_header`, the policy
+the watcher shares (files without preamble are force-read and checked).
 
 Choice rules (:func:`choose_series`): a usable series is Modality CT, not a localizer or
 scout, not a secondary capture or dose screen, with at least ``min_slices`` frames. Among
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .dicom_read import quiet_pydicom, read_header
-from .errors import InputError
+from ..errors import InputError
+from .read import quiet_pydicom, read_header
 
 __all__ = ["quiet_pydicom", "scan_files", "group_series", "choose_series"]
 
@@ -380,53 +380,70 @@ def choose_series(
         assess(s, min_slices)
     listing = "\n".join(f"  - {s.summary()}" + (f" -> {s.reason}" if s.reason else "") for s in series)
     if series_uid is not None:
-        match = [s for s in series if s.series_uid == series_uid.strip()]
-        if not match:
-            raise InputError(
-                f"series {series_uid} is not in this input. Series found:\n{listing or '  (none)'}\n"
-                "Give one of the UIDs listed, or leave out --series to choose automatically."
-            )
-        chosen = match[0]
-        if not chosen.usable:
-            raise InputError(
-                f"series {series_uid} cannot be used: {chosen.reason}. A CT volume of at least "
-                f"{min_slices} slices is needed (MR, localizers, screen captures and dose "
-                f"reports are refused). Series found:\n{listing}"
-            )
-        if not chosen.preferred:
-            warnings.append(f"the requested series is {chosen.reason}; using it as asked")
-        chosen.reason = "chosen explicitly by SeriesInstanceUID"
-        return chosen, warnings
+        return _requested_series(series, series_uid, min_slices, listing, warnings), warnings
     usable = [s for s in series if s.usable]
     if not usable:
-        only_mr = series and all(s.modality == "MR" for s in series)
-        hint = (
-            "This is an MR study; the models segment CT only. Send the pelvic CT."
-            if only_mr else
-            f"Send the axial CT reconstruction of the pelvis (at least {min_slices} slices); "
-            "localizers, screen captures, dose reports and non-CT series are not used."
-        )
-        raise InputError(
-            f"no usable CT series found among {len(series)} series.\n{listing or '  (no image files)'}\n{hint}"
-        )
+        _refuse_no_usable(series, min_slices, listing)
     _refuse_several_studies(usable, listing)
     preferred = [s for s in usable if s.preferred]
     pool = preferred or usable
-
-    def rank(s: SeriesInfo):
-        thick = s.slice_thickness_mm if s.slice_thickness_mm else 1e9
-        num = s.series_number if s.series_number is not None else 1 << 30
-        return (-s.n_slices, thick, num, s.series_uid)
-
-    pool.sort(key=rank)
+    pool.sort(key=_series_rank)
     chosen = pool[0]
+    if not chosen.preferred:
+        warnings.append(f"no axial ORIGINAL/PRIMARY CT series; using a {chosen.reason} one")
+    _explain_choice(chosen, pool[1:])
+    return chosen, warnings
+
+
+def _requested_series(series, series_uid: str, min_slices: int, listing: str, warnings: list[str]) -> SeriesInfo:
+    """The series asked for by SeriesInstanceUID, if present and usable."""
+    match = [s for s in series if s.series_uid == series_uid.strip()]
+    if not match:
+        raise InputError(
+            f"series {series_uid} is not in this input. Series found:\n{listing or '  (none)'}\n"
+            "Give one of the UIDs listed, or leave out --series to choose automatically."
+        )
+    chosen = match[0]
+    if not chosen.usable:
+        raise InputError(
+            f"series {series_uid} cannot be used: {chosen.reason}. A CT volume of at least "
+            f"{min_slices} slices is needed (MR, localizers, screen captures and dose "
+            f"reports are refused). Series found:\n{listing}"
+        )
+    if not chosen.preferred:
+        warnings.append(f"the requested series is {chosen.reason}; using it as asked")
+    chosen.reason = "chosen explicitly by SeriesInstanceUID"
+    return chosen
+
+
+def _refuse_no_usable(series: list[SeriesInfo], min_slices: int, listing: str) -> None:
+    only_mr = series and all(s.modality == "MR" for s in series)
+    hint = (
+        "This is an MR study; the models segment CT only. Send the pelvic CT."
+        if only_mr else
+        f"Send the axial CT reconstruction of the pelvis (at least {min_slices} slices); "
+        "localizers, screen captures, dose reports and non-CT series are not used."
+    )
+    raise InputError(
+        f"no usable CT series found among {len(series)} series.\n{listing or '  (no image files)'}\n{hint}"
+    )
+
+
+def _series_rank(s: SeriesInfo):
+    """Sort key among candidates: most slices, then thinnest, lowest number, UID."""
+    thick = s.slice_thickness_mm if s.slice_thickness_mm else 1e9
+    num = s.series_number if s.series_number is not None else 1 << 30
+    return (-s.n_slices, thick, num, s.series_uid)
+
+
+def _explain_choice(chosen: SeriesInfo, others: list[SeriesInfo]) -> None:
+    """Set ``reason`` of the chosen series and of the other candidates (ranked after it)."""
     why = ["CT", "axial ORIGINAL/PRIMARY" if chosen.preferred else f"best available ({chosen.reason})"]
-    others = [s for s in pool[1:]]
     if others:
         runner = others[0]
         if runner.n_slices < chosen.n_slices:
             why.append(f"most slices ({chosen.n_slices} vs {runner.n_slices})")
-        elif rank(runner)[1] != rank(chosen)[1]:
+        elif _series_rank(runner)[1] != _series_rank(chosen)[1]:
             why.append(
                 f"same slice count as another candidate, thinnest slices "
                 f"({chosen.slice_thickness_mm} mm vs {runner.slice_thickness_mm} mm)"
@@ -438,17 +455,14 @@ def choose_series(
             )
     else:
         why.append(f"the only candidate, {chosen.n_slices} slices")
-    if not chosen.preferred:
-        warnings.append(f"no axial ORIGINAL/PRIMARY CT series; using a {chosen.reason} one")
     chosen.reason = ", ".join(why)
-    for s in pool[1:]:
+    for s in others:
         if s.n_slices < chosen.n_slices:
             s.reason = f"usable; fewer slices ({s.n_slices})"
         elif s.slice_thickness_mm != chosen.slice_thickness_mm:
             s.reason = f"usable; thicker slices ({s.slice_thickness_mm} mm)"
         else:
             s.reason = "usable; same slice count and thickness, higher series number"
-    return chosen, warnings
 
 
 def _refuse_several_studies(usable: list[SeriesInfo], listing: str) -> None:

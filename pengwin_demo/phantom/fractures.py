@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import cc3d
 import numpy as np
 
-from .phantom_sdf import random_unit, rotation_matrix
+from ..labels import MAX_FRAGMENTS_PER_BONE
+from .sdf import random_unit, rotation_matrix
 
 FRAGMENT_COUNT_PROBABILITIES: dict[int, float] = {
     1: 0.30, 2: 0.25, 3: 0.15, 4: 0.09, 5: 0.06, 6: 0.05, 7: 0.04, 8: 0.03, 9: 0.02, 10: 0.01,
@@ -217,40 +218,19 @@ def plan_fractures(
         identical when only ``displaced_fraction`` changes.
     """
     mrng = rng if motion_rng is None else motion_rng
-    if not 1 <= n_fragments <= 10:
-        raise ValueError(f"n_fragments must be 1-10, got {n_fragments}")
+    if not 1 <= n_fragments <= MAX_FRAGMENTS_PER_BONE:
+        raise ValueError(f"n_fragments must be 1-{MAX_FRAGMENTS_PER_BONE}, got {n_fragments}")
     frag = np.zeros(len(points_mm), dtype=np.int8)
     splits: list[Split] = []
-    min_small = max(MIN_FRAGMENT_MM3 / voxel_mm3, 8)
-    min_major = MIN_MAJOR_FRAGMENT_MM3 / voxel_mm3
+    limits_vox = (max(MIN_FRAGMENT_MM3 / voxel_mm3, 8), MIN_MAJOR_FRAGMENT_MM3 / voxel_mm3)
     for child in range(1, n_fragments):
         small = child >= 3 or rng.random() < 0.2
         for attempt in range(max_tries):
-            sizes = np.bincount(frag, minlength=child)
-            use_ball = small and (attempt < max_tries // 2 or rng.random() < 0.5)
-            if use_ball:
-                parent = int(rng.choice(child, p=sizes / sizes.sum()))
-                members = np.flatnonzero(frag == parent)
-                centre = points_mm[members[rng.integers(members.size)]]
-                surf = Surface("ball", np.asarray(centre, float), radius_mm=rng.uniform(6.0, 16.0))
-                lo_size, hi_size = min_small, 12000.0 / voxel_mm3
-            else:
-                weights = sizes.astype(float) ** 1.5
-                parent = int(rng.choice(child, p=weights / weights.sum()))
-                members = np.flatnonzero(frag == parent)
-                centre = points_mm[members[rng.integers(members.size)]]
-                surf = _sheet(rng, centre, bone)
-                lo_size, hi_size = (min_major if attempt < max_tries // 2 else min_small), np.inf
-            pos = surf.value(points_mm[members]) > 0
-            n_pos = int(pos.sum())
-            n_neg = members.size - n_pos
-            if not (lo_size <= n_pos <= hi_size and n_neg >= min_major * 0.5):
-                continue
-            if not (_single_component(index[members[pos]]) and _single_component(index[members[~pos]])):
-                continue
-            frag[members[pos]] = child
-            splits.append(Split(parent, child, surf, float(rng.uniform(0.15, 0.7))))
-            break
+            split = _try_split(rng, frag, child, small, attempt < max_tries // 2, bone, points_mm, index,
+                               voxel_mm3, limits_vox)
+            if split is not None:
+                splits.append(split)
+                break
         else:
             raise RuntimeError(f"could not cut bone {bone} into {n_fragments} fragments")
     sizes = np.bincount(frag, minlength=n_fragments) * voxel_mm3
@@ -258,7 +238,49 @@ def plan_fractures(
         np.array([points_mm[frag == k].min(axis=0), points_mm[frag == k].max(axis=0)])
         for k in range(n_fragments)
     )
-    largest = int(np.argmax(sizes))
+    motions = _sample_motions(mrng, frag, splits, n_fragments, int(np.argmax(sizes)), points_mm,
+                              displaced_fraction)
+    return FracturePlan(bone, n_fragments, tuple(splits), motions, tuple(float(s) for s in sizes), boxes)
+
+
+def _try_split(rng, frag, child, small, early, bone, points_mm, index, voxel_mm3, limits_vox) -> Split | None:
+    """One attempt to cut fragment ``child`` off a fragment drawn by size; in place on ``frag``.
+
+    ``small``: a ball may break a small piece out (in the first half of the attempts,
+    ``early``, always; later half the time); otherwise a curved sheet cuts a major piece
+    (``early``) or any piece of at least the small limit. Both sides must keep their size
+    limits (``limits_vox``: small, major) and stay in one piece; None when they do not.
+    """
+    min_small, min_major = limits_vox
+    sizes = np.bincount(frag, minlength=child)
+    use_ball = small and (early or rng.random() < 0.5)
+    if use_ball:
+        parent = int(rng.choice(child, p=sizes / sizes.sum()))
+        members = np.flatnonzero(frag == parent)
+        centre = points_mm[members[rng.integers(members.size)]]
+        surf = Surface("ball", np.asarray(centre, float), radius_mm=rng.uniform(6.0, 16.0))
+        lo_size, hi_size = min_small, 12000.0 / voxel_mm3
+    else:
+        weights = sizes.astype(float) ** 1.5
+        parent = int(rng.choice(child, p=weights / weights.sum()))
+        members = np.flatnonzero(frag == parent)
+        centre = points_mm[members[rng.integers(members.size)]]
+        surf = _sheet(rng, centre, bone)
+        lo_size, hi_size = (min_major if early else min_small), np.inf
+    pos = surf.value(points_mm[members]) > 0
+    n_pos = int(pos.sum())
+    n_neg = members.size - n_pos
+    if not (lo_size <= n_pos <= hi_size and n_neg >= min_major * 0.5):
+        return None
+    if not (_single_component(index[members[pos]]) and _single_component(index[members[~pos]])):
+        return None
+    frag[members[pos]] = child
+    return Split(parent, child, surf, float(rng.uniform(0.15, 0.7)))
+
+
+def _sample_motions(mrng, frag, splits, n_fragments, largest, points_mm, displaced_fraction) -> dict[int, Motion]:
+    """Rigid motions of the displaced fragments (never the largest): 1-8 mm away from the
+    surface that made (or last cut) the fragment, give or take, and up to 10 degrees."""
     motions: dict[int, Motion] = {}
     for k in range(n_fragments):
         if k == largest or mrng.random() >= displaced_fraction:
@@ -277,4 +299,4 @@ def plan_fractures(
         t = away * mrng.uniform(1.0, 8.0)
         rot = rotation_matrix(random_unit(mrng), np.deg2rad(mrng.uniform(0.0, 10.0)))
         motions[k] = Motion(rot, t, centroid)
-    return FracturePlan(bone, n_fragments, tuple(splits), motions, tuple(float(s) for s in sizes), boxes)
+    return motions

@@ -5,13 +5,9 @@ zip of one, or a single (multi-frame) DICOM file. For DICOM it lists every serie
 the CT series to segment (or the one asked for by SeriesInstanceUID), validates and sorts
 its slices, converts to HU and builds LPS geometry, resampling onto a regular orthogonal
 grid when slices are missing, unevenly spaced or tilted (see
-:mod:`pengwin_demo.dicom_geometry` for the rules). Whatever cannot be used raises
+:mod:`pengwin_demo.dicom.geometry` for the rules). Whatever cannot be used raises
 :class:`~pengwin_demo.errors.InputError` with a message that says what is wrong and what
 to do. Patient names and IDs are removed from every message and name this module makes.
-
-Module map: :mod:`.dicom_files` (folders, safe zip), :mod:`.dicom_series` (headers,
-grouping, choice), :mod:`.dicom_geometry` (sorting, grid planning, resampling),
-:mod:`.dicom_pixels` (decoding to HU).
 """
 
 from __future__ import annotations
@@ -25,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from . import dicom_geometry as geom
-from .dicom_files import UnpackedInput
-from .dicom_pixels import decode_stack
-from .dicom_series import (
+from ..ct_intensity import check_ct_intensities
+from ..errors import InputError
+from ..io import read_volume, volume_suffix
+from ..volume import Volume
+from . import geometry as geom
+from .files import UnpackedInput
+from .pixels import decode_stack
+from .series import (
     MIN_SLICES,
     SeriesInfo,
     SliceHeader,
@@ -38,10 +38,6 @@ from .dicom_series import (
     quiet_pydicom,
     scan_files,
 )
-from .ct_intensity import check_ct_intensities
-from .errors import InputError
-from .io import read_volume, volume_suffix
-from .volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +282,35 @@ def _load_dicom(
 
 def _build(scan, series_uid, min_slices, max_missing, scrub, allow_non_ct) -> CTInput:
     warnings: list[str] = []
+    chosen, series_seen = _series_listing(scan, series_uid, min_slices, scrub, warnings)
+    slices = _pick_stack(chosen, min_slices, warnings)
+    _samples_check(slices)
+    slices, positions, stack = _sorted_stack(slices, min_slices, warnings)
+    plan = geom.plan_grid(
+        positions, slices[0].orientation, slices[0].pixel_spacing_rc_mm, slices[0].rows,
+        slices[0].columns, max_missing=max_missing,
+        gantry_tilt_header_deg=_header_tilt_deg(slices[0].dataset),
+    )
+    warnings.extend(plan.warnings)
+    array = geom.apply_plan(stack, plan)
+    volume = Volume(np.ascontiguousarray(array), plan.spacing_zyx_mm, tuple(plan.origin_lps_mm), plan.direction)
+    series_name = f"series #{chosen.series_number}" if chosen.series_number is not None else "the series"
+    warnings.extend(check_ct_intensities(array, series_name, allow_non_ct))
+
+    info = chosen
+    info.n_slices = len(slices)
+    info.slices = slices
+    num = f"series{info.series_number}" if info.series_number is not None else "series"
+    name = _safe_name(scrub(f"{info.modality or 'CT'}_{num}_{info.description}"))
+    return CTInput(
+        volume=volume, source_kind="dicom", series=info, series_seen=series_seen,
+        dicom_headers=_one_header_per_file(slices), warnings=[scrub(w) for w in warnings], name=name,
+    )
+
+
+def _series_listing(scan, series_uid, min_slices, scrub, warnings) -> tuple[SeriesInfo, list[SeriesInfo]]:
+    """The series to segment and every series seen (objects without images too), described
+    without identifiers; only the chosen one keeps its slice headers."""
     if scan.skipped_not_dicom or scan.skipped_dicomdir:
         log.info("ignored %d non-DICOM file(s) and %d DICOMDIR index(es)", scan.skipped_not_dicom,
                  scan.skipped_dicomdir)
@@ -307,74 +332,69 @@ def _build(scan, series_uid, min_slices, max_missing, scrub, allow_non_ct) -> CT
         if s is not chosen:
             s.slices = []  # keep only the chosen series' headers in memory
     log.debug("series chosen: %s (%s)", chosen.series_uid, chosen.reason)
+    return chosen, series_seen
 
-    slices = _pick_stack(chosen, min_slices, warnings)
-    _samples_check(slices)
+
+def _sorted_stack(slices: list[SliceHeader], min_slices: int, warnings: list[str]):
+    """Slices sorted along the normal, duplicates (same position, same pixels) dropped.
+
+    Returns the slices, their positions (N, 3; LPS mm) and their pixels (N, rows, columns;
+    int16 HU). Raises :class:`InputError` when one position holds different images or too
+    few positions remain.
+    """
     axes = geom.orthonormal_axes(slices[0].orientation)
     positions = np.stack([s.position_lps_mm for s in slices])
     order, sorted_pos = geom.sort_along_normal(positions, axes[:, 2])
     slices = [slices[i] for i in order]
     positions = positions[order]
     groups = geom.duplicate_groups(sorted_pos)
-
     stack = decode_stack(slices)
-    if groups:
-        drop: set[int] = set()
-        for g in groups:
-            first = min(g, key=lambda i: (slices[i].instance_number, str(slices[i].path)))
-            for i in g:
-                if i == first:
-                    continue
-                if not np.array_equal(stack[i], stack[first]):
-                    raise InputError(
-                        f"{len(groups)} slice position(s) hold two or more different images (first at "
-                        f"{sorted_pos[g[0]]:.2f} mm along the normal): the series mixes acquisitions or "
-                        "reconstructions and the volume is ambiguous. Export one reconstruction per "
-                        "series, or choose another series with --series."
-                    )
-                drop.add(i)
-        keep = [i for i in range(len(slices)) if i not in drop]
-        warnings.append(
-            f"{len(drop)} duplicate slice(s) (same position, identical pixels) were dropped"
-        )
-        slices = [slices[i] for i in keep]
-        positions = positions[keep]
-        stack = stack[keep]
-        if len(slices) < min_slices:
-            raise InputError(
-                f"only {len(slices)} distinct slice positions remain after removing duplicates; at "
-                f"least {min_slices} are needed. Send the full axial series."
-            )
-    tilt_hdr = slices[0].dataset.get("GantryDetectorTilt")
-    try:
-        tilt_hdr = float(tilt_hdr) if tilt_hdr not in (None, "") else None
-    except (TypeError, ValueError):
-        tilt_hdr = None
-    plan = geom.plan_grid(
-        positions, slices[0].orientation, slices[0].pixel_spacing_rc_mm, slices[0].rows,
-        slices[0].columns, max_missing=max_missing, gantry_tilt_header_deg=tilt_hdr,
+    if not groups:
+        return slices, positions, stack
+    drop: set[int] = set()
+    for g in groups:
+        first = min(g, key=lambda i: (slices[i].instance_number, str(slices[i].path)))
+        for i in g:
+            if i == first:
+                continue
+            if not np.array_equal(stack[i], stack[first]):
+                raise InputError(
+                    f"{len(groups)} slice position(s) hold two or more different images (first at "
+                    f"{sorted_pos[g[0]]:.2f} mm along the normal): the series mixes acquisitions or "
+                    "reconstructions and the volume is ambiguous. Export one reconstruction per "
+                    "series, or choose another series with --series."
+                )
+            drop.add(i)
+    keep = [i for i in range(len(slices)) if i not in drop]
+    warnings.append(
+        f"{len(drop)} duplicate slice(s) (same position, identical pixels) were dropped"
     )
-    warnings.extend(plan.warnings)
-    array = geom.apply_plan(stack, plan)
-    volume = Volume(np.ascontiguousarray(array), plan.spacing_zyx_mm, tuple(plan.origin_lps_mm), plan.direction)
-    series_name = f"series #{chosen.series_number}" if chosen.series_number is not None else "the series"
-    warnings.extend(check_ct_intensities(array, series_name, allow_non_ct))
+    if len(keep) < min_slices:
+        raise InputError(
+            f"only {len(keep)} distinct slice positions remain after removing duplicates; at "
+            f"least {min_slices} are needed. Send the full axial series."
+        )
+    return [slices[i] for i in keep], positions[keep], stack[keep]
 
+
+def _header_tilt_deg(ds: pydicom.Dataset) -> float | None:
+    """GantryDetectorTilt of the header in degrees; None when absent or unreadable."""
+    tilt = ds.get("GantryDetectorTilt")
+    try:
+        return float(tilt) if tilt not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _one_header_per_file(slices: list[SliceHeader]) -> list[pydicom.Dataset]:
+    """The slices' headers, one per file (a multi-frame file gives one), in slice order."""
     headers: list[pydicom.Dataset] = []
     seen_files: set[Path] = set()
     for s in slices:
         if s.path not in seen_files:
             seen_files.add(s.path)
             headers.append(s.dataset)
-    info = chosen
-    info.n_slices = len(slices)
-    info.slices = slices
-    num = f"series{info.series_number}" if info.series_number is not None else "series"
-    name = _safe_name(scrub(f"{info.modality or 'CT'}_{num}_{info.description}"))
-    return CTInput(
-        volume=volume, source_kind="dicom", series=info, series_seen=series_seen,
-        dicom_headers=headers, warnings=[scrub(w) for w in warnings], name=name,
-    )
+    return headers
 
 
 def describe(ct: CTInput) -> str:

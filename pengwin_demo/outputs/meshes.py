@@ -29,8 +29,8 @@ import trimesh
 from scipy import ndimage
 from skimage.measure import marching_cubes
 
-from .labels import PALETTE_RGB, bone_name
-from .volume import Volume
+from ..labels import PALETTE_RGB, bone_name
+from ..volume import Volume
 
 __all__ = [
     "MeshDetail",

@@ -19,11 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .phantom_anatomy import Structure
-from .phantom_fractures import FracturePlan
-from .phantom_sdf import Canvas
-from .volume import Volume
+from ..labels import BONES, MAX_FRAGMENTS_PER_BONE, MAX_LABEL, bone_of_label, bone_of_labels, first_label
+from ..volume import Volume
+from .anatomy import Structure
+from .fractures import FracturePlan
+from .sdf import Canvas
 
 FAR_MM = 1000.0
 
@@ -209,14 +209,14 @@ def clean_labels(labels: np.ndarray) -> None:
         sizes = np.bincount(cc.ravel())
         sizes[0] = 0
         keep = int(np.argmax(sizes))
-        bone = (lab - 1) // 10
+        bone = bone_of_label(lab)
         for c in range(1, n + 1):
             if c == keep:
                 continue
             piece = cc == c
             ring = ndimage.binary_dilation(piece, np.ones((3, 3, 3), bool)) & ~piece
             nb = sub[ring]
-            nb = nb[(nb > 0) & (nb != lab) & ((nb.astype(int) - 1) // 10 == bone)]
+            nb = nb[(nb > 0) & (nb != lab) & (bone_of_labels(nb) == bone)]
             sub[piece] = np.bincount(nb).argmax() if nb.size else 0
 
 
@@ -228,10 +228,10 @@ def rank_labels(labels: np.ndarray) -> dict[int, dict[int, int]]:
     """
     nz = np.nonzero(labels)
     values = labels[nz]
-    counts = np.bincount(values, minlength=31)
+    counts = np.bincount(values, minlength=MAX_LABEL + 1)
     lut = np.zeros(256, dtype=np.uint8)
     mapping: dict[int, dict[int, int]] = {}
-    for bone in (1, 2, 3):
+    for bone in BONES:
         base = first_label(bone)
         present = [lab for lab in range(base, base + MAX_FRAGMENTS_PER_BONE) if counts[lab] > 0]
         present.sort(key=lambda lab: (-counts[lab], lab))

@@ -2,7 +2,7 @@
 
 Canonical frame: LPS millimetres (+x the patient's left, +y posterior, +z superior) with
 the origin between the hip joint centres. Global size, pose and the stored image
-orientation are applied later (see :mod:`pengwin_demo.phantom`); here live the shapes:
+orientation are applied later (see :mod:`.generate`); here live the shapes:
 
 * sacrum: curved, tapering wedge (wide alae on top, tip below), sacral canal and four
   pairs of anterior foramina, S1 endplate on top;
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import phantom_sdf as sdf
+from . import sdf
 
 SACRUM, LEFT_HIP, RIGHT_HIP = 1, 2, 3
 """Anatomy ids of the labelled bones (0 = unlabelled bone such as L5 and the femurs)."""
@@ -43,7 +43,7 @@ class Structure:
         inside it with a margin.
     paint : callable
         ``paint(canvas)`` draws the signed distance (mm, negative inside) into a
-        :class:`~pengwin_demo.phantom_sdf.Canvas`.
+        :class:`~pengwin_demo.phantom.sdf.Canvas`.
     cortex_mm : float
         Cortical shell thickness (mm).
     cortex_hu, cancellous_hu : float
@@ -226,18 +226,23 @@ def _crest_points(wing_geom, side: int, n: int = 9, z_override: float | None = N
 
 def paint_hip(cv: sdf.Canvas, a: AnatomyParams, side: int, sacrum_fn: Callable, sacrum_box) -> None:
     """Paint one hip bone (``side`` +1 left at +x, -1 right) into ``cv`` (signed distance, mm)."""
-    L = _hip_landmarks(a, side)
-    m = np.array([side, 1.0, 1.0])
+    mirror = np.array([side, 1.0, 1.0])
+    marks = {name: v * mirror for name, v in _hip_landmarks(a, side).items()}
+    crest = _paint_wing(cv, a, side)
+    _paint_hip_body(cv, marks, crest)
+    r_cup = _paint_cup(cv, a, side, marks["H"])
+    _paint_ischium_and_pubis(cv, marks)
+    _cut_hip_joint_gaps(cv, a, side, marks["H"], r_cup, sacrum_fn, sacrum_box)
 
-    def P(name):
-        return L[name] * m
 
-    def cap(p0, p1, r0, r1, k):
-        lo, hi = sdf.capsule_box(p0, p1, max(r0, r1))
-        cv.union(lambda p: sdf.capsule(p, p0, p1, r0, r1), lo, hi, k)
+def _cap(cv: sdf.Canvas, p0, p1, r0: float, r1: float, k: float) -> None:
+    """Smooth union (``k`` mm) of a tapered capsule from ``p0`` (radius ``r0``) to ``p1``."""
+    lo, hi = sdf.capsule_box(p0, p1, max(r0, r1))
+    cv.union(lambda p: sdf.capsule(p, p0, p1, r0, r1), lo, hi, k)
 
-    k = 6.0
-    # iliac wing: a thin curved plate with its crest rim
+
+def _paint_wing(cv: sdf.Canvas, a: AnatomyParams, side: int) -> list[np.ndarray]:
+    """The iliac wing: a thin curved plate with its crest rim. Returns the crest points."""
     _, geom = _wing((np.zeros(1, np.float32),) * 3, a, side)
     crest = _crest_points(geom, side)
     lower = _crest_points(geom, side, z_override=8.0 * geom[-1])
@@ -246,16 +251,23 @@ def paint_hip(cv: sdf.Canvas, a: AnatomyParams, side: int, sacrum_fn: Callable, 
     cv.union(lambda p: _wing(p, a, side)[0], lo, hi)
     radii = [6.5, 5.0, 4.5, 4.5, 4.5, 4.5, 5.0, 6.0, 8.0]
     for i in range(len(crest) - 1):
-        cap(crest[i], crest[i + 1], radii[i], radii[i + 1], 3.0)
-    # anterior border ASIS -> AIIS -> cup; thick body over the cup to the SI joint; posterior
-    cap(crest[0], P("aiis"), 6.5, 7.0, k)
-    cap(P("aiis"), P("cup_top"), 7.0, 12.0, k)
-    cap(P("cup_top"), P("si"), 17.0, 15.0, k)
-    cap(crest[-1], P("psis"), 8.0, 13.0, k)
-    cap(P("psis"), P("si"), 13.0, 18.0, k)
-    cap(P("si"), P("si_low"), 18.0, 13.0, k)
-    # acetabular cup: outer ball cut on its opening side
-    H = P("H")
+        _cap(cv, crest[i], crest[i + 1], radii[i], radii[i + 1], 3.0)
+    return crest
+
+
+def _paint_hip_body(cv: sdf.Canvas, marks: dict, crest: list[np.ndarray], k: float = 6.0) -> None:
+    """Anterior border ASIS -> AIIS -> cup; thick body over the cup to the SI joint; posterior."""
+    _cap(cv, crest[0], marks["aiis"], 6.5, 7.0, k)
+    _cap(cv, marks["aiis"], marks["cup_top"], 7.0, 12.0, k)
+    _cap(cv, marks["cup_top"], marks["si"], 17.0, 15.0, k)
+    _cap(cv, crest[-1], marks["psis"], 8.0, 13.0, k)
+    _cap(cv, marks["psis"], marks["si"], 13.0, 18.0, k)
+    _cap(cv, marks["si"], marks["si_low"], 18.0, 13.0, k)
+
+
+def _paint_cup(cv: sdf.Canvas, a: AnatomyParams, side: int, H: np.ndarray, k: float = 6.0) -> float:
+    """The acetabular cup around the hip centre ``H``: an outer ball cut on its opening side.
+    Returns the ball's radius (mm)."""
     opening = np.array([side * 0.72, -0.42, -0.55])
     opening /= np.linalg.norm(opening)
     r_cup = a.head_radius + 12.0
@@ -269,15 +281,24 @@ def paint_hip(cv: sdf.Canvas, a: AnatomyParams, side: int, sacrum_fn: Callable, 
         )
 
     cv.union(cup, H - r_cup, H + r_cup, k)
-    # ischium with tuberosity, ischial ramus, inferior and superior pubic rami, pubic body
-    cap(P("isch_top"), P("tuber"), 15.0, 12.0, k)
+    return r_cup
+
+
+def _paint_ischium_and_pubis(cv: sdf.Canvas, marks: dict, k: float = 6.0) -> None:
+    """Ischium with tuberosity, ischial ramus, inferior and superior pubic rami, pubic body."""
+    _cap(cv, marks["isch_top"], marks["tuber"], 15.0, 12.0, k)
     rad = np.array([11.0, 14.0, 15.0])
-    cv.union(lambda p: sdf.ellipsoid(p, P("tuber"), rad), P("tuber") - rad, P("tuber") + rad, 4.0)
-    cap(P("tuber"), P("isch_join"), 9.0, 7.0, 5.0)
-    cap(P("isch_join"), P("pub_low"), 7.0, 8.0, 5.0)
-    cap(P("ramus_start"), P("pub_top"), 11.0, 9.5, k)
-    cap(P("pub_top"), P("pub_low"), 10.5, 9.0, k)
-    # socket for the femoral head (joint gap), symphysis gap, sacroiliac joint gap
+    tuber = marks["tuber"]
+    cv.union(lambda p: sdf.ellipsoid(p, tuber, rad), tuber - rad, tuber + rad, 4.0)
+    _cap(cv, marks["tuber"], marks["isch_join"], 9.0, 7.0, 5.0)
+    _cap(cv, marks["isch_join"], marks["pub_low"], 7.0, 8.0, 5.0)
+    _cap(cv, marks["ramus_start"], marks["pub_top"], 11.0, 9.5, k)
+    _cap(cv, marks["pub_top"], marks["pub_low"], 10.5, 9.0, k)
+
+
+def _cut_hip_joint_gaps(cv: sdf.Canvas, a: AnatomyParams, side: int, H: np.ndarray, r_cup: float,
+                        sacrum_fn: Callable, sacrum_box) -> None:
+    """Socket for the femoral head (joint gap), symphysis gap, sacroiliac joint gap."""
     r_sock = a.head_radius + a.hip_gap
     cv.cut(lambda p: np.float32(r_sock) - sdf.length(p[0] - H[0], p[1] - H[1], p[2] - H[2]),
            H - r_sock, H + r_sock)

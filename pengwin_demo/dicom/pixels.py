@@ -16,8 +16,8 @@ import numpy as np
 import pydicom
 from pydicom.pixels import pixel_array
 
-from .dicom_series import SliceHeader
-from .errors import InputError
+from ..errors import InputError
+from .series import SliceHeader
 
 
 def _decode_file(path: Path, forced: bool) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Fragment meshes as DICOM Encapsulated STL instances (PS3.3 A.85), beside the SEG.
 
-Each fragment STL (binary, LPS millimetres, see :mod:`pengwin_demo.meshes`) is wrapped
-unchanged in one instance of SOP class 1.2.840.10008.5.1.4.1.1.104.3. The instances copy
-patient and study from the DICOM SEG (itself copied from the source CT), share the CT's
-Frame of Reference (the mesh coordinates are that frame's patient coordinates, in mm, as
-the Manufacturing 3D Model module's units say), form one series (Modality M3D) and name
-the SEG as their source. UIDs derive from the SEG's SOP Instance UID and the fragment, so
+Each fragment STL (binary, LPS millimetres, see :mod:`.meshes`) is wrapped unchanged in
+one instance of SOP class 1.2.840.10008.5.1.4.1.1.104.3. The instances copy patient and
+study from the DICOM SEG (itself copied from the source CT), share the CT's Frame of
+Reference (the mesh coordinates are that frame's patient coordinates, in mm, as the
+Manufacturing 3D Model module's units say), form one series (Modality M3D) and name the
+SEG as their source. UIDs derive from the SEG's SOP Instance UID and the fragment, so
 building them again (a retried send) gives the same instances, not duplicates.
 """
 
@@ -20,8 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from . import __version__
-from .errors import InputError
+from .. import __version__
+from ..errors import InputError
 
 ENCAPSULATED_STL_STORAGE = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.104.3")
 STL_SERIES_NUMBER = 9101

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
-from .volume import bounding_box
+from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE
+from ..volume import bounding_box
 
 _BALL6 = ndi.generate_binary_structure(3, 1)
 

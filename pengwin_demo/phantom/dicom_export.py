@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from .volume import Volume
+from ..volume import Volume
 
 RESCALE_INTERCEPT = -1024
 

@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import __version__
-from .labels import PALETTE_RGB, bone_name, bone_of_label
-from .volume import Volume
+from .. import __version__
+from ..labels import BONES, MAX_LABEL, PALETTE_RGB, bone_name, rank_in_bone
+from ..volume import Volume
 
 __all__ = [
     "REPORT_VERSION",
@@ -101,8 +101,8 @@ def fragment_stats(labels: Volume) -> list[dict[str, Any]]:
     max_label = int(array.max()) if array.size else 0
     if max_label == 0:
         return []
-    if max_label > 30:
-        raise ValueError(f"a PENGWIN label map holds 0-30, found label {max_label}")
+    if max_label > MAX_LABEL:
+        raise ValueError(f"a PENGWIN label map holds 0-{MAX_LABEL}, found label {max_label}")
     boxes = ndimage.find_objects(array, max_label=max_label)
     present = [lab for lab in range(1, max_label + 1) if boxes[lab - 1] is not None]
     voxel_ml = labels.voxel_volume_mm3 / 1000.0
@@ -128,7 +128,7 @@ def fragment_stats(labels: Volume) -> list[dict[str, Any]]:
             {
                 "label": lab,
                 "bone": bone_name(lab),
-                "rank_in_bone": lab - (bone_of_label(lab) - 1) * 10,
+                "rank_in_bone": rank_in_bone(lab),
                 "voxels": n,
                 "volume_ml": round(n * voxel_ml, 3),
                 "centroid_lps_mm": _round(centroid),
@@ -142,7 +142,7 @@ def fragment_stats(labels: Volume) -> list[dict[str, Any]]:
 def bone_summary(fragments: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per bone: number of fragments and total volume (mL)."""
     out = {}
-    for name in ("sacrum", "left_hip", "right_hip"):
+    for name in BONES.values():
         mine = [f for f in fragments if f["bone"] == name]
         out[name] = {
             "fragments": len(mine),

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 DUPLICATE_TOL_MM = 0.01
 """Two slices closer than this along the normal share one position."""
@@ -156,7 +156,7 @@ def plan_grid(
     if n < 2:
         raise InputError("a volume needs at least 2 slices at different positions.")
     axes = orthonormal_axes(orientation)
-    row, col, normal = axes[:, 0], axes[:, 1], axes[:, 2]
+    normal = axes[:, 2]
     sy, sx = (float(v) for v in pixel_spacing_rc_mm)
     if not (sy > 0 and sx > 0):
         raise InputError(f"PixelSpacing {pixel_spacing_rc_mm} is not positive; the header is broken.")
@@ -164,88 +164,13 @@ def plan_grid(
     if np.any(np.diff(s) <= 0):
         raise InputError("slice positions are not strictly increasing after sorting (internal error).")
     warnings: list[str] = []
-
-    # --- in-plane drift (gantry tilt) ---------------------------------------------------
-    d = (p - p[0]) - np.outer(s, normal)  # in-plane displacement of each slice, mm
-    off_x = d @ row / sx  # columns
-    off_y = d @ col / sy  # rows
-    drift_mm = np.linalg.norm(d, axis=1)
-    tilt_deg = 0.0
-    if drift_mm.max() > 0.1 * min(sx, sy):
-        # displacement must be linear in s (a tilted but straight stack)
-        a = np.vstack([s, np.ones_like(s)]).T
-        coef, *_ = np.linalg.lstsq(a, d, rcond=None)
-        resid = np.linalg.norm(d - a @ coef, axis=1).max()
-        if resid > 0.5 * min(sx, sy):
-            raise InputError(
-                f"slice positions do not lie on a straight line (in-plane scatter up to {resid:.2f} mm); "
-                "the series mixes different stacks or its headers are broken. Export a single "
-                "reconstruction, or choose another series with --series."
-            )
-        tilt_deg = float(np.degrees(np.arctan(np.linalg.norm(coef[0]))))
-        if tilt_deg > max_tilt_deg:
-            raise InputError(
-                f"the slices are sheared by {tilt_deg:.1f} degrees (gantry tilt), more than the "
-                f"{max_tilt_deg:g} degrees we correct. Ask for a reconstruction without tilt "
-                "(most scanners can reformat to an orthogonal axial series)."
-            )
-        hdr = f" (header GantryDetectorTilt {gantry_tilt_header_deg:g} deg)" if gantry_tilt_header_deg else ""
-        warnings.append(
-            f"gantry tilt of {tilt_deg:.1f} degrees{hdr}: slices were shifted in-plane onto an "
-            "orthogonal grid (linear interpolation); the grid was widened to keep every slice whole"
-        )
-    else:
-        off_x = np.zeros(n)
-        off_y = np.zeros(n)
-
-    # --- expand the in-plane grid to hold every shifted slice --------------------------------
-    x0 = int(np.floor(min(0.0, off_x.min()) + 1e-6))
-    x1 = int(np.ceil(max(0.0, off_x.max()) - 1e-6))
-    y0 = int(np.floor(min(0.0, off_y.min()) + 1e-6))
-    y1 = int(np.ceil(max(0.0, off_y.max()) - 1e-6))
-    out_cols = columns + x1 - x0
-    out_rows = rows + y1 - y0
-    origin = p[0] + x0 * sx * row + y0 * sy * col
-    shifts = np.stack([off_y - y0, off_x - x0], axis=1)  # where slice k's pixel (0,0) lands
-
-    # --- spacing along the normal -------------------------------------------------------
-    steps = np.diff(s)
-    step = float(np.median(steps))
-    span = float(s[-1])
-    tol = max(0.01, min(0.1, 0.1 * step))
-    regular = False
-    if int(round(span / step)) + 1 == n:
-        # least-squares line through the positions: robust to jitter at either end
-        fit_step, offset = np.polyfit(np.arange(n, dtype=np.float64), s, 1)
-        if np.abs(s - (offset + fit_step * np.arange(n))).max() <= tol:
-            regular = True
-            step = float(fit_step)
-            origin = origin + offset * normal
-            n_out = n
-    if not regular:
-        max_gap = steps.max()
-        if max_gap > (max_missing + 1) * step + tol:
-            k = int(np.argmax(steps))
-            raise InputError(
-                f"slice positions jump by {max_gap:.2f} mm between slices {k} and {k + 1} "
-                f"(usual step {step:.2f} mm): about {int(round(max_gap / step)) - 1} slices are missing, "
-                f"more than the {max_missing} we fill by interpolation. Export the complete series "
-                "(check that the transfer did not drop files)."
-            )
-        n_out = int(np.floor(span / step + 1e-6)) + 1
-        is_gap = steps > 1.5 * step
-        missing = [(int(k), float(steps[k])) for k in np.flatnonzero(is_gap)]
-        if missing:
-            desc = ", ".join(f"{g:.2f} mm after slice {k}" for k, g in missing[:5])
-            warnings.append(
-                f"missing slice(s): {len(missing)} gap(s) ({desc}{', ...' if len(missing) > 5 else ''}); "
-                f"filled by linear interpolation onto a regular {step:.3f} mm grid"
-            )
-        if not missing or np.any(np.abs(steps[~is_gap] - step) > tol):
-            warnings.append(
-                f"uneven slice spacing (steps {steps.min():.3f}-{steps.max():.3f} mm); resampled "
-                f"linearly onto a regular {step:.3f} mm grid ({n} slices -> {n_out})"
-            )
+    off_y, off_x, tilt_deg = _in_plane_offsets(p, s, axes, (sy, sx), max_tilt_deg, gantry_tilt_header_deg,
+                                               warnings)
+    out_rows, out_cols, origin, shifts = _widened_frame(p[0], off_y, off_x, rows, columns, axes, (sy, sx))
+    step, n_out, offset_mm = _normal_step(s, max_missing, warnings)
+    regular = offset_mm is not None
+    if regular:
+        origin = origin + offset_mm * normal
     return GridPlan(
         positions_mm=s,
         shifts_yx_vox=shifts,
@@ -257,6 +182,106 @@ def plan_grid(
         tilt_deg=tilt_deg,
         warnings=warnings,
     )
+
+
+def _in_plane_offsets(p, s, axes, spacing_yx_mm, max_tilt_deg, gantry_tilt_header_deg, warnings):
+    """In-plane drift of each slice (gantry tilt): offsets (rows, columns) in voxels and the tilt.
+
+    ``p`` are the sorted slice positions (N, 3), LPS mm; ``s`` their distances along the
+    normal from the first, mm. A drift under a tenth of a pixel is none. Raises
+    :class:`InputError` when the slices do not lie on a straight line or lean more than
+    ``max_tilt_deg``; appends the tilt correction to ``warnings``.
+    """
+    n = p.shape[0]
+    row, col, normal = axes[:, 0], axes[:, 1], axes[:, 2]
+    sy, sx = spacing_yx_mm
+    d = (p - p[0]) - np.outer(s, normal)  # in-plane displacement of each slice, mm
+    drift_mm = np.linalg.norm(d, axis=1)
+    if drift_mm.max() <= 0.1 * min(sx, sy):
+        return np.zeros(n), np.zeros(n), 0.0
+    # displacement must be linear in s (a tilted but straight stack)
+    a = np.vstack([s, np.ones_like(s)]).T
+    coef, *_ = np.linalg.lstsq(a, d, rcond=None)
+    resid = np.linalg.norm(d - a @ coef, axis=1).max()
+    if resid > 0.5 * min(sx, sy):
+        raise InputError(
+            f"slice positions do not lie on a straight line (in-plane scatter up to {resid:.2f} mm); "
+            "the series mixes different stacks or its headers are broken. Export a single "
+            "reconstruction, or choose another series with --series."
+        )
+    tilt_deg = float(np.degrees(np.arctan(np.linalg.norm(coef[0]))))
+    if tilt_deg > max_tilt_deg:
+        raise InputError(
+            f"the slices are sheared by {tilt_deg:.1f} degrees (gantry tilt), more than the "
+            f"{max_tilt_deg:g} degrees we correct. Ask for a reconstruction without tilt "
+            "(most scanners can reformat to an orthogonal axial series)."
+        )
+    hdr = f" (header GantryDetectorTilt {gantry_tilt_header_deg:g} deg)" if gantry_tilt_header_deg else ""
+    warnings.append(
+        f"gantry tilt of {tilt_deg:.1f} degrees{hdr}: slices were shifted in-plane onto an "
+        "orthogonal grid (linear interpolation); the grid was widened to keep every slice whole"
+    )
+    return d @ col / sy, d @ row / sx, tilt_deg
+
+
+def _widened_frame(first_lps_mm, off_y, off_x, rows, columns, axes, spacing_yx_mm):
+    """The in-plane grid widened to hold every shifted slice.
+
+    Returns its rows and columns, the LPS position (mm) of its first pixel and, per slice,
+    where the slice's pixel (0, 0) lands in it (rows, columns; voxels).
+    """
+    sy, sx = spacing_yx_mm
+    x0 = int(np.floor(min(0.0, off_x.min()) + 1e-6))
+    x1 = int(np.ceil(max(0.0, off_x.max()) - 1e-6))
+    y0 = int(np.floor(min(0.0, off_y.min()) + 1e-6))
+    y1 = int(np.ceil(max(0.0, off_y.max()) - 1e-6))
+    origin = first_lps_mm + x0 * sx * axes[:, 0] + y0 * sy * axes[:, 1]
+    shifts = np.stack([off_y - y0, off_x - x0], axis=1)
+    return rows + y1 - y0, columns + x1 - x0, origin, shifts
+
+
+def _normal_step(s, max_missing, warnings) -> tuple[float, int, float | None]:
+    """Spacing along the normal of slices at distances ``s`` (mm, increasing, from the first).
+
+    Returns the step (mm), the number of output slices and, for a regular stack, the
+    position (mm along the normal) of the first output slice; None when the slices must
+    be resampled (missing slices or uneven spacing, each said in ``warnings``). Raises
+    :class:`InputError` when more than ``max_missing`` slices are missing in a row.
+    """
+    n = s.shape[0]
+    steps = np.diff(s)
+    step = float(np.median(steps))
+    span = float(s[-1])
+    tol = max(0.01, min(0.1, 0.1 * step))
+    if int(round(span / step)) + 1 == n:
+        # least-squares line through the positions: robust to jitter at either end
+        fit_step, offset = np.polyfit(np.arange(n, dtype=np.float64), s, 1)
+        if np.abs(s - (offset + fit_step * np.arange(n))).max() <= tol:
+            return float(fit_step), n, offset
+    max_gap = steps.max()
+    if max_gap > (max_missing + 1) * step + tol:
+        k = int(np.argmax(steps))
+        raise InputError(
+            f"slice positions jump by {max_gap:.2f} mm between slices {k} and {k + 1} "
+            f"(usual step {step:.2f} mm): about {int(round(max_gap / step)) - 1} slices are missing, "
+            f"more than the {max_missing} we fill by interpolation. Export the complete series "
+            "(check that the transfer did not drop files)."
+        )
+    n_out = int(np.floor(span / step + 1e-6)) + 1
+    is_gap = steps > 1.5 * step
+    missing = [(int(k), float(steps[k])) for k in np.flatnonzero(is_gap)]
+    if missing:
+        desc = ", ".join(f"{g:.2f} mm after slice {k}" for k, g in missing[:5])
+        warnings.append(
+            f"missing slice(s): {len(missing)} gap(s) ({desc}{', ...' if len(missing) > 5 else ''}); "
+            f"filled by linear interpolation onto a regular {step:.3f} mm grid"
+        )
+    if not missing or np.any(np.abs(steps[~is_gap] - step) > tol):
+        warnings.append(
+            f"uneven slice spacing (steps {steps.min():.3f}-{steps.max():.3f} mm); resampled "
+            f"linearly onto a regular {step:.3f} mm grid ({n} slices -> {n_out})"
+        )
+    return step, n_out, None
 
 
 def _shift_slice(slice_hu: np.ndarray, shift_yx: np.ndarray, out_shape_yx: tuple[int, int], fill: float) -> np.ndarray:
