@@ -230,10 +230,10 @@ class Pipeline:
     min_bone_ml : float
         Less Stage-1 bone than this means "no pelvic bone found".
     recovery_kwargs : dict, optional
-        Passed to :func:`pengwin_demo.instances.recover_fragments`.
+        Passed to :func:`pengwin_demo.recovery.recover_fragments`.
     smooth_labels : bool
         Take the fragments from the model grid to the CT grid with smooth surfaces
-        (:func:`pengwin_demo.upsample.smooth_labels_onto`, default) rather than nearest
+        (:func:`pengwin_demo.recovery.smooth_labels_onto`, default) rather than nearest
         neighbour (2 mm blocks with the demo model).
     stage2_margin_mm : float
         Stage 2 runs on the CT cropped to the Stage-1 bone box plus this margin, mm
@@ -378,7 +378,7 @@ class Pipeline:
             Also write ``segmentation.dcm`` when possible: DICOM input with at least one
             fragment (otherwise ``paths["seg"]`` is None, without a warning).
         mesh_detail : {"fine", "normal", "coarse"}
-            Mesh smoothing/decimation preset (see :mod:`pengwin_demo.meshes`).
+            Mesh smoothing/decimation preset (see :mod:`pengwin_demo.outputs.meshes`).
         anatomy_map : path-like or Volume, optional
             Stage 1 from this map instead of the anatomy model: 0 background, 1 sacrum,
             2 left hip, 3 right hip, on any grid covering the CT (resampled nearest); see

@@ -5,7 +5,7 @@ A PENGWIN-layout folder holds ``images/<case>.mha`` (CT, HU) and ``labels/<case>
 both produce it. :func:`prepare_datasets` turns it into two nnU-Net raw datasets:
 
 * ``Dataset<N>_PengwinABBC``: the 4 ABBC classes (background, boundary, core, border),
-  computed with :func:`pengwin_demo.abbc.abbc_targets`;
+  computed with :func:`pengwin_demo.recovery.abbc_targets`;
 * ``Dataset<N+1>_PengwinAnatomy``: background, sacrum, left hip, right hip.
 
 Images and labels are reoriented to LPS (identity direction) on the way, as
