@@ -34,7 +34,7 @@ import numpy as np
 
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
-from .plausibility import MIN_BONE_ML, check_anatomy
+from .plausibility import MIN_BONE_ML, MAX_GAP_MM, check_anatomy, keep_near_pelvis
 from .recovery import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
@@ -438,8 +438,12 @@ class Pipeline:
 
         # -- stage 1 ------------------------------------------------------------------
         clock.stage("anatomy")
+        dropped_ml = 0.0
         if anatomy_map is None:
             anatomy_vol, anatomy_grid, _ = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
+            anatomy_vol, dropped_ml = keep_near_pelvis(anatomy_vol)
+            if dropped_ml:
+                log.info("Stage 1: %.1f mL of bone more than %g mm from the pelvis dropped", dropped_ml, MAX_GAP_MM)
             anatomy_info = self._info["anatomy"]
         else:
             anatomy_vol, anatomy_info = self._given_anatomy(anatomy_map, ct)
@@ -540,6 +544,7 @@ class Pipeline:
             "mesh_detail": mesh_detail,
             "bone_ml_stage1": round(float(bone_ml), 2),
             "stage1_voxels": stage1_voxels,
+            "stage1_dropped_far_ml": dropped_ml,
             "stage1_bones": plausible.bones,
             "no_fragments_reason": no_fragments,
         }

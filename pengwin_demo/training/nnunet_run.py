@@ -257,3 +257,24 @@ def preprocessed_ready(kind: str, dataset_id: int, dirs: NnunetDirs, cfg: DemoCo
             and entry["architecture"]["arch_kwargs"].get("features_per_stage") == list(cfg.features_per_stage))
     data = base / entry.get("data_identifier", f"nnUNetPlans_{DEMO_CONFIGURATION}")
     return same and len(list(data.glob("*_seg.b2nd"))) == n_cases
+
+
+def train_and_export(work_dir: str | os.PathLike, out_dir: str | os.PathLike, kind: str, dataset_number: int,
+                     cfg: DemoConfig, device: str = "cpu", threads: int = 2) -> Path:
+    """Plan and preprocess a raw dataset under ``work_dir`` (unless done), train, export.
+
+    The inference-only model replaces ``out_dir``; logs go to ``work_dir/logs``
+    (``plan_<kind>.log``, ``train_<kind>.log``). Returns the training log's path.
+    """
+    dirs = NnunetDirs.under(work_dir)
+    log_dir = Path(work_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if not preprocessed_ready(kind, dataset_number, dirs, cfg):
+        plan_and_preprocess(dataset_number, dirs, cfg, 1, log_dir / f"plan_{kind}.log", threads)
+    train_log = log_dir / f"train_{kind}.log"
+    results = train(dataset_number, dirs, cfg, device, train_log, threads)
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    strip_model(results, out)
+    return train_log

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_ca
 from ..volume import bounding_box
 from .cards import training_summary
 from .datasets import prepare_datasets
-from .nnunet_run import DemoConfig, NnunetDirs, plan_and_preprocess, preprocessed_ready, strip_model, train
+from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 
 log = logging.getLogger(__name__)
 
@@ -109,28 +108,19 @@ def train_real_abbc(
     max_seconds : float, optional
         Training time budget, s (the learning rate decays over it).
     """
-    work, out = Path(work_dir), Path(out_dir)
-    dirs = NnunetDirs.under(work)
-    log_dir = work / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir)
     cases_dir = work / "pengwin_cases"
     record = work / "cases.json"
     if not record.is_file():
         names = write_training_cases(list(sources), cases_dir, tuple(holdout))
-        prepare_datasets(cases_dir, dirs.raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
+        prepare_datasets(cases_dir, NnunetDirs.under(work).raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout)}, indent=2))
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
-    if not preprocessed_ready("abbc", REAL_DATASET_ID, dirs, cfg):
-        plan_and_preprocess(REAL_DATASET_ID, dirs, cfg, 1, log_dir / "plan_abbc.log", threads)
-    results = train(REAL_DATASET_ID, dirs, cfg, device, log_dir / "train_abbc.log", threads)
-    if out.exists():
-        shutil.rmtree(out)
-    strip_model(results, out)
+    train_log = train_and_export(work, out_dir, "abbc", REAL_DATASET_ID, cfg, device, threads)
     cases = json.loads(record.read_text())
-    write_real_card(out, cfg, cases["training"], cases["holdout"], device, log_dir / "train_abbc.log")
-    return out
-
+    write_real_card(Path(out_dir), cfg, cases["training"], cases["holdout"], device, train_log)
+    return Path(out_dir)
 
 LICENCE = ("CC BY-NC-SA 4.0 (non-commercial, share alike), inherited from the real training "
            "data (PENGWIN / FracSegNet pelvic fracture CTs); the code is Apache-2.0")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_ca
 from .cards import training_summary
 from .composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
 from .datasets import prepare_datasets
-from .nnunet_run import DemoConfig, NnunetDirs, plan_and_preprocess, preprocessed_ready, strip_model, train
+from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 from .real_abbc import LICENCE, checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -117,30 +116,20 @@ def train_real_anatomy(
     (or, with the same budget, continues) the training. See :func:`write_composite_cases`
     for ``holdout``, ``per_case`` and ``phantoms``.
     """
-    work, out = Path(work_dir), Path(out_dir)
-    dirs = NnunetDirs.under(work)
-    log_dir = work / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir)
     record = work / "cases.json"
     if not record.is_file():
         cases_dir = work / "pengwin_cases"
         names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
                                       phantoms=phantoms)
-        prepare_datasets(cases_dir, dirs.raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
+        prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
                                       "phantoms": phantoms}, indent=2))
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
-    dataset = ANATOMY_DATASET_ID + 1
-    if not preprocessed_ready("anatomy", dataset, dirs, cfg):
-        plan_and_preprocess(dataset, dirs, cfg, 1, log_dir / "plan_anatomy.log", threads)
-    results = train(dataset, dirs, cfg, device, log_dir / "train_anatomy.log", threads)
-    if out.exists():
-        shutil.rmtree(out)
-    strip_model(results, out)
-    write_anatomy_card(out, cfg, json.loads(record.read_text()), device, log_dir / "train_anatomy.log")
-    return out
-
+    train_log = train_and_export(work, out_dir, "anatomy", ANATOMY_DATASET_ID + 1, cfg, device, threads)
+    write_anatomy_card(Path(out_dir), cfg, json.loads(record.read_text()), device, train_log)
+    return Path(out_dir)
 
 def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
                        notes: str = "") -> Path:
