@@ -120,6 +120,7 @@ def keep_near_pelvis(anatomy: Volume, max_gap_mm: float = MAX_GAP_MM) -> tuple[V
     distance_mm = edt.edt(pieces != int(np.argmax(sizes)), anisotropy=anatomy.spacing_zyx_mm)
     nearest = np.full(n + 1, np.inf)
     np.minimum.at(nearest, pieces[bone], distance_mm[bone])
+    nearest[0] = 0.0  # background is not a piece
     far = np.nonzero(nearest > max_gap_mm)[0]
     if far.size == 0:
         return anatomy, 0.0

@@ -7,7 +7,8 @@ import pytest
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
-from pengwin_demo.plausibility import check_anatomy
+from pengwin_demo.plausibility import MAX_GAP_MM, MIN_PART_ML, check_anatomy, keep_near_pelvis
+from pengwin_demo.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,33 @@ def test_soft_tissue_taken_for_bone_is_refused(phantom):
     blob[(blob == 0) & (ct.array < 100)] = 1  # the 'sacrum' swallows the soft tissue around it
     check = check_anatomy(anatomy.with_array(blob), ct.array)
     assert "soft tissue rather than bone" in check.refusal
+
+
+def test_small_bone_pieces_are_not_a_pelvis(phantom):
+    """Two "bones" of vertebra size (under MIN_PART_ML each, 50 mL or more together) are refused."""
+    ct, anatomy = phantom
+    a = np.zeros(ct.shape, np.uint8)
+    dense = np.argwhere(ct.array >= 300)
+    ml = anatomy.voxel_volume_mm3 / 1000
+    n = int(0.8 * MIN_PART_ML / ml)
+    a[tuple(dense[:n].T)] = 2
+    a[tuple(dense[n:2 * n].T)] = 3
+    assert n * 2 * ml >= 50
+    check = check_anatomy(anatomy.with_array(a), ct.array)
+    assert check.refusal is not None and check.refusal.startswith("no pelvis found")
+
+
+def test_bone_far_from_the_pelvis_is_dropped_and_near_pieces_kept():
+    grid = np.zeros((40, 60, 60), np.uint8)
+    grid[10:30, 10:30, 10:30] = 2  # the pelvis (largest piece)
+    grid[10:14, 10:14, 30 + int(20 / 2):34 + int(20 / 2)] = 2  # a fragment 20 mm away: kept
+    grid[34:38, 50:54, 50:54] = 3  # a rib far away: dropped
+    vol = Volume(grid, (2.0, 2.0, 2.0))
+    kept, dropped_ml = keep_near_pelvis(vol)
+    assert np.count_nonzero(kept.array == 3) == 0
+    assert dropped_ml == pytest.approx(4 * 4 * 4 * 8 / 1000, abs=0.01)  # mL, rounded to 0.01
+    assert np.array_equal(kept.array == 2, grid == 2)
+    # nothing apart: unchanged; the gap is a parameter
+    assert keep_near_pelvis(kept)[1] == 0.0
+    assert keep_near_pelvis(vol, max_gap_mm=1000)[1] == 0.0
+    assert MAX_GAP_MM >= 20
