@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pengwin_demo.anatomy_map import read_anatomy_map  # noqa: E402
-from pengwin_demo.composite import composite_case  # noqa: E402
+from pengwin_demo.training import composite_case  # noqa: E402
 from pengwin_demo.dicom import load_ct  # noqa: E402
 from pengwin_demo.labels import BONES, anatomy_from_fragments  # noqa: E402
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case  # noqa: E402

@@ -1,6 +1,6 @@
 """Command line: ``python -m pengwin_demo <command> ...``.
 
-Each subcommand lives in its own module in :mod:`pengwin_demo.commands` and defines
+Each subcommand lives in its own module in :mod:`pengwin_demo.cli` and defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. They are found at
 start-up, so only commands that exist are listed.
 """
@@ -13,15 +13,15 @@ import logging
 import pkgutil
 import sys
 
-from . import __version__, commands
+from . import __version__, cli
 from .errors import exit_status
 
 
 def _command_modules():
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        yield importlib.import_module(f"{commands.__name__}.{info.name}")
+        yield importlib.import_module(f"{cli.__name__}.{info.name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

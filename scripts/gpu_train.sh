@@ -47,7 +47,7 @@ python -m pengwin_demo train-demo-models "${ARGS[@]}"
 echo "training took $(( $(date +%s) - start )) s on $DEVICE"
 
 if [ "$EVAL_CASES" -gt 0 ]; then
-  python -m pengwin_demo.model_quality "$OUT/anatomy" "$OUT/abbc" "$EVAL_CASES" full "$WORK/quality.json"
+  python -m pengwin_demo.training.quality "$OUT/anatomy" "$OUT/abbc" "$EVAL_CASES" full "$WORK/quality.json"
   python - "$OUT" "$WORK/quality.json" <<'PY'
 import json, sys
 from pathlib import Path

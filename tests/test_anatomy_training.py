@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _helpers.masked import write_masked_case
 
-from pengwin_demo.composite import CompositeOptions
-from pengwin_demo.anatomy_training import REAL_ANATOMY_CONFIG, train_real_anatomy, write_composite_cases
+from pengwin_demo.training import CompositeOptions
+from pengwin_demo.training import REAL_ANATOMY_CONFIG, train_real_anatomy, write_composite_cases
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from pengwin_demo.models import bundled_model_path

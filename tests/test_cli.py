@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pengwin_demo import commands
+from pengwin_demo import cli
 from pengwin_demo.io import write_volume
 from pengwin_demo.volume import Volume
 
@@ -23,9 +23,9 @@ def test_help_lists_every_command_module_and_nothing_else():
     out = _cli("--help")
     assert out.returncode == 0
     names = []
-    for info in pkgutil.iter_modules(commands.__path__):
+    for info in pkgutil.iter_modules(cli.__path__):
         if not info.name.startswith("_"):
-            module = __import__(f"pengwin_demo.commands.{info.name}", fromlist=["NAME"])
+            module = __import__(f"pengwin_demo.cli.{info.name}", fromlist=["NAME"])
             names.append(module.NAME)
             assert module.NAME in out.stdout
             assert callable(module.run) and callable(module.add_arguments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo.composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
+from pengwin_demo.training import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.training import to_canonical

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pengwin_demo.errors import ModelError
 from pengwin_demo.labels import anatomy_from_fragments
-from pengwin_demo.model_quality import bone_iou
+from pengwin_demo.training.quality import bone_iou
 from pengwin_demo.models import (
     TotalSegmentatorAnatomy,
     anatomy_model,

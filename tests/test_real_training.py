@@ -13,7 +13,7 @@ from _helpers.masked import write_masked_case
 
 from pengwin_demo.errors import InputError
 from pengwin_demo.models import bundled_model_path
-from pengwin_demo.real_training import REAL_ABBC_CONFIG, train_real_abbc, write_training_cases
+from pengwin_demo.training import REAL_ABBC_CONFIG, train_real_abbc, write_training_cases
 
 
 def test_held_out_names_must_exist(tmp_path):

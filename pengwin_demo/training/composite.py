@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
-from .labels import MAX_FRAGMENTS_PER_BONE, first_label
-from .volume import Volume, resample_onto
+from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
+from ..volume import Volume, resample_onto
 
 __all__ = ["CompositeOptions", "composite_case", "pelvis_free_crop", "mirror_case"]
 

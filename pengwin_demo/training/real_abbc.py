@@ -18,11 +18,12 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .errors import InputError
-from .masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
-from .training import (DemoConfig, NnunetDirs, training_summary,
-                       plan_and_preprocess, prepare_datasets, preprocessed_ready, strip_model, train)
-from .volume import bounding_box
+from ..errors import InputError
+from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
+from ..volume import bounding_box
+from .cards import training_summary
+from .datasets import prepare_datasets
+from .nnunet_run import DemoConfig, NnunetDirs, plan_and_preprocess, preprocessed_ready, strip_model, train
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..real_training import train_real_abbc
+    from ..training import train_real_abbc
 
     inputs = real_training_inputs(args, "abbc")
     if inputs is None:

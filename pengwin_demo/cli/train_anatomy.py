@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..anatomy_training import train_real_anatomy
+    from ..training import train_real_anatomy
 
     inputs = real_training_inputs(args, "anatomy")
     if inputs is None:

@@ -1,7 +1,7 @@
 """Train the anatomy (Stage 1) model on real pelves placed in synthetic bodies.
 
 Real per-bone masked pelves (:mod:`pengwin_demo.masked_cases`) -> composites
-(:func:`pengwin_demo.composite.composite_case`: each real pelvis in several random bodies,
+(:func:`pengwin_demo.training.composite_case`: each real pelvis in several random bodies,
 half of them mirrored with left and right swapped, plus crops above the pelvis with no
 pelvic bone at all) and, optionally, full-context phantoms -> the nnU-Net anatomy raw
 dataset -> plans with :data:`REAL_ANATOMY_CONFIG` -> training that starts from another
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
+from .cards import training_summary
 from .composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
-from .errors import InputError
-from .masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
-from .real_training import LICENCE, checkpoint_file
-from .training import (DemoConfig, NnunetDirs, plan_and_preprocess, prepare_datasets, preprocessed_ready,
-                       strip_model, train, training_summary)
+from .datasets import prepare_datasets
+from .nnunet_run import DemoConfig, NnunetDirs, plan_and_preprocess, preprocessed_ready, strip_model, train
+from .real_abbc import LICENCE, checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
     if not used:
         raise InputError("no training case left after holding out " + ", ".join(holdout))
     if phantoms:
-        from .phantom import write_phantom_dataset
+        from ..phantom import write_phantom_dataset
 
         write_phantom_dataset(out_dir, phantoms, seed + 1, "small", fmt="nii.gz")
     return used

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import BONES
+from ..labels import BONES
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ def evaluate_models(
     Returns a dict with per-case rows and means of ``stage1_iou`` (anatomy model alone,
     on the input grid), ``iou_a`` and ``iou_f`` (end to end), fragment counts and seconds.
     """
-    from .labels import anatomy_from_fragments
-    from .metrics import evaluate_case
-    from .phantom import make_phantom
-    from .pipeline import Pipeline
+    from ..labels import anatomy_from_fragments
+    from ..metrics import evaluate_case
+    from ..phantom import make_phantom
+    from ..pipeline import Pipeline
 
     pipe = Pipeline(device=device, anatomy=str(anatomy_model), fragments=str(abbc_model))
     models = pipe.load_models()
@@ -64,7 +64,7 @@ def evaluate_models(
             result = pipe.run(ct, tmp)
         seconds = time.perf_counter() - t0
         anat_vol, _, _ = pipe._predict(models["anatomy"], ct, pipe.device_name(), "anatomy", [])
-        from .volume import resample_onto
+        from ..volume import resample_onto
 
         anat = resample_onto(anat_vol, ct, "nearest").array if not anat_vol.same_grid(ct) else anat_vol.array
         stage1 = bone_iou(anat, anatomy_from_fragments(gt.array))
@@ -86,7 +86,7 @@ def evaluate_models(
     return out
 
 
-if __name__ == "__main__":  # python -m pengwin_demo.model_quality ANATOMY ABBC [N] [size] [out.json] [device]
+if __name__ == "__main__":  # python -m pengwin_demo.training.quality ANATOMY ABBC [N] [size] [out.json] [device]
     import sys
 
     logging.basicConfig(level=logging.WARNING)
