@@ -26,11 +26,10 @@ from pengwin_demo.volume import Volume
 HELD_OUT_SEED = 424242  # never used for training (training uses case_seed(1, i))
 
 # What the bundled CPU-trained demo models reach on one held-out small phantom (measured
-# in docs/models.md), with some margin. The per-bone anatomy target of the issue (IoU 0.95)
+# in docs/models.md), with some margin. The per-bone anatomy target (IoU 0.95)
 # is not reached by the CPU-trained anatomy model: see test_anatomy_model_separates_bones.
 MIN_BONE_DICE = 0.8
-# the bundled ABBC model, fine-tuned on full-size phantoms, measures core Dice 0.71 on this
-# small phantom (0.82 before the fine-tuning; bone Dice 0.97)
+# a floor on the core class, whose components are the seeds of instance recovery
 MIN_CORE_DICE_ABBC = 0.65
 TARGET_ANATOMY_IOU = 0.95
 

@@ -103,3 +103,35 @@ def test_no_test_or_benchmark_imports_a_test_module_or_a_benchmark():
             if top.startswith(("test_", "bench_", "conftest")) or top in ("tests", "benchmarks"):
                 bad.append(f"{path.relative_to(REPO)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+# "commit" followed (within a few words, line breaks included) by a hash-like token: hex,
+# 7-40 long, with a digit and a letter (so numbers and words like "defaced" are not taken)
+_CITED_COMMIT = re.compile(r"\bcommit\b[^.]{0,30}?\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])([0-9a-f]{7,40})\b",
+                           re.I)
+_GITHUB_REPO = re.compile(r"https?://github\.com/([\w.-]+/[\w.-]+)")
+
+
+def _is_commit_of_this_repository(sha: str) -> bool:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "-q", "--verify", f"{sha}^{{commit}}"],
+                         capture_output=True)
+    return out.returncode == 0
+
+
+def _names_external_repository(paragraph: str, linked_repos: set[str]) -> bool:
+    """A URL in the paragraph, or an owner/name that the page links to on GitHub."""
+    return "://" in paragraph or any(name in paragraph for name in linked_repos)
+
+
+def test_docs_cite_commits_only_of_external_repositories():
+    # A commit hash in the user documentation is a citation of a third-party source (which
+    # the paragraph names), never a pointer into this repository's own history.
+    found = []
+    for path in sorted((REPO / "docs").rglob("*.md")):
+        text = path.read_text()
+        linked = set(_GITHUB_REPO.findall(text))
+        for paragraph in re.split(r"\n\s*\n", text):
+            for sha in _CITED_COMMIT.findall(paragraph):
+                if _is_commit_of_this_repository(sha) or not _names_external_repository(paragraph, linked):
+                    found.append(f"{path.relative_to(REPO)}: commit {sha}")
+    assert not found, "\n".join(found)

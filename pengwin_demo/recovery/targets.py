@@ -75,11 +75,12 @@ log = logging.getLogger(__name__)
 # -- defaults (every one is a keyword of abbc_targets; docs/abbc.md gives the measurements)
 BORDER_MM = 2.0
 """Largest fracture-zone width (mm). The article's 6 mm drowns small fragments in border
-(oracle fragment IoU 0.65 on a real hip); the winners' code used a 3-voxel shell
-(about 2.4 mm at 0.8 mm spacing). 2 mm keeps a wall of 2-3 voxels a side at typical CT
-spacing. 1.5 mm scores higher in the oracle (full-size phantom seed 1: 0.993 against
-0.986) but a thinner wall is bridged by prediction errors (real sacrum, 50 spurious core
-specks: 0.71 against 0.99); see docs/abbc.md."""
+(real sacrum, plain seeded growth: oracle fragment IoU 0.555 with the article read
+literally, 0.994 with the defaults); the winners' code used a 3-voxel shell (about 2.4 mm
+at 0.8 mm spacing). 2 mm keeps a wall of 2-3 voxels a side at typical CT spacing. 1.5 mm
+scores a little higher in the oracle (real sacrum: 0.9923 against 0.9918) but a thinner
+wall is bridged by prediction errors (real sacrum, 50 spurious core specks: 0.708 against
+0.991); see docs/abbc.md."""
 
 BORDER_RADIUS_FRACTION = 0.5
 """The fracture-zone width is at most this fraction of the thinner fragment's largest
