@@ -7,7 +7,7 @@ import pytest
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
-from pengwin_demo.plausibility import MAX_GAP_MM, MIN_PART_ML, check_anatomy, keep_near_pelvis
+from pengwin_demo.plausibility import MAX_GAP_MM, check_anatomy, keep_near_pelvis
 from pengwin_demo.volume import Volume
 
 
@@ -68,20 +68,6 @@ def test_soft_tissue_taken_for_bone_is_refused(phantom):
     assert "soft tissue rather than bone" in check.refusal
 
 
-def test_small_bone_pieces_are_not_a_pelvis(phantom):
-    """Two "bones" of vertebra size (under MIN_PART_ML each, 50 mL or more together) are refused."""
-    ct, anatomy = phantom
-    a = np.zeros(ct.shape, np.uint8)
-    dense = np.argwhere(ct.array >= 300)
-    ml = anatomy.voxel_volume_mm3 / 1000
-    n = int(0.8 * MIN_PART_ML / ml)
-    a[tuple(dense[:n].T)] = 2
-    a[tuple(dense[n:2 * n].T)] = 3
-    assert n * 2 * ml >= 50
-    check = check_anatomy(anatomy.with_array(a), ct.array)
-    assert check.refusal is not None and check.refusal.startswith("no pelvis found")
-
-
 def test_bone_far_from_the_pelvis_is_dropped_and_near_pieces_kept():
     grid = np.zeros((40, 60, 60), np.uint8)
     grid[10:30, 10:30, 10:30] = 2  # the pelvis (largest piece)
@@ -96,3 +82,27 @@ def test_bone_far_from_the_pelvis_is_dropped_and_near_pieces_kept():
     assert keep_near_pelvis(kept)[1] == 0.0
     assert keep_near_pelvis(vol, max_gap_mm=1000)[1] == 0.0
     assert MAX_GAP_MM >= 20
+
+
+def test_a_chain_of_displaced_fragments_is_kept():
+    grid = np.zeros((20, 20, 80), np.uint8)
+    grid[5:15, 5:15, 0:16] = 3  # the largest piece
+    for k in range(3):  # 1.7 mL pieces with gaps of 16 mm, the last 72 mm from the largest
+        x0 = 16 + 8 + k * 14
+        grid[7:13, 7:13, x0:x0 + 6] = 3
+    grid[9:11, 9:11, 64:66] = 3  # a 0.06 mL speck 12 mm beyond the last piece: kept
+    vol = Volume(grid, (2.0, 2.0, 2.0))
+    kept, dropped_ml = keep_near_pelvis(vol)
+    assert dropped_ml == 0.0 and np.array_equal(kept.array, grid)
+    assert keep_near_pelvis(vol, max_gap_mm=10.0)[1] > 0
+
+
+
+def test_specks_do_not_bridge_to_far_bone():
+    grid = np.zeros((20, 20, 90), np.uint8)
+    grid[5:15, 5:15, 0:16] = 2  # the pelvis
+    grid[10:11, 10:11, 26:27] = 2  # a speck 20 mm away: kept
+    grid[8:12, 8:12, 36:50] = 2  # a rib 40 mm from the pelvis, 18 mm from the speck: dropped
+    kept, dropped_ml = keep_near_pelvis(Volume(grid, (2.0, 2.0, 2.0)))
+    assert kept.array[10, 10, 26] == 2 and not kept.array[:, :, 36:].any()
+    assert dropped_ml == pytest.approx(4 * 4 * 14 * 8 / 1000, abs=0.01)
