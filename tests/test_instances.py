@@ -187,10 +187,15 @@ def test_empty_abbc_map():
 
 def test_grids_that_differ_are_a_clear_error(toy):
     gt, abbc, anatomy = toy
-    with pytest.raises(InputError, match="same grid"):
+    with pytest.raises(ValueError, match="same grid") as err:
         recover_fragments(abbc, anatomy[:, :, :-1], SPACING)
-    with pytest.raises(InputError, match="0-3"):
+    assert not isinstance(err.value, InputError)  # an algorithm: the front ends name the file
+    with pytest.raises(ValueError, match="0-3"):
         recover_fragments(abbc, anatomy * 4, SPACING)
+    with pytest.raises(TypeError, match="integer"):
+        recover_fragments(abbc.astype(np.float32), anatomy, SPACING)
+    with pytest.raises(ValueError, match="spacing"):
+        recover_fragments(abbc, anatomy, (1.0, 0.0, 1.0))
 
 
 def test_bone_without_anatomy_takes_nearest_bone(toy):
