@@ -362,3 +362,19 @@ def test_cli_recover_writes_labels_in_input_geometry(toy, tmp_path):
     rc = main(["recover", "--abbc", str(tmp_path / "abbc.nii.gz"), "--anatomy",
                str(tmp_path / "shifted.nii.gz"), "-o", str(tmp_path / "x.nii.gz")])
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_recover_fragment_labels_given_as_abbc_exit_2_with_one_line(toy, tmp_path, capsys):
+    # recover_fragments would raise ValueError (a traceback); the command checks the files
+    from pengwin_demo.__main__ import main
+    from pengwin_demo.io import write_volume
+    from pengwin_demo.volume import Volume
+
+    gt, _, anatomy = toy
+    write_volume(Volume(gt, SPACING), tmp_path / "fragments.nii.gz")
+    write_volume(Volume(anatomy, SPACING), tmp_path / "anatomy.nii.gz")
+    rc = main(["recover", "--abbc", str(tmp_path / "fragments.nii.gz"), "--anatomy",
+               str(tmp_path / "anatomy.nii.gz"), "-o", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
+    assert err.startswith("error: fragments.nii.gz: values up to ") and err.count("\n") == 1
