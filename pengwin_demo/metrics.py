@@ -64,7 +64,7 @@ from scipy.spatial.distance import cdist
 
 from .errors import InputError
 from .labels import BONES
-from .volume import bounding_box
+from .volume import bounding_box, check_label_array, check_spacing_zyx_mm
 
 log = logging.getLogger(__name__)
 
@@ -303,29 +303,16 @@ class _Grid:
 
 
 def _prepare(pred, gt, spacing_zyx_mm, sample_size, seed) -> _Grid:
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    if gt.ndim != 3 or pred.ndim != 3:
-        raise InputError(
-            f"label maps must be 3D (z, y, x); got ground truth {gt.shape} and prediction "
-            f"{pred.shape}."
-        )
+    gt = check_label_array("ground-truth label map", gt)
+    pred = check_label_array("prediction label map", pred)
     if gt.shape != pred.shape:
-        raise InputError(
+        raise ValueError(
             f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape} (z, y, x); "
             "resample the prediction onto the ground-truth grid (nearest neighbour) first."
         )
-    for name, arr in (("ground truth", gt), ("prediction", pred)):
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-            raise InputError(
-                f"the {name} label map has dtype {arr.dtype}; label maps hold integers "
-                "(PENGWIN labels 0-30). Give the label map, not a probability image."
-            )
-    spacing = tuple(float(s) for s in np.asarray(spacing_zyx_mm, dtype=np.float64).ravel())
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"spacing_zyx_mm must be 3 positive numbers (mm), got {spacing_zyx_mm!r}")
+    spacing = check_spacing_zyx_mm(spacing_zyx_mm)
     if sample_size is not None and int(sample_size) < 1:
-        raise InputError(f"sample_size must be a positive number of points or None, got {sample_size}")
+        raise ValueError(f"sample_size must be a positive number of points or None, got {sample_size}")
 
     box = bounding_box((gt != 0) | (pred != 0), margin_vox=1)
     if box is None:
@@ -485,8 +472,10 @@ def evaluate_case(
 
     Raises
     ------
-    InputError
-        Shapes differ, a map is not 3D or not integer, or the spacing is invalid.
+    ValueError
+        Shapes differ, a map is not 3D, the spacing or ``sample_size`` is invalid.
+    TypeError
+        A map does not hold integer labels.
     """
     grid = _prepare(pred, gt, spacing_zyx_mm, sample_size, seed)
     notes: list[str] = []

@@ -34,7 +34,7 @@ import numpy as np
 
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
-from .plausibility import MIN_BONE_ML, MAX_GAP_MM, check_anatomy, keep_near_pelvis
+from .plausibility import MIN_BONE_ML, MAX_GAP_MM, AnatomyCheck, check_anatomy, keep_near_pelvis
 from .recovery import nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
@@ -208,6 +208,38 @@ class _Loaded:
     dicom_headers: Any = None
     warnings: list[str] = field(default_factory=list)
     name: str = "ct"
+
+
+@dataclass
+class _Stage1:
+    """What Stage 1 gives the rest of a run."""
+
+    anatomy: Volume
+    """0 background, 1 sacrum, 2 left hip, 3 right hip, on ``grid``."""
+    grid: Volume
+    """The CT on the grid Stage 1 ran on."""
+    info: dict[str, Any]
+    """The report's ``models.anatomy`` entry."""
+    dropped_ml: float
+    """Bone dropped as far from the pelvis, mL."""
+    plausible: AnatomyCheck
+    """:func:`pengwin_demo.plausibility.check_anatomy`'s verdict."""
+    voxels: int
+    """Bone voxels of ``anatomy``."""
+
+
+@dataclass
+class _Found:
+    """The fragments of a run, before they go back onto the input grid."""
+
+    labels: Volume
+    """PENGWIN labels on the ABBC grid (all 0 on the CT grid when Stage 1 refused the scan)."""
+    abbc_grid: Volume | None
+    """The (masked) CT on the ABBC model's grid; None when Stage 2 did not run."""
+    abbc_foreground: np.ndarray | None
+    """The ABBC model's foreground probability on ``abbc_grid``, or None."""
+    no_fragments: str | None
+    """Why there are no fragments (the sentence shown to the user), or None."""
 
 
 class Pipeline:
@@ -409,15 +441,8 @@ class Pipeline:
 
     def _run(self, input_path, out_dir, progress, series_uid, dicom_seg, mesh_detail, *,
              anatomy_map=None, allow_non_ct=False) -> PipelineResult:
-        from .io import write_like
-        from .outputs import fragment_meshes, stl_name, write_scene_glb, write_stls
-        from .outputs import (build_report, fragment_stats, labels_present, series_summary,
-                             unused_series, write_report)
-
         clock = _Stopwatch(progress)
         warnings: list[str] = []
-
-        # -- load ---------------------------------------------------------------------
         clock.stage("load")
         ct_input = self._load_input(input_path, series_uid, allow_non_ct)
         ct: Volume = ct_input.volume
@@ -436,119 +461,133 @@ class Pipeline:
             warnings.extend(self._model_warnings)
         device = self.device_name()
 
-        # -- stage 1 ------------------------------------------------------------------
         clock.stage("anatomy")
+        stage1 = self._stage1(models.get("anatomy"), ct, anatomy_map, device, warnings)
+        found = self._stage2_and_recovery(models["abbc"], ct, stage1, device, warnings, clock)
+        clock.stage("labels")
+        labels = self._labels_on_input(found, ct)
+        paths = self._write_outputs(ct_input, labels, out_dir, dicom_seg, mesh_detail, warnings, clock)
+        clock.stage("report")
+        inference = self._report_inference(device, stage1, found, mesh_detail)
+        report, timings = self._write_report(ct_input, labels, paths, out_dir, thick, stage1,
+                                             inference, warnings, clock)
+        for w in warnings:
+            log.debug("warning: %s", w)  # front ends show result.warnings themselves
+        return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
+
+    # -- steps of a run -------------------------------------------------------------------
+    def _stage1(self, model, ct: Volume, anatomy_map, device: str, warnings: list[str]) -> _Stage1:
+        """Sacrum and hips: the anatomy model (bone far from the pelvis dropped) or the user's
+        map, then the plausibility check (its refusal or warnings go to ``warnings``)."""
         dropped_ml = 0.0
         if anatomy_map is None:
-            anatomy_vol, anatomy_grid, _ = self._predict(models["anatomy"], ct, device, "anatomy", warnings)
-            anatomy_vol, dropped_ml = keep_near_pelvis(anatomy_vol)
+            anatomy, grid, _ = self._predict(model, ct, device, "anatomy", warnings)
+            anatomy, dropped_ml = keep_near_pelvis(anatomy)
             if dropped_ml:
                 log.info("Stage 1: %.1f mL of bone more than %g mm from the pelvis dropped", dropped_ml, MAX_GAP_MM)
-            anatomy_info = self._info["anatomy"]
+            info = self._info["anatomy"]
         else:
-            anatomy_vol, anatomy_info = self._given_anatomy(anatomy_map, ct)
-            anatomy_grid = ct
-        plausible = check_anatomy(anatomy_vol, anatomy_grid.array, min_bone_ml=self.min_bone_ml,
+            anatomy, info = self._given_anatomy(anatomy_map, ct)
+            grid = ct
+        plausible = check_anatomy(anatomy, grid.array, min_bone_ml=self.min_bone_ml,
                                   min_bones=2 if self.require_pelvis and anatomy_map is None else 1)
-        bone_ml = plausible.dense_ml
-        stage1_voxels = int(np.count_nonzero(anatomy_vol.array))
-
-        labels_grid: Volume
-        recovery_warnings: list[str] = []
-        no_fragments = plausible.refusal  # the one sentence saying why, when there are none
         if plausible.refusal is not None:
             warnings.append(plausible.refusal)
-            labels_grid = Volume(np.zeros(ct.shape, np.uint8), ct.spacing_zyx_mm,
-                                 ct.origin_lps_mm, ct.direction)
-            abbc_grid = abbc_foreground = None
         else:
             warnings.extend(plausible.warnings)
-            # -- stage 2 --------------------------------------------------------------
-            clock.stage("abbc")
-            abbc_vol, abbc_grid, abbc_foreground, anatomy_vol = self._stage2(
-                models["abbc"], ct, anatomy_vol, device, warnings)
-            # -- recovery -------------------------------------------------------------
-            clock.stage("recovery")
-            from .recovery import recover_fragments
+        return _Stage1(anatomy, grid, info, dropped_ml, plausible, int(np.count_nonzero(anatomy.array)))
 
-            rec = recover_fragments(abbc_vol.array, anatomy_vol.array, abbc_vol.spacing_zyx_mm,
-                                    **self.recovery_kwargs)
-            recovery_warnings = list(rec.warnings)
-            labels_grid = abbc_vol.with_array(np.ascontiguousarray(rec.labels, dtype=np.uint8))
-            if not labels_grid.array.any():
-                # Stage 1 saw bone but Stage 2 found no fragment in it: for the user this is
-                # "no pelvic bone" (e.g. a vertebra taken for sacrum); recovery's technical
-                # messages go to the log only
-                for w in recovery_warnings:
-                    log.info("recovery: %s", w)
-                no_fragments = (
-                    f"no pelvic bone found: Stage 1 marked {bone_ml:.1f} mL as sacrum/hip bone, "
-                    "but Stage 2 found no bone fragment in the scan; check that the scan covers "
-                    "the pelvis. No fragments were produced."
-                )
-                recovery_warnings = [no_fragments]
-        warnings.extend(recovery_warnings)
+    def _stage2_and_recovery(self, model, ct: Volume, stage1: _Stage1, device: str,
+                             warnings: list[str], clock: _Stopwatch) -> _Found:
+        """ABBC classes on the Stage-1 bone region and the fragments recovered from them
+        (none, on the CT grid, when Stage 1 refused the scan)."""
+        if stage1.plausible.refusal is not None:
+            return _Found(ct.with_array(np.zeros(ct.shape, np.uint8)), None, None, stage1.plausible.refusal)
+        clock.stage("abbc")
+        abbc_vol, abbc_grid, foreground, anatomy_vol = self._stage2(model, ct, stage1.anatomy, device, warnings)
+        clock.stage("recovery")
+        from .recovery import recover_fragments
 
-        # -- labels on the input grid -------------------------------------------------
-        clock.stage("labels")
-        if self.smooth_labels and not labels_grid.same_grid(ct, tol_mm=1e-4):
-            labels = ct.with_array(smooth_labels_onto(labels_grid, ct, foreground=abbc_foreground))
-        else:
-            labels = ct.with_array(nearest_onto(labels_grid, ct))
+        rec = recover_fragments(abbc_vol.array, anatomy_vol.array, abbc_vol.spacing_zyx_mm,
+                                **self.recovery_kwargs)
+        labels_grid = abbc_vol.with_array(np.ascontiguousarray(rec.labels, dtype=np.uint8))
+        if labels_grid.array.any():
+            warnings.extend(rec.warnings)
+            return _Found(labels_grid, abbc_grid, foreground, None)
+        # Stage 1 saw bone but Stage 2 found no fragment in it: for the user this is "no
+        # pelvic bone" (e.g. a vertebra taken for sacrum); recovery's technical messages go
+        # to the log only
+        for w in rec.warnings:
+            log.info("recovery: %s", w)
+        no_fragments = (
+            f"no pelvic bone found: Stage 1 marked {stage1.plausible.dense_ml:.1f} mL as sacrum/hip "
+            "bone, but Stage 2 found no bone fragment in the scan; check that the scan covers "
+            "the pelvis. No fragments were produced."
+        )
+        warnings.append(no_fragments)
+        return _Found(labels_grid, abbc_grid, foreground, no_fragments)
+
+    def _labels_on_input(self, found: _Found, ct: Volume) -> Volume:
+        """The fragment labels on the input CT grid (smooth surfaces when asked and possible)."""
+        if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
+            return ct.with_array(smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground))
+        return ct.with_array(nearest_onto(found.labels, ct))
+
+    def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
+                       mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:
+        """Write labels.nii.gz, the STL meshes and scene.glb, and the DICOM SEG when asked;
+        outputs of an earlier run that this one does not make are removed."""
+        from .io import write_like
+        from .outputs import fragment_meshes, labels_present, write_scene_glb, write_stls
+
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Any] = {"labels": write_like(labels.array, ct, out_dir / "labels.nii.gz")}
-        present = labels_present(labels.array)
-
-        # -- meshes -------------------------------------------------------------------
+        paths: dict[str, Any] = {"labels": write_like(labels.array, ct_input.volume, out_dir / "labels.nii.gz")}
         clock.stage("meshes")
         frag_dir = out_dir / "fragments"
         _clear_old_stls(frag_dir)
-        meshes = fragment_meshes(labels, mesh_detail) if present else {}
+        meshes = fragment_meshes(labels, mesh_detail) if labels_present(labels.array) else {}
         paths["stl"] = write_stls(meshes, frag_dir) if meshes else []
         paths["glb"] = write_scene_glb(meshes, out_dir / "scene.glb") if meshes else None
         if not meshes and (out_dir / "scene.glb").exists():
             (out_dir / "scene.glb").unlink()
         paths["seg"] = None
-
-        # -- DICOM SEG ----------------------------------------------------------------
         if dicom_seg:
             clock.stage("dicom_seg")
             paths["seg"] = self._write_seg(ct_input, labels, out_dir, warnings)
         if paths["seg"] is None and (out_dir / "segmentation.dcm").exists():
             (out_dir / "segmentation.dcm").unlink()  # stale, from an earlier run
+        return paths
 
-        # -- report -------------------------------------------------------------------
-        clock.stage("report")
-        fragments = fragment_stats(labels)
-        stl_rel = {p.name: str(p.relative_to(out_dir)) for p in paths["stl"]}
-        for f in fragments:
-            f["stl"] = stl_rel.get(stl_name(f["label"]))
-        headers = ct_input.dicom_headers or []
-        series = None
-        if ct_input.series is not None or headers:
-            n_slices = getattr(ct_input.series, "n_slices", None) or len(headers) or None
-            series = series_summary(ct_input.series, headers[0] if headers else None,
-                                    n_slices=n_slices)
-            if series is not None and thick:
-                series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick, 3)
-            if series is not None:
-                series["not_used"] = unused_series(getattr(ct_input, "series_seen", None) or [],
-                                                   ct_input.series)
-        inference = {
+    def _report_inference(self, device: str, stage1: _Stage1, found: _Found,
+                          mesh_detail: str) -> dict[str, Any]:
+        """The report's ``inference`` entry: grids, settings and Stage-1 figures of the run."""
+        abbc_grid = found.abbc_grid
+        return {
             "device": device,
-            "anatomy_spacing_zyx_mm": _grid_spacing(anatomy_grid),
+            "anatomy_spacing_zyx_mm": _grid_spacing(stage1.grid),
             "abbc_spacing_zyx_mm": _grid_spacing(abbc_grid),
             "abbc_grid_shape_zyx": list(abbc_grid.shape) if abbc_grid is not None else None,
             "stage2_margin_mm": self.stage2_margin_mm,
             "stage2_mask_dilation_mm": self.stage2_mask_dilation_mm,
             "mesh_detail": mesh_detail,
-            "bone_ml_stage1": round(float(bone_ml), 2),
-            "stage1_voxels": stage1_voxels,
-            "stage1_dropped_far_ml": dropped_ml,
-            "stage1_bones": plausible.bones,
-            "no_fragments_reason": no_fragments,
+            "bone_ml_stage1": round(float(stage1.plausible.dense_ml), 2),
+            "stage1_voxels": stage1.voxels,
+            "stage1_dropped_far_ml": stage1.dropped_ml,
+            "stage1_bones": stage1.plausible.bones,
+            "no_fragments_reason": found.no_fragments,
         }
-        timings = dict(clock.timings)
+
+    def _write_report(self, ct_input, labels: Volume, paths: dict[str, Any], out_dir: Path,
+                      thick_mm: float, stage1: _Stage1, inference: dict[str, Any],
+                      warnings: list[str], clock: _Stopwatch) -> tuple[dict, dict[str, float]]:
+        """Build and write report.json (again once the report stage is timed); returns the
+        report and the timings."""
+        from .outputs import build_report, fragment_stats, stl_name, write_report
+
+        fragments = fragment_stats(labels)
+        stl_rel = {p.name: str(p.relative_to(out_dir)) for p in paths["stl"]}
+        for f in fragments:
+            f["stl"] = stl_rel.get(stl_name(f["label"]))
         files = {
             "labels": "labels.nii.gz",
             "stl": [str(p.relative_to(out_dir)) for p in paths["stl"]],
@@ -557,19 +596,18 @@ class Pipeline:
             "seg": paths["seg"].name if paths["seg"] else None,
         }
         report = build_report(
-            ct=ct, labels=labels, source_kind=ct_input.source_kind, series=series,
-            fragments=fragments, warnings=warnings, timings_s=timings,
-            models={"fragments": self._info["fragments"], "anatomy": anatomy_info}, inference=inference,
-            files=files,
+            ct=ct_input.volume, labels=labels, source_kind=ct_input.source_kind,
+            series=_series_entry(ct_input, thick_mm), fragments=fragments, warnings=warnings,
+            timings_s=dict(clock.timings),
+            models={"fragments": self._info["fragments"], "anatomy": stage1.info},
+            inference=inference, files=files,
         )
         paths["report"] = out_dir / "report.json"
         write_report(report, paths["report"])
         timings = clock.finish()
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_report(report, paths["report"])  # with the report stage and total
-        for w in warnings:
-            log.debug("warning: %s", w)  # front ends show result.warnings themselves
-        return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
+        return report, timings
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -680,6 +718,22 @@ class Pipeline:
         seg_path, seg_warnings = write_dicom_seg(labels, headers, out_dir / "segmentation.dcm")
         warnings.extend(seg_warnings)
         return seg_path
+
+
+def _series_entry(ct_input, thick_mm: float) -> dict[str, Any] | None:
+    """The report's ``series`` entry for a DICOM input (None for a volume file)."""
+    from .outputs import series_summary, unused_series
+
+    headers = ct_input.dicom_headers or []
+    if ct_input.series is None and not headers:
+        return None
+    n_slices = getattr(ct_input.series, "n_slices", None) or len(headers) or None
+    series = series_summary(ct_input.series, headers[0] if headers else None, n_slices=n_slices)
+    if series is not None and thick_mm:
+        series["slice_thickness_mm"] = series.get("slice_thickness_mm") or round(thick_mm, 3)
+    if series is not None:
+        series["not_used"] = unused_series(getattr(ct_input, "series_seen", None) or [], ct_input.series)
+    return series
 
 
 def _grid_spacing(grid: Volume | None) -> list[float] | None:

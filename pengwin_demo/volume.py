@@ -16,6 +16,7 @@ to the (z, y, x) order of the array.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,6 +24,74 @@ import SimpleITK as sitk
 
 Box = tuple[slice, slice, slice]
 """A crop box: one ``slice`` per array axis (z, y, x), with explicit start and stop."""
+
+
+def check_spacing_zyx_mm(spacing_zyx_mm) -> tuple[float, float, float]:
+    """Check a voxel spacing and return it as 3 floats.
+
+    Parameters
+    ----------
+    spacing_zyx_mm : sequence of 3 numbers
+        Voxel size along the array axes (z, y, x), mm.
+
+    Returns
+    -------
+    tuple of 3 float
+        The spacing (z, y, x), mm.
+
+    Raises
+    ------
+    ValueError
+        Not 3 numbers, or one of them is not finite and positive.
+    """
+    try:
+        spacing = tuple(float(s) for s in np.asarray(spacing_zyx_mm, dtype=np.float64).ravel())
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing_zyx_mm must be 3 positive numbers (z, y, x mm), got {spacing_zyx_mm!r}")
+    return spacing  # type: ignore[return-value]
+
+
+def check_label_array(name: str, array, *, max_label: int | None = None, hint: str = "") -> np.ndarray:
+    """Check a label map is a 3D (z, y, x) array of integer labels.
+
+    Parameters
+    ----------
+    name : str
+        What the array is (``"ABBC map"``), named in the messages.
+    array : array_like, shape (Z, Y, X)
+        Integer (or bool) labels.
+    max_label : int, optional
+        Values must lie in 0..max_label; None: the values are not checked.
+    hint : str
+        Appended to the out-of-range message (what the labels mean, what to do).
+
+    Returns
+    -------
+    ndarray
+        ``np.asarray(array)``, unchanged.
+
+    Raises
+    ------
+    ValueError
+        Not 3D, or values outside 0..max_label.
+    TypeError
+        Neither an integer nor a bool dtype.
+    """
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3D (z, y, x) array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise TypeError(
+            f"{name} must hold integers (labels), got dtype {array.dtype}; give the label map, "
+            "not an intensity or probability image"
+        )
+    if max_label is not None and array.size:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > max_label:
+            raise ValueError(f"{name} values range {lo}..{hi}; expected 0-{max_label}{hint}")
+    return array
 
 
 @dataclass(frozen=True)
@@ -49,9 +118,7 @@ class Volume:
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
             raise ValueError(f"Volume needs a 3D (z, y, x) array, got shape {self.array.shape}")
-        spacing = tuple(float(s) for s in self.spacing_zyx_mm)
-        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise ValueError(f"spacing_zyx_mm must be 3 positive numbers, got {self.spacing_zyx_mm}")
+        spacing = check_spacing_zyx_mm(self.spacing_zyx_mm)
         direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
             raise ValueError(f"direction must be orthonormal, got {direction.tolist()}")

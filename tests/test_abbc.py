@@ -432,19 +432,21 @@ def test_radius_fraction_narrows_the_zone_for_thin_fragments_only():
 
 # -- bad input --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "labels, spacing, message",
+    "labels, spacing, error, message",
     [
-        (np.zeros((4, 4), np.uint8), ISO, "3D"),
-        (np.zeros((4, 4, 4), np.float32), ISO, "integers"),
-        (np.full((4, 4, 4), 31, np.uint8), ISO, "0-30"),
-        (np.full((4, 4, 4), -1, np.int16), ISO, "0-30"),
-        (np.zeros((4, 4, 4), np.uint8), (1.0, 0.0, 1.0), "spacing"),
-        (np.zeros((4, 4, 4), np.uint8), (1.0, 1.0), "spacing"),
+        (np.zeros((4, 4), np.uint8), ISO, ValueError, "3D"),
+        (np.zeros((4, 4, 4), np.float32), ISO, TypeError, "integers"),
+        (np.full((4, 4, 4), 31, np.uint8), ISO, ValueError, "0-30"),
+        (np.full((4, 4, 4), -1, np.int16), ISO, ValueError, "0-30"),
+        (np.zeros((4, 4, 4), np.uint8), (1.0, 0.0, 1.0), ValueError, "spacing"),
+        (np.zeros((4, 4, 4), np.uint8), (1.0, 1.0), ValueError, "spacing"),
     ],
 )
-def test_bad_input_raises_input_error(labels, spacing, message):
-    with pytest.raises(InputError, match=message):
+def test_bad_input_raises_value_or_type_error(labels, spacing, error, message):
+    # an algorithm on arrays: InputError (a file named) is for the front ends
+    with pytest.raises(error, match=message) as err:
         abbc_targets(labels, spacing)
+    assert not isinstance(err.value, InputError)
 
 
 def test_fragment_joined_only_through_its_own_zone_stays_one_piece():

@@ -88,6 +88,26 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, make, message):
     assert message in capsys.readouterr().err
 
 
+def test_file_beyond_pengwin_labels_exits_2_with_one_line_naming_it(tmp_path, capsys):
+    src = tmp_path / "case_bad.nii.gz"
+    vol = label_volume()
+    write_volume(vol.with_array(np.full(vol.shape, 40, dtype=np.uint8)), src)
+    assert main(["abbc", str(src), str(tmp_path / "out.nii.gz")]) == 2
+    assert capsys.readouterr().err == (
+        "error: case_bad.nii.gz: label values up to 40; PENGWIN fragment labels are 0-30. "
+        "Convert the map to PENGWIN labels first.\n"
+    )
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_bad_option_exits_2_with_one_line(tmp_path, capsys):
+    src = tmp_path / "a.nii.gz"
+    write_volume(label_volume(), src)
+    assert main(["abbc", str(src), str(tmp_path / "out.nii.gz"), "--core-mm", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--core-mm > 0" in err and err.count("\n") == 1
+
+
 def test_output_needs_a_volume_suffix(tmp_path, capsys):
     src = tmp_path / "a.nii.gz"
     write_volume(label_volume(), src)

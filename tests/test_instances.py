@@ -187,10 +187,15 @@ def test_empty_abbc_map():
 
 def test_grids_that_differ_are_a_clear_error(toy):
     gt, abbc, anatomy = toy
-    with pytest.raises(InputError, match="same grid"):
+    with pytest.raises(ValueError, match="same grid") as err:
         recover_fragments(abbc, anatomy[:, :, :-1], SPACING)
-    with pytest.raises(InputError, match="0-3"):
+    assert not isinstance(err.value, InputError)  # an algorithm: the front ends name the file
+    with pytest.raises(ValueError, match="0-3"):
         recover_fragments(abbc, anatomy * 4, SPACING)
+    with pytest.raises(TypeError, match="integer"):
+        recover_fragments(abbc.astype(np.float32), anatomy, SPACING)
+    with pytest.raises(ValueError, match="spacing"):
+        recover_fragments(abbc, anatomy, (1.0, 0.0, 1.0))
 
 
 def test_bone_without_anatomy_takes_nearest_bone(toy):
@@ -357,3 +362,19 @@ def test_cli_recover_writes_labels_in_input_geometry(toy, tmp_path):
     rc = main(["recover", "--abbc", str(tmp_path / "abbc.nii.gz"), "--anatomy",
                str(tmp_path / "shifted.nii.gz"), "-o", str(tmp_path / "x.nii.gz")])
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_recover_fragment_labels_given_as_abbc_exit_2_with_one_line(toy, tmp_path, capsys):
+    # recover_fragments would raise ValueError (a traceback); the command checks the files
+    from pengwin_demo.__main__ import main
+    from pengwin_demo.io import write_volume
+    from pengwin_demo.volume import Volume
+
+    gt, _, anatomy = toy
+    write_volume(Volume(gt, SPACING), tmp_path / "fragments.nii.gz")
+    write_volume(Volume(anatomy, SPACING), tmp_path / "anatomy.nii.gz")
+    rc = main(["recover", "--abbc", str(tmp_path / "fragments.nii.gz"), "--anatomy",
+               str(tmp_path / "anatomy.nii.gz"), "-o", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
+    assert err.startswith("error: fragments.nii.gz: values up to ") and err.count("\n") == 1

@@ -133,6 +133,16 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
         evaluate_folders(tmp_path / "p", tmp_path / "g")
 
 
+def test_cli_prediction_of_another_shape_exits_2_with_one_line_naming_it(tmp_path, capsys):
+    # evaluate_case would raise ValueError (a traceback); the command checks the files first
+    _write(tmp_path / "g", "c.nii.gz", _gt())
+    _write(tmp_path / "p", "c.nii.gz", _gt()[:, :, :40])
+    assert main(["evaluate", "--pred", str(tmp_path / "p" / "c.nii.gz"),
+                 "--gt", str(tmp_path / "g" / "c.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: c.nii.gz: shape (24, 32, 40)") and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------ real fracture data
 @pytest.fixture(scope="module")
 def real_sacrum(real_sacrum_dir):

@@ -7,6 +7,8 @@ import SimpleITK as sitk
 from pengwin_demo.volume import (
     Volume,
     bounding_box,
+    check_label_array,
+    check_spacing_zyx_mm,
     paste,
     resample_onto,
     resample_to_spacing,
@@ -73,6 +75,28 @@ def test_crop_moves_origin_so_world_positions_agree(name):
     # voxel (0,0,0) of the crop is voxel (2,3,1) of the original, in the world
     np.testing.assert_allclose(sub.index_to_world([[0, 0, 0]]), vol.index_to_world([[2, 3, 1]]))
     np.testing.assert_allclose(sub.index_to_world([[1, 2, 3]]), vol.index_to_world([[3, 5, 4]]))
+
+
+def test_spacing_check_returns_floats_and_refuses_bad_spacings():
+    assert check_spacing_zyx_mm(np.array([2.5, 0.8, 0.8], np.float32)) == (2.5, 0.800000011920929, 0.800000011920929)
+    for bad in [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, -1.0, 1.0), (1.0, np.nan, 1.0), (1.0, np.inf, 1.0), "abc", None]:
+        with pytest.raises(ValueError, match="spacing_zyx_mm must be 3 positive numbers"):
+            check_spacing_zyx_mm(bad)
+    with pytest.raises(ValueError, match="spacing_zyx_mm"):
+        Volume(np.zeros((2, 2, 2), np.uint8), (1.0, 0.0, 1.0))
+
+
+def test_label_array_check_names_the_map_and_the_problem():
+    labels = np.zeros((2, 3, 4), np.int16)
+    assert check_label_array("ABBC map", labels, max_label=3) is labels
+    with pytest.raises(ValueError, match=r"ABBC map must be a 3D \(z, y, x\) array, got shape \(3, 4\)"):
+        check_label_array("ABBC map", labels[0])
+    with pytest.raises(TypeError, match="ABBC map must hold integers.*float32"):
+        check_label_array("ABBC map", labels.astype(np.float32))
+    labels[0, 0, 0] = -1
+    with pytest.raises(ValueError, match=r"ABBC map values range -1..0; expected 0-3 \(why\)"):
+        check_label_array("ABBC map", labels, max_label=3, hint=" (why)")
+    assert check_label_array("any map", labels) is labels  # no range asked: values not checked
 
 
 def test_crop_rejects_empty_box():

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..recovery import targets as abbc
 from ..errors import InputError
 from ..io import is_volume_file, read_volume, volume_suffix, write_volume
+from ..labels import MAX_LABEL
 
 NAME = "abbc"
 HELP = "fragment label map(s) -> ABBC targets (0 bg, 1 boundary, 2 core, 3 border)"
@@ -47,6 +48,12 @@ def add_arguments(parser) -> None:
 
 
 def _options(args) -> dict:
+    """The ``abbc_targets`` keywords from the command line; InputError for a bad value."""
+    if args.border_mm < 0 or args.core_mm <= 0 or args.sigma_vox < 0 or args.min_core_vox < 1:
+        raise InputError(
+            "--border-mm >= 0, --core-mm > 0, --sigma-vox >= 0 and --min-core-vox >= 1 are "
+            f"required, got {args.border_mm}, {args.core_mm}, {args.sigma_vox}, {args.min_core_vox}"
+        )
     fraction = args.border_radius_fraction
     return dict(
         border_mm=args.border_mm,
@@ -63,12 +70,20 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, options: dict,
     """Read ``src`` (fragment labels), write its ABBC map to ``dst`` on the same grid.
 
     Returns the voxel count of each ABBC class.
+
+    Raises
+    ------
+    InputError
+        ``src`` is unreadable or holds values above the PENGWIN labels (0-30).
     """
-    vol = read_volume(src, kind="label")
-    try:
-        target = abbc.abbc_targets(vol.array, vol.spacing_zyx_mm, parallel=parallel, **options)
-    except InputError as err:
-        raise InputError(f"{Path(src).name}: {err}") from None
+    vol = read_volume(src, kind="label")  # 3D, uint8, a valid spacing
+    top = int(vol.array.max()) if vol.array.size else 0
+    if top > MAX_LABEL:
+        raise InputError(
+            f"{Path(src).name}: label values up to {top}; PENGWIN fragment labels are "
+            f"0-{MAX_LABEL}. Convert the map to PENGWIN labels first."
+        )
+    target = abbc.abbc_targets(vol.array, vol.spacing_zyx_mm, parallel=parallel, **options)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     write_volume(vol.with_array(target), dst)
     counts = np.bincount(target.ravel(), minlength=4)

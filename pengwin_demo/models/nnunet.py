@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ..labels import ABBC_CLASSES, ANATOMY_CLASSES
 from ..volume import Volume, resample_onto
 from .devices import resolve_device
@@ -198,7 +198,7 @@ class SegmentationModel:
 
     def _run(self, volume: Volume, with_foreground: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if volume.array.ndim != 3 or min(volume.shape) < 1:
-            raise InputError(f"the model needs a 3D CT, got an array of shape {volume.shape}")
+            raise ValueError(f"the model needs a 3D CT, got an array of shape {volume.shape}")
         image = volume.to_sitk()
         oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
         array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)[None]

@@ -45,7 +45,6 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
 from ..labels import (
     ABBC_BORDER,
     ABBC_BOUNDARY,
@@ -54,7 +53,7 @@ from ..labels import (
     MAX_FRAGMENTS_PER_BONE,
     first_label,
 )
-from ..volume import bounding_box
+from ..volume import bounding_box, check_label_array, check_spacing_zyx_mm
 from .geodesic import METHODS, grow_labels
 
 log = logging.getLogger(__name__)
@@ -137,8 +136,11 @@ def recover_fragments(
 
     Raises
     ------
-    InputError
-        Shapes differ, not 3D, or values outside 0-3.
+    ValueError
+        Shapes differ, not 3D, values outside 0-3, a bad spacing, method or
+        ``max_per_bone``.
+    TypeError
+        A map does not hold integer labels.
     """
     abbc, anatomy, spacing = _validate(abbc, anatomy, spacing_zyx_mm, method, max_per_bone)
     warnings: list[str] = []
@@ -310,28 +312,17 @@ def _number_fragments(root, sizes, seed_count, inst_bone, spacing, max_per_bone)
 
 # -- validation ---------------------------------------------------------------------------
 def _validate(abbc, anatomy, spacing_zyx_mm, method, max_per_bone):
-    abbc = np.asarray(abbc)
-    anatomy = np.asarray(anatomy)
-    if abbc.ndim != 3:
-        raise InputError(f"ABBC map must be a 3D (z, y, x) array, got shape {abbc.shape}")
-    if anatomy.shape != abbc.shape:
-        raise InputError(
-            f"anatomy map shape {anatomy.shape} (z, y, x) differs from the ABBC map's "
+    abbc = check_label_array("ABBC map", abbc, max_label=3,
+                             hint=" (0 background, 1 boundary, 2 core, 3 border)")
+    if np.shape(anatomy) != abbc.shape:
+        raise ValueError(
+            f"anatomy map shape {np.shape(anatomy)} (z, y, x) differs from the ABBC map's "
             f"{abbc.shape}: both must be on the same grid. Resample the anatomy map onto "
             "the ABBC grid (nearest neighbour) first."
         )
-    for name, arr in (("ABBC", abbc), ("anatomy", anatomy)):
-        if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
-            raise InputError(f"{name} map must hold integer labels, got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() > 3):
-            raise InputError(
-                f"{name} map values range {arr.min()}..{arr.max()}; expected 0-3 "
-                + ("(0 background, 1 boundary, 2 core, 3 border)" if name == "ABBC"
-                   else "(0 background, 1 sacrum, 2 left hip, 3 right hip)")
-            )
-    spacing = tuple(float(s) for s in spacing_zyx_mm)
-    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise InputError(f"spacing_zyx_mm must be 3 positive numbers (mm), got {spacing_zyx_mm}")
+    anatomy = check_label_array("anatomy map", anatomy, max_label=3,
+                                hint=" (0 background, 1 sacrum, 2 left hip, 3 right hip)")
+    spacing = check_spacing_zyx_mm(spacing_zyx_mm)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not 1 <= max_per_bone <= MAX_FRAGMENTS_PER_BONE:

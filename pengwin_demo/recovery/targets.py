@@ -67,8 +67,8 @@ import edt
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
 from ..labels import ABBC_BORDER, ABBC_BOUNDARY, ABBC_CORE, MAX_LABEL, bone_of_labels
+from ..volume import check_label_array, check_spacing_zyx_mm
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,16 @@ def abbc_targets(
     ndarray of uint8, shape (Z, Y, X)
         0 background, 1 boundary, 2 core, 3 border (see :mod:`pengwin_demo.labels`).
         Background stays background; every fragment voxel gets 1, 2 or 3.
+
+    Raises
+    ------
+    ValueError
+        ``labels`` not 3D or outside 0-30, a bad spacing or option.
+    TypeError
+        ``labels`` does not hold integers.
     """
     labels = _check_labels(labels)
-    spacing = _check_spacing(spacing_zyx_mm)
+    spacing = np.array(check_spacing_zyx_mm(spacing_zyx_mm))
     if border_mm < 0 or core_mm <= 0 or sigma_vox < 0 or min_core_vox < 1:
         raise ValueError(
             "border_mm >= 0, core_mm > 0, sigma_vox >= 0 and min_core_vox >= 1 are required, got "
@@ -828,24 +835,6 @@ def _bbox(mask: np.ndarray, margin: int = 0):
 
 
 def _check_labels(labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise InputError(f"fragment labels must be a 3D (z, y, x) array, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise InputError(
-            f"fragment labels must be integers (PENGWIN 0-{MAX_LABEL}), got dtype {labels.dtype}; "
-            "read the file as a label map"
-        )
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > MAX_LABEL):
-        raise InputError(
-            f"fragment labels must be PENGWIN labels 0-{MAX_LABEL}, found values {int(labels.min())}.."
-            f"{int(labels.max())}; convert the map to PENGWIN labels first"
-        )
+    labels = check_label_array("fragment labels", labels, max_label=MAX_LABEL,
+                               hint=" (PENGWIN labels); convert the map to PENGWIN labels first")
     return np.ascontiguousarray(labels, dtype=np.uint8)
-
-
-def _check_spacing(spacing_zyx_mm) -> np.ndarray:
-    spacing = np.asarray(spacing_zyx_mm, dtype=np.float64).ravel()
-    if spacing.size != 3 or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
-        raise InputError(f"spacing_zyx_mm must be 3 positive numbers (z, y, x mm), got {spacing_zyx_mm}")
-    return spacing
