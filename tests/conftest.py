@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers.real_data import REAL_DATA
+from _helpers.paths import REAL_DATA
 
 
 def real_data(name: str) -> Path:

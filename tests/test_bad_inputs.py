@@ -18,7 +18,7 @@ import pytest
 
 from _helpers import bad_inputs
 from _helpers.bad_inputs import CASES, tree_digest, write_corpus
-from _helpers.real_data import REAL_DATA
+from _helpers.paths import REAL_DATA
 from pengwin_demo.__main__ import main as cli
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _helpers.paths import REPO
 
 
 def _quick_start_commands() -> list[str]:
