@@ -2,7 +2,7 @@
 
 Each case must be refused with exit status 2 and one specific message (CLI) or a failed
 entry with a one-line reason (watcher); no traceback anywhere, the input unchanged, no
-model loaded. Two series in one input are covered in test_watcher_series.py (the CLI
+model loaded. Two series in one input are covered in watcher/test_watcher_series.py (the CLI
 refuses two studies, the watcher splits them into one job per series).
 """
 
