@@ -4,6 +4,11 @@ The real data (a fractured sacrum with expert labels, a scanner's DICOM series) 
 part of the repository: it lives in ``shared/data`` beside the project folder, and the
 tests that need it skip, saying where they looked, when it is absent (as on a fresh clone).
 Helper code shared by tests is in the ``_helpers`` package beside this file.
+
+The test modules sit in folders that mirror the project (``tests/dicom/`` tests
+``pengwin_demo/dicom/``, ``tests/watcher/`` the watcher, ``tests/app/`` app.py; the top-level
+modules of ``pengwin_demo`` and the project-wide checks are tested here in ``tests/``); this
+file and ``_helpers`` serve them all.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers.real_data import REAL_DATA
+from _helpers.paths import REAL_DATA
 
 
 def real_data(name: str) -> Path:

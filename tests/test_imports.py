@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _helpers.paths import REPO
 
 
 def _python(code: str, tmp_dir: Path) -> str:

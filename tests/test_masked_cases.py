@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers.paths import REPO
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.masked_cases import (find_masked_cases, is_masked_layout, masked_to_pengwin,
                                        ranked_bone_labels, read_masked_case)
 from pengwin_demo.volume import Volume
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _grid(shape=(6, 8, 10), spacing=(1.0, 0.8, 0.8)) -> Volume:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
+from _helpers.paths import REPO
 from pengwin_demo.io import write_volume
 from pengwin_demo.volume import Volume
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "pengwin_demo", "watcher")
 
 

@@ -1,10 +1,10 @@
-"""Project-level promises: README quick start, CI script, Dockerfile, requirements."""
+"""Project-level promises: README quick start, CI script, Dockerfile, requirements, the test tree."""
 
 import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _helpers.paths import REPO
 
 
 def _quick_start_commands() -> list[str]:
@@ -103,6 +103,48 @@ def test_no_test_or_benchmark_imports_a_test_module_or_a_benchmark():
             if top.startswith(("test_", "bench_", "conftest")) or top in ("tests", "benchmarks"):
                 bad.append(f"{path.relative_to(REPO)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def _test_folders() -> list[Path]:
+    return sorted(p for p in (REPO / "tests").iterdir()
+                  if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def test_test_folders_mirror_the_package_and_the_front_ends():
+    # tests/<name>/ tests pengwin_demo/<name>/, or a front end (the watcher package, app.py);
+    # the top-level modules of pengwin_demo and the project-wide checks are tested in tests/
+    unmatched = [p.name for p in _test_folders()
+                 if not ((REPO / "pengwin_demo" / p.name / "__init__.py").is_file()
+                         or (REPO / p.name / "__init__.py").is_file()
+                         or (REPO / f"{p.name}.py").is_file())]
+    assert not unmatched, f"test folders that name no part of the project: {unmatched}"
+
+
+def test_test_modules_have_unique_names_and_no_package_files():
+    # pytest's default import mode imports each test module by its file name, with its
+    # folder on sys.path: two test_x.py in different folders would clash, and an
+    # __init__.py would turn tests/dicom/ into a package named like the real ones
+    modules = sorted((REPO / "tests").rglob("test_*.py"))
+    names = [p.name for p in modules]
+    assert len(modules) > 40
+    assert len(set(names)) == len(names), sorted({n for n in names if names.count(n) > 1})
+    inits = [p.relative_to(REPO).as_posix() for d in _test_folders() for p in d.rglob("__init__.py")]
+    assert not inits and not (REPO / "tests" / "__init__.py").exists(), inits
+
+
+_TEST_REFERENCE = re.compile(r"\btests/((?:\w+/)*test_\w+\.py)(?:::(\w+))?")
+
+
+def test_test_files_named_in_docs_and_code_exist():
+    texts = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "pengwin_demo").rglob("*.py"),
+             *(REPO / "watcher").rglob("*.py"), *(REPO / "tests").rglob("*.py")]
+    missing = []
+    for path in texts:
+        for rel, test in _TEST_REFERENCE.findall(path.read_text()):
+            target = REPO / "tests" / rel
+            if not target.is_file() or (test and f"def {test}(" not in target.read_text()):
+                missing.append(f"{path.relative_to(REPO)}: tests/{rel}{'::' + test if test else ''}")
+    assert not missing, "\n".join(missing)
 
 
 # "commit" followed (within a few words, line breaks included) by a hash-like token: hex,

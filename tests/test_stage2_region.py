@@ -4,11 +4,11 @@ taken from a user's anatomy map (``anatomy_map`` / ``segment --anatomy-map``).""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _helpers.paths import REPO
 from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.anatomy_map import anatomy_map_onto, read_anatomy_map
 from pengwin_demo.bone_region import MASK_FILL_HU, bone_box_on, mask_outside_bones
@@ -18,7 +18,6 @@ from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.pipeline import Pipeline
 from pengwin_demo.volume import Volume, resample_onto
 
-REPO = Path(__file__).resolve().parents[1]
 FLIP_XY = np.diag([-1.0, -1.0, 1.0])
 
 

@@ -9,8 +9,8 @@ and origin), so the vertices land on the bone in patient coordinates whatever th
 orientation (LPS, RAS, oblique). Faces are wound so that normals point out of the bone
 (positive signed volume). Taubin smoothing (no shrinkage) removes the voxel staircase, and
 quadric decimation (fast-simplification) removes most of the faces; both run in mm, and
-together they move the surface by less than about half a voxel (see ``tests/test_meshes.py``
-and ``docs/pipeline.md`` for the measured deviation).
+together they move the surface by less than about half a voxel (see
+``tests/outputs/test_meshes.py`` and ``docs/pipeline.md`` for the measured deviation).
 
 STL files keep LPS mm (3D Slicer's default for mesh files). Only the GLB copy, made for the
 web viewer, is rotated into glTF's Y-up frame (see :func:`lps_to_gltf_matrix`).

@@ -1,5 +1,5 @@
-"""Invariant checks for ABBC maps, shared by the tests/test_abbc*.py files
-(tests/test_abbc_checks.py shows that they catch broken maps), and a plain recovery.
+"""Invariant checks for ABBC maps, shared by the tests/recovery/test_abbc*.py files
+(tests/recovery/test_abbc_checks.py shows that they catch broken maps), and a plain recovery.
 
 Each check raises AssertionError with a message naming the fragment and what is wrong.
 """

@@ -20,10 +20,9 @@ from types import SimpleNamespace
 
 from watcher import WatcherConfig
 
+from _helpers.paths import REPO
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def convert_process(input_path: Path, out_dir: Path, progress=None) -> SimpleNamespace:

@@ -3,15 +3,13 @@
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from _helpers.paths import REPO
 from pengwin_demo import cli
 from pengwin_demo.io import write_volume
 from pengwin_demo.volume import Volume
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, cwd=REPO):

@@ -2,7 +2,7 @@
 
 Each case must be refused with exit status 2 and one specific message (CLI) or a failed
 entry with a one-line reason (watcher); no traceback anywhere, the input unchanged, no
-model loaded. Two series in one input are covered in test_watcher_series.py (the CLI
+model loaded. Two series in one input are covered in watcher/test_watcher_series.py (the CLI
 refuses two studies, the watcher splits them into one job per series).
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from _helpers import bad_inputs
 from _helpers.bad_inputs import CASES, tree_digest, write_corpus
-from _helpers.real_data import REAL_DATA
+from _helpers.paths import REAL_DATA
 from pengwin_demo.__main__ import main as cli
 from pengwin_demo.dicom import load_ct
 from pengwin_demo.io import write_volume

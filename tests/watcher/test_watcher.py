@@ -2,7 +2,7 @@
 
 The jobs run :func:`_helpers.watcher_jobs.convert_process` (the real DICOM loader, writing
 ``ct.nii.gz``), so arrival, claiming, settling, atomic outputs, failure and recovery are
-checked on actual series; tests/test_watcher_pipeline.py runs the full pipeline.
+checked on actual series; tests/watcher/test_watcher_pipeline.py runs the full pipeline.
 """
 
 from __future__ import annotations

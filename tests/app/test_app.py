@@ -15,10 +15,10 @@ import pytest
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
+from _helpers.paths import REPO  # noqa: E402
 import app  # noqa: E402
 from pengwin_demo.io import read_volume  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_GT = REPO / "examples" / "example_pelvis_labels.nii.gz"
 
 pytestmark = pytest.mark.slow
