@@ -5,7 +5,6 @@ watchdog observer, real pipeline with the bundled models)."""
 import argparse
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 

@@ -66,7 +66,6 @@ def test_single_sphere_core_inside_boundary_shell_no_border():
 
 
 def test_long_cylinder_core_runs_along_its_axis():
-    shape = (20, 20, 60)
     z, y, x = np.ogrid[:20, :20, :60]
     labels = (((z - 10) ** 2 + (y - 10) ** 2 <= 16) & (x >= 5) & (x < 55)).astype(np.uint8)
     out = abbc_targets(labels, ISO)
