@@ -150,11 +150,11 @@ def recover_fragments(
     if box is None:
         _warn(warnings, "the ABBC map has no bone voxels: no fragments")
         return RecoveryResult(labels, [], warnings)
-    a = abbc[box]
-    an = anatomy[box]
+    abbc_box = abbc[box]
+    anatomy_box = anatomy[box]
 
     # 1. seeds
-    seeds, n_seeds, core_of_seed = _seeds(a == ABBC_CORE, min_seed_vox)
+    seeds, n_seeds, core_of_seed = _seeds(abbc_box == ABBC_CORE, min_seed_vox)
     if n_seeds == 0:
         _warn(
             warnings,
@@ -164,37 +164,38 @@ def recover_fragments(
         return RecoveryResult(labels, [], warnings)
 
     # 2.-3. growth through boundary/core, then through border
-    inst, n_inst = _grow_instances(a, seeds, n_seeds, spacing, method, min_seed_vox)
+    inst, n_inst = _grow_instances(abbc_box, seeds, n_seeds, spacing, method, min_seed_vox)
     seed_count = np.zeros(n_inst + 1, dtype=np.int64)
     seed_count[1 : n_seeds + 1] = 1
     sibling_of = np.zeros(n_inst + 1, dtype=np.int64)  # core component of each seed, 0 if none
     sibling_of[: n_seeds + 1] = core_of_seed
 
     # bone voxels as flat vectors: the per-instance bookkeeping runs on these only
-    flat = np.flatnonzero(a > 0)
-    lab = inst.ravel()[flat]
-    anat = an.ravel()[flat]
+    flat = np.flatnonzero(abbc_box > 0)
+    inst_flat = inst.ravel()[flat]
+    anatomy_flat = anatomy_box.ravel()[flat]
 
     # 4. merge instances that meet without border between them
-    lab, seed_count, faces = _merge_open(
-        inst, a, an, lab, anat, seed_count, sibling_of, min_fragment_vox, merge_open_fraction,
-        sibling_open_fraction,
+    inst_flat, seed_count, faces = _merge_open(
+        inst, abbc_box, anatomy_box, inst_flat, anatomy_flat, seed_count, sibling_of, min_fragment_vox,
+        merge_open_fraction, sibling_open_fraction,
     )
 
     # 5. anatomy: majority bone, split straddlers, orphans of anatomy take the nearest bone
-    lab, votes, seed_count, n_split = _split_by_anatomy(lab, anat, flat, an, seed_count, spacing)
+    inst_flat, votes, seed_count, n_split = _split_by_anatomy(inst_flat, anatomy_flat, flat, anatomy_box,
+                                                              seed_count, spacing)
     n_inst = votes.shape[0] - 1
     inst_bone = _majority_bone(votes)
-    inst.ravel()[flat] = lab
-    sizes = np.bincount(lab, minlength=n_inst + 1).astype(np.int64)
+    inst.ravel()[flat] = inst_flat
+    sizes = np.bincount(inst_flat, minlength=n_inst + 1).astype(np.int64)
     # face contacts carried over from step 4 unless a split changed the instances
-    contacts = _contact_table(inst, a, None if n_split else faces)
-    _assign_missing_bones(inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
+    contacts = _contact_table(inst, abbc_box, None if n_split else faces)
+    _assign_missing_bones(inst, anatomy_box, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
     _warn_outside_anatomy(votes, sizes, min_fragment_vox, warnings)
 
     # 6. small fragments merge into neighbours; rank and cap per bone
     groups = _UnionFind(n_inst + 1)
-    centroids = _centroids(flat, lab, a.shape, n_inst, spacing)
+    centroids = _centroids(flat, inst_flat, abbc_box.shape, n_inst, spacing)
     pick = _neighbour_picker(sizes, merge_open_fraction)
     _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
     split_ids = range(n_inst - n_split + 1, n_inst + 1)
@@ -206,21 +207,21 @@ def recover_fragments(
     root[0] = 0
     root[sizes[root] == 0] = 0  # dropped specks
     to_label, fragments = _number_fragments(root, sizes, seed_count, inst_bone, spacing, max_per_bone)
-    labels_box = np.zeros(a.shape, dtype=np.uint8)
-    labels_box.ravel()[flat] = to_label[root[lab]]
+    labels_box = np.zeros(abbc_box.shape, dtype=np.uint8)
+    labels_box.ravel()[flat] = to_label[root[inst_flat]]
     labels[box] = labels_box
     return RecoveryResult(labels, fragments, warnings)
 
 
-def _grow_instances(a, seeds, n_seeds, spacing, method, min_seed_vox) -> tuple[np.ndarray, int]:
+def _grow_instances(abbc_box, seeds, n_seeds, spacing, method, min_seed_vox) -> tuple[np.ndarray, int]:
     """Steps 2 and 3: instance ids (z, y, x) on every bone voxel of ``a``, and their number.
 
     Seeds grow through boundary/core first; boundary/core components no seed reaches
     (6-connected, at least ``min_seed_vox``) become instances. Then everything grows through
     border; bone still unreached becomes instances of its own (26-connected).
     """
-    bone = a > 0
-    passable = (a == ABBC_BOUNDARY) | (a == ABBC_CORE)
+    bone = abbc_box > 0
+    passable = (abbc_box == ABBC_BOUNDARY) | (abbc_box == ABBC_CORE)
     inst = grow_labels(seeds, passable, spacing, method)
     n_inst = _append_components(inst, passable & (inst == 0), n_seeds, 6, min_seed_vox)
     if n_inst > n_seeds:
@@ -230,7 +231,7 @@ def _grow_instances(a, seeds, n_seeds, spacing, method, min_seed_vox) -> tuple[n
     return inst, n_inst
 
 
-def _merge_open(inst, a, an, lab, anat, seed_count, sibling_of, min_fragment_vox,
+def _merge_open(inst, abbc_box, anatomy_box, inst_flat, anatomy_flat, seed_count, sibling_of, min_fragment_vox,
                 merge_open_fraction, sibling_open_fraction):
     """Step 4: instances that meet without border between them become one.
 
@@ -238,31 +239,31 @@ def _merge_open(inst, a, an, lab, anat, seed_count, sibling_of, min_fragment_vox
     between the new instances (see :func:`_merge_open_contacts`).
     """
     n_inst = seed_count.shape[0] - 1
-    votes = _bone_votes(lab, anat, n_inst)
+    votes = _bone_votes(inst_flat, anatomy_flat, n_inst)
     vote_bone = _majority_bone(votes)
     big = votes.sum(axis=1) >= min_fragment_vox
     lut, faces = _merge_open_contacts(
-        inst, a, an, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+        inst, abbc_box, anatomy_box, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
     )
-    lab, seed_count, _, new_id = _apply_lut(lab, lut, seed_count)
-    return lab, seed_count, _renumber_pairs(faces, new_id)
+    inst_flat, seed_count, _, new_id = _apply_lut(inst_flat, lut, seed_count)
+    return inst_flat, seed_count, _renumber_pairs(faces, new_id)
 
 
-def _split_by_anatomy(lab, anat, flat, an, seed_count, spacing):
+def _split_by_anatomy(inst_flat, anatomy_flat, flat, anatomy_box, seed_count, spacing):
     """Step 5: bone votes per instance, after splitting instances that straddle two bones.
 
     Returns the bone voxels' instance ids, the votes (instance, bone), the seeds per
     instance and the number of split-off pieces (numbered last).
     """
     n_inst = seed_count.shape[0] - 1
-    votes = _bone_votes(lab, anat, n_inst)
-    anat_split = _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing)
-    if anat_split is not anat:
-        votes = _bone_votes(lab, anat_split, n_inst)
-    lab, votes, seed_count, n_split = _split_straddlers(lab, anat_split, votes, seed_count, 1)
+    votes = _bone_votes(inst_flat, anatomy_flat, n_inst)
+    anat_split = _fill_straddler_anatomy(inst_flat, anatomy_flat, votes, flat, anatomy_box, spacing)
+    if anat_split is not anatomy_flat:
+        votes = _bone_votes(inst_flat, anat_split, n_inst)
+    inst_flat, votes, seed_count, n_split = _split_straddlers(inst_flat, anat_split, votes, seed_count, 1)
     if n_split:
         log.info("split %d instance(s) that straddle two bones", n_split)
-    return lab, votes, seed_count, n_split
+    return inst_flat, votes, seed_count, n_split
 
 
 def _warn_outside_anatomy(votes, sizes, min_fragment_vox, warnings) -> None:
@@ -423,9 +424,9 @@ def _append_components(inst: np.ndarray, mask: np.ndarray, n: int, connectivity:
     return n + int(k)
 
 
-def _bone_votes(lab: np.ndarray, anat: np.ndarray, n_inst: int) -> np.ndarray:
+def _bone_votes(inst_flat: np.ndarray, anatomy_flat: np.ndarray, n_inst: int) -> np.ndarray:
     """(n_inst + 1, 4) voxel counts of anatomy 0-3 per instance."""
-    keys = lab.astype(np.int64) * 4 + anat
+    keys = inst_flat.astype(np.int64) * 4 + anatomy_flat
     return np.bincount(keys, minlength=(n_inst + 1) * 4).reshape(n_inst + 1, 4)
 
 
@@ -436,9 +437,9 @@ def _majority_bone(votes: np.ndarray) -> np.ndarray:
     return bones
 
 
-def _apply_lut(lab, lut, seed_count):
+def _apply_lut(inst_flat, lut, seed_count):
     """Relabel by ``lut`` (old id -> representative), then compact ids to 1..n."""
-    rep = lut[lab]
+    rep = lut[inst_flat]
     used = np.unique(np.concatenate([[0], lut[1:]]))
     compact = np.zeros(lut.shape[0], dtype=np.int64)
     compact[used] = np.arange(used.size)
@@ -457,7 +458,7 @@ def _pair_counts(inst: np.ndarray, connectivity: int) -> dict[tuple[int, int], i
 
 
 def _merge_open_contacts(
-    inst, a, an, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
+    inst, abbc_box, anatomy_box, vote_bone, big, sibling_of, merge_open_fraction, sibling_open_fraction
 ) -> tuple[np.ndarray, dict]:
     """LUT merging big instances whose face contacts are mostly outside the border class.
 
@@ -475,8 +476,8 @@ def _merge_open_contacts(
     """
     n = vote_bone.shape[0]
     groups = _UnionFind(n)
-    faces = _face_contacts(inst, a)
-    sizes = np.bincount(inst[a > 0], minlength=n)
+    faces = _face_contacts(inst, abbc_box)
+    sizes = np.bincount(inst[abbc_box > 0], minlength=n)
     unwalled = []
     if faces:
         for (p, q), (n_open, n_total) in faces.items():
@@ -494,8 +495,8 @@ def _merge_open_contacts(
                 unwalled.append((p, q))
     if unwalled:  # all-open contacts: count them again within the instances' own bone
         inst_bone = vote_bone.astype(np.uint8)[inst]  # uint8, (z, y, x) of the bone box
-        own = np.where((an == inst_bone) | (inst_bone == 0), inst, 0)
-        own_faces = _face_contacts(own.astype(np.uint32, copy=False), a)
+        own = np.where((anatomy_box == inst_bone) | (inst_bone == 0), inst, 0)
+        own_faces = _face_contacts(own.astype(np.uint32, copy=False), abbc_box)
         for p, q in unwalled:
             n_open, n_total = own_faces.get((p, q), (0, 0))
             if n_open > 0 and n_open == n_total:
@@ -503,38 +504,38 @@ def _merge_open_contacts(
     return np.array([groups.find(i) for i in range(n)], dtype=np.int64), faces
 
 
-def _fill_straddler_anatomy(lab, anat, votes, flat, an, spacing, margin_mm: float = 20.0):
+def _fill_straddler_anatomy(inst_flat, anatomy_flat, votes, flat, anatomy_box, spacing, margin_mm: float = 20.0):
     """Anatomy for the bone voxels (flat vectors) of instances that straddle two bones: those
     without anatomy take the bone of the nearest voxel that has one (Euclidean, mm).
 
     Without this, an instance that crossed a joint (e.g. the symphysis) keeps every voxel the
     anatomy map left unlabelled on the far side, and the far bone ends up dotted with islands
-    of the near bone's fragment. Returns ``anat`` itself when nothing is to fill.
+    of the near bone's fragment. Returns ``anatomy_flat`` itself when nothing is to fill.
     """
     straddlers = np.flatnonzero(np.count_nonzero(votes[:, 1:], axis=1) >= 2)
     if straddlers.size == 0:
-        return anat
-    need = np.isin(lab, straddlers) & (anat == 0)
+        return anatomy_flat
+    need = np.isin(inst_flat, straddlers) & (anatomy_flat == 0)
     if not need.any():
-        return anat
-    where = np.zeros(an.shape, dtype=bool)
+        return anatomy_flat
+    where = np.zeros(anatomy_box.shape, dtype=bool)
     where.ravel()[flat[need]] = True
     margin = [max(1, int(np.ceil(margin_mm / sp))) for sp in spacing]
     box = bounding_box(where, margin_vox=max(margin))
-    sub = an[box]
+    sub = anatomy_box[box]
     if not sub.any():
-        return anat
+        return anatomy_flat
     _, nearest = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
     filled = sub[tuple(nearest)]
     del nearest
-    out = anat.copy()
-    idx = np.unravel_index(flat[need], an.shape)
+    out = anatomy_flat.copy()
+    idx = np.unravel_index(flat[need], anatomy_box.shape)
     local = tuple(i - b.start for i, b in zip(idx, box))
     out[need] = filled[local]
     return out
 
 
-def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
+def _split_straddlers(inst_flat, anatomy_flat, votes, seed_count, min_fragment_vox):
     """Give the voxels an instance has in a second bone their own instance when there are at
     least ``min_fragment_vox`` of them (``recover_fragments`` passes 1: all of them)."""
     majority = _majority_bone(votes)
@@ -547,8 +548,8 @@ def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
             if b == majority[i] or votes[i, b] < min_fragment_vox:
                 continue
             new = n_inst + 1 + n_split
-            lab = lab.copy() if n_split == 0 else lab
-            lab[(lab == i) & (anat == b)] = new
+            inst_flat = inst_flat.copy() if n_split == 0 else inst_flat
+            inst_flat[(inst_flat == i) & (anatomy_flat == b)] = new
             row = np.zeros((1, 4), dtype=votes.dtype)
             row[0, b] = votes[i, b]
             rows.append(row)
@@ -559,12 +560,12 @@ def _split_straddlers(lab, anat, votes, seed_count, min_fragment_vox):
     if n_split:
         votes = np.concatenate(rows)
         seed_count = np.concatenate(seeds)
-        lab = lab.astype(np.uint32, copy=False)
-    return lab, votes, seed_count, n_split
+        inst_flat = inst_flat.astype(np.uint32, copy=False)
+    return inst_flat, votes, seed_count, n_split
 
 
 def _assign_missing_bones(
-    inst, an, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings, step_mm: float = 15.0
+    inst, anatomy_box, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings, step_mm: float = 15.0
 ) -> None:
     """Give instances without any anatomy voxel a bone (in place on ``inst_bone``).
 
@@ -575,7 +576,7 @@ def _assign_missing_bones(
     missing = [i for i in range(1, inst_bone.shape[0]) if inst_bone[i] == 0 and sizes[i] > 0]
     if not missing:
         return
-    if not np.any(an):
+    if not np.any(anatomy_box):
         inst_bone[1:] = 1
         _warn(
             warnings,
@@ -604,7 +605,7 @@ def _assign_missing_bones(
                 slice(max(sl.start - m, 0), min(sl.stop + m, n))
                 for sl, m, n in zip(boxes[i], margin, inst.shape)
             )
-            sub_an = an[box]
+            sub_an = anatomy_box[box]
             whole = all(sl.start == 0 and sl.stop == n for sl, n in zip(box, inst.shape))
             if np.any(sub_an) or whole:
                 break
@@ -614,12 +615,12 @@ def _assign_missing_bones(
         inst_bone[i] = best[1]
 
 
-def _centroids(flat, lab, shape, n_inst, spacing) -> np.ndarray:
+def _centroids(flat, inst_flat, shape, n_inst, spacing) -> np.ndarray:
     """(n_inst + 1, 3) centroid of each instance, (z, y, x) mm."""
     coords = np.unravel_index(flat, shape)
-    counts = np.maximum(np.bincount(lab, minlength=n_inst + 1), 1)
+    counts = np.maximum(np.bincount(inst_flat, minlength=n_inst + 1), 1)
     return np.stack(
-        [np.bincount(lab, weights=c * s, minlength=n_inst + 1) / counts for c, s in zip(coords, spacing)],
+        [np.bincount(inst_flat, weights=c * s, minlength=n_inst + 1) / counts for c, s in zip(coords, spacing)],
         axis=1,
     )
 
@@ -643,14 +644,14 @@ class _UnionFind:
         return rk
 
 
-def _face_contacts(inst: np.ndarray, a: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
+def _face_contacts(inst: np.ndarray, abbc_box: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
     """(p, q) -> (open, all) face contacts between instances.
 
     Open contacts have neither voxel in the border class: the two instances continue
     into each other there, with no fracture zone between them.
     """
     total = _pair_counts(inst, connectivity=6)
-    open_ = _pair_counts(np.where(a == ABBC_BORDER, 0, inst), connectivity=6)
+    open_ = _pair_counts(np.where(abbc_box == ABBC_BORDER, 0, inst), connectivity=6)
     return {pq: (open_.get(pq, 0), n) for pq, n in total.items()}
 
 
@@ -673,20 +674,20 @@ def _renumber_pairs(pairs: dict, new_id: np.ndarray) -> dict:
     """Sum pair counts under a renumbering (pairs that become one instance vanish)."""
     out: dict = {}
     for (p, q), counts in pairs.items():
-        a, b = int(new_id[p]), int(new_id[q])
-        if a == b:
+        abbc_box, b = int(new_id[p]), int(new_id[q])
+        if abbc_box == b:
             continue
-        key = (a, b) if a < b else (b, a)
+        key = (abbc_box, b) if abbc_box < b else (b, abbc_box)
         prev = out.get(key)
         out[key] = counts if prev is None else tuple(x + y for x, y in zip(prev, counts))
     return out
 
 
-def _contact_table(inst, a, faces: dict | None = None) -> dict[tuple[int, int], tuple[int, int, int]]:
+def _contact_table(inst, abbc_box, faces: dict | None = None) -> dict[tuple[int, int], tuple[int, int, int]]:
     """(p, q) -> (open faces, faces, all 26-neighbour contacts) between instances
     (faces as in :func:`_face_contacts`, computed unless given)."""
     if faces is None:
-        faces = _face_contacts(inst, a)
+        faces = _face_contacts(inst, abbc_box)
     return {pq: faces.get(pq, (0, 0)) + (n,) for pq, n in _pair_counts(inst, connectivity=26).items()}
 
 
