@@ -54,7 +54,8 @@ def test_time_budget_then_extend(tmp_path):
     # the budget, not the 1000-epoch cap, ended the run, with the rate decayed over it
     assert "time budget of 6 s spent" in log.read_text()
     assert 1 <= len(epochs) < 1000 and first["current_epoch"] == len(epochs)
-    assert rates[0] == pytest.approx(0.01) and (len(rates) == 1 or rates[-1] < rates[0])
+    # the first epoch starts a moment into the budget, so its rate is already a hair below 0.01
+    assert rates[0] == pytest.approx(0.01, rel=0.05) and (len(rates) == 1 or rates[-1] < rates[0])
 
     with pytest.raises(ValueError, match="time budget"):
         train(DATASET_ID, dirs, DemoConfig(**{**TINY.__dict__, "max_seconds": None}), "cpu", log, extend=True)
