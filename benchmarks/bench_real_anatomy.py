@@ -40,10 +40,11 @@ sys.path.insert(0, str(ROOT))
 from pengwin_demo.anatomy_map import read_anatomy_map  # noqa: E402
 from pengwin_demo.training import composite_case  # noqa: E402
 from pengwin_demo.dicom import load_ct  # noqa: E402
-from pengwin_demo.labels import BONES, anatomy_from_fragments  # noqa: E402
+from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case  # noqa: E402
 from pengwin_demo.models import bundled_model_path, load_model  # noqa: E402
 from pengwin_demo.pipeline import Pipeline  # noqa: E402
+from pengwin_demo.training.quality import bone_iou  # noqa: E402
 from pengwin_demo.volume import Volume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -61,14 +62,8 @@ def read_reference_masks(mask_dir: Path, ct: Volume) -> Volume:
     return ct.with_array(out)
 
 
-def per_bone_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """IoU of each bone (anatomy ids 1-3) between two anatomy maps."""
-    out = {}
-    for bone, name in BONES.items():
-        p, t = pred == bone, truth == bone
-        union = np.count_nonzero(p | t)
-        out[name] = round(np.count_nonzero(p & t) / union, 4) if union else float("nan")
-    return out
+def _rounded(ious: dict[str, float]) -> dict[str, float]:
+    return {name: round(v, 4) for name, v in ious.items()}
 
 
 def run_case(pipeline: Pipeline, model, ct: Volume, truth: Volume | None) -> dict:
@@ -81,8 +76,8 @@ def run_case(pipeline: Pipeline, model, ct: Volume, truth: Volume | None) -> dic
            "no_fragments_reason": result.report["inference"].get("no_fragments_reason")}
     if truth is not None:
         stage1 = model.predict(ct)
-        row["stage1_iou"] = per_bone_iou(stage1, truth.array)
-        row["end_to_end_iou"] = per_bone_iou(anatomy_from_fragments(result.labels.array), truth.array)
+        row["stage1_iou"] = _rounded(bone_iou(stage1, truth.array))
+        row["end_to_end_iou"] = _rounded(bone_iou(anatomy_from_fragments(result.labels.array), truth.array))
     return row
 
 

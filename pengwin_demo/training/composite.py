@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
-from ..volume import Volume, resample_onto
+from ..volume import Volume, bounding_box, resample_onto
 
 __all__ = ["CompositeOptions", "composite_case", "pelvis_free_crop", "mirror_case"]
 
@@ -67,10 +67,9 @@ class _Canvas:
 
 def _bone_box_world(labels: Volume) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) world corners (x, y, z LPS mm) of the labelled bone."""
-    idx = np.argwhere(labels.array > 0)
-    corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
-                        for b in (idx[:, 1].min(), idx[:, 1].max())
-                        for c in (idx[:, 2].min(), idx[:, 2].max())], float)
+    box = bounding_box(labels.array > 0)
+    corners = np.array([[z, y, x] for z in (box[0].start, box[0].stop - 1) for y in (box[1].start, box[1].stop - 1)
+                        for x in (box[2].start, box[2].stop - 1)], float)
     world = labels.index_to_world(corners)
     return world.min(0), world.max(0)
 
@@ -85,12 +84,11 @@ def _make_canvas(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator, opt: 
     nz = int(np.ceil((z_hi - z_lo) / sz)) + 1
     centre = (lo + hi) / 2 + np.r_[rng.normal(0, 10, 2), 0.0]
     origin = np.array([centre[0] - sxy * (nxy - 1) / 2, centre[1] - sxy * (nxy - 1) / 2, z_lo])
-    geom = Volume(np.zeros((1, 1, 1), np.uint8), (sz, sxy, sxy), tuple(origin), np.eye(3))
+    geom = Volume(np.zeros((nz, nxy, nxy), np.uint8), (sz, sxy, sxy), tuple(origin), np.eye(3))
     z = (origin[2] + sz * np.arange(nz))[:, None, None]
     y = (origin[1] + sxy * np.arange(nxy))[None, :, None]
     x = (origin[0] + sxy * np.arange(nxy))[None, None, :]
-    return _Canvas(Volume(np.zeros((nz, nxy, nxy), np.uint8), geom.spacing_zyx_mm, geom.origin_lps_mm),
-                   z, y, x)
+    return _Canvas(geom, z, y, x)
 
 
 def _smooth_noise(rng: np.random.Generator, shape, sigma_vox: float) -> np.ndarray:
