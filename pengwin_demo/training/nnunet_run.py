@@ -26,6 +26,11 @@ from .datasets import DEMO_CONFIGURATION, INFERENCE_TRAINER_NAME, dataset_folder
 log = logging.getLogger(__name__)
 
 
+THICK_SLICE_SCALE = (0.3, 0.75)
+"""Range of the slice-density factor of the thick-slice augmentation: at a 1.5 mm model
+spacing, 2 mm (0.75) to 5 mm (0.3) slices."""
+
+
 @dataclass
 class DemoConfig:
     """The small demo configuration (inherits everything else from ``3d_fullres``).
@@ -53,6 +58,11 @@ class DemoConfig:
     init_weights: str | None = None
     """Checkpoint whose network weights start a new training (every tensor of the same name
     and shape, the output layers included); e.g. a bundled model to fine-tune on real data."""
+    thick_slice_probability: float = 0.0
+    """Share of training patches whose slices (array axis 0, z) are taken
+    :data:`THICK_SLICE_SCALE` times as dense and interpolated back, the look of a CT
+    reconstructed with 2-5 mm slices once resampled to the model's spacing. A model that
+    never saw it reads the blur between thick slices as fracture gaps and splits intact bone."""
 
 
 @dataclass

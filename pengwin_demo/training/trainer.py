@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .datasets import DEMO_CONFIGURATION
-from .nnunet_run import DemoConfig, demo_plans_entry
+from .nnunet_run import THICK_SLICE_SCALE, DemoConfig, demo_plans_entry
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def _demo_trainer_class():
             self.max_seconds = cfg.get("max_seconds")
             self.mirror = bool(cfg.get("mirror", False))
             self.init_weights = cfg.get("init_weights")
+            self.thick_slice_probability = float(cfg.get("thick_slice_probability", 0.0))
             self._started = None
 
         def on_train_start(self):
@@ -106,7 +107,29 @@ def _demo_trainer_class():
             self.inference_allowed_mirroring_axes = None
             return rot, dummy2d, initial, (mirror if self.mirror else None)
 
+        def get_training_transforms(self, *args, **kwargs):
+            composed = super().get_training_transforms(*args, **kwargs)
+            if self.thick_slice_probability > 0:
+                _add_thick_slice_transform(composed.transforms, self.thick_slice_probability)
+            return composed
+
     return nnUNetTrainerDemo
+
+
+def _add_thick_slice_transform(transforms: list, probability: float) -> None:
+    """Insert the thick-slice augmentation (see ``DemoConfig.thick_slice_probability``)
+    right after nnU-Net's own low-resolution simulation, which scales all axes alike."""
+    from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    at = next((i for i, t in enumerate(transforms)
+               if isinstance(getattr(t, "transform", None), SimulateLowResolutionTransform)), None)
+    if at is None:
+        raise ModelError("this nnU-Net version's training transforms have no low-resolution "
+                         "simulation to put the thick-slice augmentation after")
+    thick = SimulateLowResolutionTransform(scale=THICK_SLICE_SCALE, synchronize_channels=True,
+                                           synchronize_axes=False, ignore_axes=(1, 2))
+    transforms.insert(at + 1, RandomTransform(thick, apply_probability=probability))
 
 
 def _load_initial_weights(network, checkpoint: str | os.PathLike) -> None:
