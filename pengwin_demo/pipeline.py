@@ -35,7 +35,7 @@ import numpy as np
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
 from .plausibility import MIN_BONE_ML, MAX_GAP_MM, AnatomyCheck, check_anatomy, keep_near_pelvis
-from .recovery import nearest_onto, smooth_labels_onto
+from .recovery import fill_bone_cavities, nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,9 @@ class Pipeline:
     stage2_mask_dilation_mm : float or None
         Before Stage 2, voxels farther than this from Stage-1 bone are set to 0 HU, as in
         the bone-masked training data (:mod:`pengwin_demo.bone_region`); None: no masking.
+    fill_cavities : bool
+        Give background enclosed by a bone to its nearest fragment
+        (:func:`pengwin_demo.recovery.fill_bone_cavities`), as bones are solid in expert labels.
     require_pelvis : bool
         Refuse a scan in which the anatomy model finds fewer than two of the three bones
         (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
@@ -296,6 +299,7 @@ class Pipeline:
         smooth_labels: bool = True,
         stage2_margin_mm: float = STAGE2_MARGIN_MM,
         stage2_mask_dilation_mm: float | None = STAGE2_MASK_DILATION_MM,
+        fill_cavities: bool = True,
         require_pelvis: bool = True,
     ):
         if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
@@ -309,6 +313,7 @@ class Pipeline:
         self.smooth_labels = bool(smooth_labels)
         self.stage2_margin_mm = float(stage2_margin_mm)
         self.stage2_mask_dilation_mm = stage2_mask_dilation_mm
+        self.fill_cavities = bool(fill_cavities)
         self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] = {}
         self._info: dict[str, Any] = {}
@@ -530,8 +535,10 @@ class Pipeline:
     def _labels_on_input(self, found: _Found, ct: Volume) -> Volume:
         """The fragment labels on the input CT grid (smooth surfaces when asked and possible)."""
         if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
-            return ct.with_array(smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground))
-        return ct.with_array(nearest_onto(found.labels, ct))
+            labels = smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground)
+        else:
+            labels = nearest_onto(found.labels, ct)
+        return ct.with_array(fill_bone_cavities(labels) if self.fill_cavities else labels)
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
                        mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:

@@ -11,6 +11,7 @@ their module on first use.
 - :mod:`.instances`: ABBC prediction + anatomy map -> PENGWIN fragment labels.
 - :mod:`.geodesic`: geodesic Voronoi growth from seeds (fast path and reference).
 - :mod:`.upsample`: fragment labels from a coarse grid onto a finer one.
+- :mod:`.cavities`: background enclosed by a bone given to its fragments.
 - :mod:`.noise`: deliberately imperfect ABBC maps, for tests and benchmarks.
 """
 
@@ -23,5 +24,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "instances": ["RecoveryResult", "recover_fragments"],
         "geodesic": ["grow_labels"],
         "upsample": ["nearest_onto", "smooth_labels_onto"],
+        "cavities": ["fill_bone_cavities"],
     },
 )
