@@ -34,7 +34,8 @@ import numpy as np
 
 from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
 from .errors import InputError, ModelError
-from .plausibility import MIN_BONE_ML, MAX_GAP_MM, AnatomyCheck, check_anatomy, keep_near_pelvis
+from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
+                           drop_pieces_without_cortex, keep_near_pelvis)
 from .recovery import fill_bone_cavities, nearest_onto, smooth_labels_onto
 from .volume import Volume, resample_onto, resample_to_spacing
 
@@ -222,6 +223,8 @@ class _Stage1:
     """The report's ``models.anatomy`` entry."""
     dropped_ml: float
     """Bone dropped as far from the pelvis, mL."""
+    dropped_no_cortex_ml: float
+    """Stage-1 pieces dropped for want of a cortex (contrast, not bone), mL."""
     plausible: AnatomyCheck
     """:func:`pengwin_demo.plausibility.check_anatomy`'s verdict."""
     voxels: int
@@ -484,9 +487,12 @@ class Pipeline:
     def _stage1(self, model, ct: Volume, anatomy_map, device: str, warnings: list[str]) -> _Stage1:
         """Sacrum and hips: the anatomy model (bone far from the pelvis dropped) or the user's
         map, then the plausibility check (its refusal or warnings go to ``warnings``)."""
-        dropped_ml = 0.0
+        dropped_ml = no_cortex_ml = 0.0
         if anatomy_map is None:
             anatomy, grid, _ = self._predict(model, ct, device, "anatomy", warnings)
+            anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
+            if no_cortex_ml:
+                log.info("Stage 1: %.1f mL in pieces peaking under %g HU dropped", no_cortex_ml, MIN_PEAK_HU)
             anatomy, dropped_ml = keep_near_pelvis(anatomy)
             if dropped_ml:
                 log.info("Stage 1: %.1f mL of bone more than %g mm from the pelvis dropped", dropped_ml, MAX_GAP_MM)
@@ -500,7 +506,7 @@ class Pipeline:
             warnings.append(plausible.refusal)
         else:
             warnings.extend(plausible.warnings)
-        return _Stage1(anatomy, grid, info, dropped_ml, plausible, int(np.count_nonzero(anatomy.array)))
+        return _Stage1(anatomy, grid, info, dropped_ml, no_cortex_ml, plausible, int(np.count_nonzero(anatomy.array)))
 
     def _stage2_and_recovery(self, model, ct: Volume, stage1: _Stage1, device: str,
                              warnings: list[str], clock: _Stopwatch) -> _Found:
@@ -580,6 +586,7 @@ class Pipeline:
             "bone_ml_stage1": round(float(stage1.plausible.dense_ml), 2),
             "stage1_voxels": stage1.voxels,
             "stage1_dropped_far_ml": stage1.dropped_ml,
+            "stage1_dropped_no_cortex_ml": stage1.dropped_no_cortex_ml,
             "stage1_bones": stage1.plausible.bones,
             "no_fragments_reason": found.no_fragments,
         }

@@ -21,8 +21,9 @@ import numpy as np
 from .labels import BONES
 from .volume import Volume
 
-__all__ = ["AnatomyCheck", "check_anatomy", "keep_near_pelvis", "BONE_HU", "MIN_BONE_ML", "MIN_PART_ML",
-           "MIN_MEDIAN_HU", "MAX_HIP_RATIO", "MAX_GAP_MM"]
+__all__ = ["AnatomyCheck", "check_anatomy", "keep_near_pelvis", "drop_pieces_without_cortex", "BONE_HU", "MIN_BONE_ML", "MIN_PART_ML",
+           "MIN_MEDIAN_HU", "MAX_HIP_RATIO", "MAX_GAP_MM", "MIN_PEAK_HU",
+           "MIN_JUDGED_PIECE_ML", "MIN_HIP_SEPARATION_MM"]
 
 BONE_HU = 150.0
 """Stage-1 voxels count as bone for the volume checks only at or above this HU (cortical
@@ -42,6 +43,22 @@ rib or a lumbar vertebra taken for hip. Displaced fragments and a widened sacro-
 or symphysis stay within it. On the real upper-abdomen series (no pelvis) a model took
 vertebrae and ribs for 56 mL of "pelvis" in pieces; what lies near the largest piece is
 8 mL, under :data:`MIN_BONE_ML`, so the scan is refused."""
+
+MIN_PEAK_HU = 500.0
+"""A separate piece of Stage-1 bone whose brightest CT voxel is below this has no cortex:
+it is contrast in bowel or vessels, not bone, and is dropped. Every one of the 36 expert
+fragments of the real fractured pelves and sacrum peaks at 568 HU or more (most above 700);
+the contrast-filled bowel loops a model took for sacrum and hips in a real planning CT peak
+at 54-426 HU. Pieces under :data:`MIN_JUDGED_PIECE_ML` are not judged: a 0.4 mL detached
+bit of an expert fragment (cancellous bone) peaks at 327 HU."""
+
+MIN_JUDGED_PIECE_ML = 1.0
+"""Smallest Stage-1 piece (mL) that :func:`drop_pieces_without_cortex` judges."""
+
+MIN_HIP_SEPARATION_MM = 90.0
+"""Two hips whose dense-bone centroids lie closer than this left to right are not a pelvis
+(seven real adult pelves: 142-155 mm; the skull of a real head CT, taken for both hips by a
+model: 63 mm)."""
 
 MIN_MEDIAN_HU = 100.0
 """Stage-1 voxels whose median is below this are soft tissue, not bone."""
@@ -142,6 +159,60 @@ def keep_near_pelvis(anatomy: Volume, max_gap_mm: float = MAX_GAP_MM,
     return anatomy.with_array(cleaned), round(float(np.count_nonzero(drop)) * anatomy.voxel_volume_mm3 / 1000, 2)
 
 
+def drop_pieces_without_cortex(anatomy: Volume, ct: Volume, min_peak_hu: float = MIN_PEAK_HU,
+                               min_piece_ml: float = MIN_JUDGED_PIECE_ML) -> tuple[Volume, float]:
+    """Drop the 26-connected pieces of Stage-1 bone of at least ``min_piece_ml`` whose
+    brightest CT voxel is below ``min_peak_hu``.
+
+    Parameters
+    ----------
+    anatomy : Volume
+        Stage-1 map (0 background, 1 sacrum, 2 left hip, 3 right hip) on any grid.
+    ct : Volume
+        The CT in HU at its own resolution: the peak is taken there, since resampling to a
+        coarse model grid averages a thin cortex away. A piece too small to hold a voxel
+        of the CT grid is judged on ``anatomy``'s own grid.
+    min_peak_hu : float
+        Brightest voxel (HU) a piece needs to stay.
+    min_piece_ml : float
+        Smaller pieces are kept whatever their peak (left to :func:`keep_near_pelvis`).
+
+    Returns
+    -------
+    (Volume, float)
+        The cleaned map and the volume dropped, mL.
+    """
+    import cc3d
+    from scipy import ndimage
+
+    from .volume import resample_onto
+
+    pieces, n = cc3d.connected_components(anatomy.array > 0, connectivity=26, return_N=True)
+    if n == 0:
+        return anatomy, 0.0
+    index = np.arange(1, n + 1)
+    on_ct = resample_onto(anatomy.with_array(pieces.astype(np.int32)), ct, "nearest").array
+    present = np.bincount(on_ct.ravel(), minlength=n + 1)[1:] > 0
+    peak = np.asarray(ndimage.maximum(ct.array, on_ct, index), dtype=np.float64)
+    if not present.all():
+        own = np.asarray(ndimage.maximum(_hu_on(anatomy, ct), pieces, index), dtype=np.float64)
+        peak = np.where(present, peak, own)
+    small = np.bincount(pieces.ravel(), minlength=n + 1)[1:] * anatomy.voxel_volume_mm3 / 1000 < min_piece_ml
+    keep = np.concatenate([[True], (peak >= min_peak_hu) | small])
+    drop = ~keep[pieces]
+    if not drop.any():
+        return anatomy, 0.0
+    cleaned = np.where(drop, 0, anatomy.array).astype(anatomy.array.dtype)
+    return anatomy.with_array(cleaned), round(float(np.count_nonzero(drop)) * anatomy.voxel_volume_mm3 / 1000, 2)
+
+
+def _hu_on(anatomy: Volume, ct: Volume) -> np.ndarray:
+    """The CT on ``anatomy``'s grid (linear)."""
+    from .volume import resample_onto
+
+    return ct.array if ct.same_grid(anatomy, tol_mm=1e-3) else resample_onto(ct, anatomy, "linear").array
+
+
 def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_BONE_ML,
                   min_bones: int = 2) -> AnatomyCheck:
     """Measure the Stage-1 bones and decide whether they make a pelvis.
@@ -184,9 +255,23 @@ def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_B
         check.refusal = (f"no pelvis found: Stage 1 found fewer than {min_bones} of sacrum, left and right "
                          f"hip with at least {MIN_PART_ML:g} mL of bone each ({found}); a pelvic CT shows "
                          "at least two. No fragments were produced.")
+    if check.refusal is None and min_bone_ml > 0:
+        check.refusal = _narrow_hips(bones)
     if check.refusal is None:
         check.warnings.extend(_layout_warnings(bones))
     return check
+
+
+def _narrow_hips(bones: dict[str, dict]) -> str | None:
+    """The refusal for two hips too close together left to right to be a pelvis, or None."""
+    left, right = bones["left_hip"], bones["right_hip"]
+    if min(left["dense_ml"], right["dense_ml"]) < MIN_PART_ML:
+        return None
+    apart_mm = abs(left["centroid_lps_mm"][0] - right["centroid_lps_mm"][0])
+    if apart_mm >= MIN_HIP_SEPARATION_MM:
+        return None
+    return (f"no pelvis found: the two hip bones Stage 1 found lie only {apart_mm:.0f} mm apart from left to "
+            f"right (an adult pelvis: about 140-155 mm); is this a CT of the pelvis? No fragments were produced.")
 
 
 def _layout_warnings(bones: dict[str, dict]) -> list[str]:

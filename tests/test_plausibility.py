@@ -7,7 +7,8 @@ import pytest
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
-from pengwin_demo.plausibility import MAX_GAP_MM, check_anatomy, keep_near_pelvis
+from pengwin_demo.plausibility import (MAX_GAP_MM, MIN_HIP_SEPARATION_MM, check_anatomy, drop_pieces_without_cortex,
+                                      keep_near_pelvis)
 from pengwin_demo.volume import Volume
 
 
@@ -106,3 +107,64 @@ def test_specks_do_not_bridge_to_far_bone():
     kept, dropped_ml = keep_near_pelvis(Volume(grid, (2.0, 2.0, 2.0)))
     assert kept.array[10, 10, 26] == 2 and not kept.array[:, :, 36:].any()
     assert dropped_ml == pytest.approx(4 * 4 * 14 * 8 / 1000, abs=0.01)
+
+
+@pytest.mark.slow
+def test_every_real_expert_fragment_has_a_cortex(real_pelves_dir):
+    """Each fragment of the real pelves, alone as a Stage-1 piece, is kept."""
+    n = 0
+    for case in find_masked_cases(real_pelves_dir):
+        ct, labels = read_masked_case(case)
+        for label in np.unique(labels.array)[1:]:
+            box = tuple(slice(max(int(i.min()) - 2, 0), int(i.max()) + 3) for i in np.nonzero(labels.array == label))
+            piece = (labels.array[box] == label).astype(np.uint8)
+            anatomy = Volume(piece, labels.spacing_zyx_mm)
+            kept, dropped_ml = drop_pieces_without_cortex(anatomy, Volume(ct.array[box], ct.spacing_zyx_mm))
+            assert dropped_ml == 0 and np.array_equal(kept.array, piece), (case.name, int(label))
+            n += 1
+    assert n >= 20
+
+
+def test_contrast_taken_for_bone_is_dropped_and_bone_kept(phantom):
+    ct, anatomy = phantom
+    hu = ct.array.astype(np.int16).copy()
+    marked = anatomy.array.copy()
+    # a contrast-filled bowel loop (300 HU, no cortex) that a model took for sacrum
+    loop = np.zeros(hu.shape, bool)
+    loop[2:12, 2:14, 2:14] = True
+    assert not (anatomy.array[loop] > 0).any()
+    hu[loop] = 300
+    marked[loop] = 1
+    # a small displaced fragment: a cortex shell (900 HU) around cancellous bone
+    chip = np.zeros(hu.shape, bool)
+    chip[-9:-3, -11:-3, -11:-3] = True
+    hu[chip] = 250
+    hu[-7, -7, -7] = 900
+    marked[chip] = 2
+    # a crumb of cancellous bone (under 1 mL) is not judged by its peak
+    crumb = np.zeros(hu.shape, bool)
+    crumb[2:5, -6:-3, -6:-3] = True
+    hu[crumb] = 250
+    marked[crumb] = 3
+    coarse = ct.with_array(marked)
+    kept, dropped_ml = drop_pieces_without_cortex(coarse, ct.with_array(hu))
+    assert not kept.array[loop].any()
+    assert np.array_equal(kept.array[~loop], marked[~loop])
+    assert dropped_ml == pytest.approx(loop.sum() * ct.voxel_volume_mm3 / 1000, abs=0.01)
+
+
+def test_hips_too_close_together_are_refused(phantom):
+    """A skull taken for both hips (a real head CT) lies about 60 mm wide: no pelvis."""
+    ct, anatomy = phantom
+    assert check_anatomy(anatomy, ct.array).refusal is None
+    squeezed = anatomy.array.copy()
+    # move the right hip next to the left one, as a narrow pair of "hips"
+    left_x = np.nonzero(anatomy.array == 2)[2].mean()
+    right_x = np.nonzero(anatomy.array == 3)[2].mean()
+    shift_vox = int(round((left_x - right_x) - 0.5 * MIN_HIP_SEPARATION_MM / ct.spacing_zyx_mm[2]))
+    squeezed[squeezed == 3] = 0
+    moved = np.roll(anatomy.array == 3, shift_vox, axis=2) & (squeezed == 0)
+    squeezed[moved] = 3
+    hu = np.where(moved, ct.array.max(), ct.array)
+    check = check_anatomy(anatomy.with_array(squeezed), hu)
+    assert check.refusal is not None and "apart from left to right" in check.refusal

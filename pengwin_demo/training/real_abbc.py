@@ -40,7 +40,6 @@ REAL_ABBC_CONFIG = DemoConfig(
     spacing_zyx_mm=(1.5, 1.5, 1.5), patch_size_vox=(64, 64, 64),
     features_per_stage=(8, 16, 32, 64, 128), batch_size=2, epochs=1000,
     iterations_per_epoch=25, val_iterations_per_epoch=2, initial_lr=0.01, mirror=True,
-    thick_slice_probability=0.3,
 )
 """1.5 mm: the expert fragments taken to 1.5 mm and back keep official IoU-F 0.974 on the
 five real pelves (2.0 mm: 0.911, 1.0 mm: 0.990; ``benchmarks/bench_real_resolution.py``),
