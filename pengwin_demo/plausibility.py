@@ -55,10 +55,11 @@ bit of an expert fragment (cancellous bone) peaks at 327 HU."""
 MIN_JUDGED_PIECE_ML = 1.0
 """Smallest Stage-1 piece (mL) that :func:`drop_pieces_without_cortex` judges."""
 
-MIN_HIP_SEPARATION_MM = 90.0
+MIN_HIP_SEPARATION_MM = 75.0
 """Two hips whose dense-bone centroids lie closer than this left to right are not a pelvis
-(seven real adult pelves: 142-155 mm; the skull of a real head CT, taken for both hips by a
-model: 63 mm)."""
+(seven real adult pelves: 142-155 mm, and 90-100 mm for the lower third of the five expert
+pelves alone, as a scan of the acetabula shows them; the skull of a real head CT, taken for
+both hips by a model: 63 mm)."""
 
 MIN_MEDIAN_HU = 100.0
 """Stage-1 voxels whose median is below this are soft tissue, not bone."""
