@@ -263,7 +263,9 @@ class Pipeline:
     cpu_max_voxels : int or None
         On the CPU, coarsen a model's input grid to at most this many voxels (None: never).
     min_bone_ml : float
-        Less Stage-1 bone than this means "no pelvic bone found".
+        Less Stage-1 bone than this means "no pelvic bone found"; 0 turns off every check
+        that relies on HU (for synthetic intensities), the drop of pieces without a cortex
+        included.
     recovery_kwargs : dict, optional
         Passed to :func:`pengwin_demo.recovery.recover_fragments`.
     smooth_labels : bool
@@ -490,7 +492,8 @@ class Pipeline:
         dropped_ml = no_cortex_ml = 0.0
         if anatomy_map is None:
             anatomy, grid, _ = self._predict(model, ct, device, "anatomy", warnings)
-            anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
+            if self.min_bone_ml > 0:  # 0: synthetic intensities, no HU evidence to judge by
+                anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
             if no_cortex_ml:
                 log.info("Stage 1: %.1f mL in pieces peaking under %g HU dropped", no_cortex_ml, MIN_PEAK_HU)
             anatomy, dropped_ml = keep_near_pelvis(anatomy)

@@ -229,6 +229,8 @@ def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_B
     min_bones : int
         Fewer bones than this with :data:`MIN_PART_ML` of dense bone each refuse the scan
         (2 for a pelvis; 1 where the user says which bones there are, e.g. a single bone).
+        With 2 or more, hips closer than :data:`MIN_HIP_SEPARATION_MM` left to right refuse
+        it too.
 
     Returns
     -------
@@ -256,7 +258,7 @@ def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_B
         check.refusal = (f"no pelvis found: Stage 1 found fewer than {min_bones} of sacrum, left and right "
                          f"hip with at least {MIN_PART_ML:g} mL of bone each ({found}); a pelvic CT shows "
                          "at least two. No fragments were produced.")
-    if check.refusal is None and min_bone_ml > 0:
+    if check.refusal is None and min_bone_ml > 0 and min_bones >= 2:
         check.refusal = _narrow_hips(bones)
     if check.refusal is None:
         check.warnings.extend(_layout_warnings(bones))
