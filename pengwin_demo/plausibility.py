@@ -153,11 +153,7 @@ def keep_near_pelvis(anatomy: Volume, max_gap_mm: float = MAX_GAP_MM,
             break
         anchors |= joining & link
     kept[0] = True  # background stays background
-    drop = ~kept[pieces]
-    if not drop.any():
-        return anatomy, 0.0
-    cleaned = np.where(drop, 0, anatomy.array).astype(anatomy.array.dtype)
-    return anatomy.with_array(cleaned), round(float(np.count_nonzero(drop)) * anatomy.voxel_volume_mm3 / 1000, 2)
+    return _without_pieces(anatomy, pieces, kept)
 
 
 def drop_pieces_without_cortex(anatomy: Volume, ct: Volume, min_peak_hu: float = MIN_PEAK_HU,
@@ -170,9 +166,8 @@ def drop_pieces_without_cortex(anatomy: Volume, ct: Volume, min_peak_hu: float =
     anatomy : Volume
         Stage-1 map (0 background, 1 sacrum, 2 left hip, 3 right hip) on any grid.
     ct : Volume
-        The CT in HU at its own resolution: the peak is taken there, since resampling to a
-        coarse model grid averages a thin cortex away. A piece too small to hold a voxel
-        of the CT grid is judged on ``anatomy``'s own grid.
+        The CT in HU at its own resolution: the peak is taken there (within the bone box),
+        since resampling to a coarse model grid averages a thin cortex away.
     min_peak_hu : float
         Brightest voxel (HU) a piece needs to stay.
     min_piece_ml : float
@@ -186,32 +181,30 @@ def drop_pieces_without_cortex(anatomy: Volume, ct: Volume, min_peak_hu: float =
     import cc3d
     from scipy import ndimage
 
+    from .bone_region import bone_box_on
     from .volume import resample_onto
 
     pieces, n = cc3d.connected_components(anatomy.array > 0, connectivity=26, return_N=True)
-    if n == 0:
+    box = bone_box_on(anatomy, ct, margin_mm=0.0)
+    if n == 0 or box is None:
         return anatomy, 0.0
-    index = np.arange(1, n + 1)
-    on_ct = resample_onto(anatomy.with_array(pieces.astype(np.int32)), ct, "nearest").array
-    present = np.bincount(on_ct.ravel(), minlength=n + 1)[1:] > 0
-    peak = np.asarray(ndimage.maximum(ct.array, on_ct, index), dtype=np.float64)
-    if not present.all():
-        own = np.asarray(ndimage.maximum(_hu_on(anatomy, ct), pieces, index), dtype=np.float64)
-        peak = np.where(present, peak, own)
+    hu = ct.crop(box)
+    on_ct = resample_onto(anatomy.with_array(pieces.astype(np.int32)), hu, "nearest").array
+    # a piece of min_piece_ml always holds voxels of the CT grid; a smaller one that holds
+    # none peaks at 0 here and is kept as small anyway
+    peak = np.asarray(ndimage.maximum(hu.array, on_ct, np.arange(1, n + 1)), dtype=np.float64)
     small = np.bincount(pieces.ravel(), minlength=n + 1)[1:] * anatomy.voxel_volume_mm3 / 1000 < min_piece_ml
-    keep = np.concatenate([[True], (peak >= min_peak_hu) | small])
+    return _without_pieces(anatomy, pieces, np.concatenate([[True], (peak >= min_peak_hu) | small]))
+
+
+def _without_pieces(anatomy: Volume, pieces: np.ndarray, keep: np.ndarray) -> tuple[Volume, float]:
+    """``anatomy`` with the pieces whose ``keep`` entry is False set to background, and the
+    volume dropped (mL)."""
     drop = ~keep[pieces]
     if not drop.any():
         return anatomy, 0.0
     cleaned = np.where(drop, 0, anatomy.array).astype(anatomy.array.dtype)
     return anatomy.with_array(cleaned), round(float(np.count_nonzero(drop)) * anatomy.voxel_volume_mm3 / 1000, 2)
-
-
-def _hu_on(anatomy: Volume, ct: Volume) -> np.ndarray:
-    """The CT on ``anatomy``'s grid (linear)."""
-    from .volume import resample_onto
-
-    return ct.array if ct.same_grid(anatomy, tol_mm=1e-3) else resample_onto(ct, anatomy, "linear").array
 
 
 def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_BONE_ML,
