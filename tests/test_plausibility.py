@@ -7,8 +7,8 @@ import pytest
 from pengwin_demo.labels import anatomy_from_fragments
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
-from pengwin_demo.plausibility import (MAX_GAP_MM, MIN_HIP_SEPARATION_MM, check_anatomy, drop_pieces_without_cortex,
-                                      keep_near_pelvis)
+from pengwin_demo.plausibility import (MAX_GAP_MM, MAX_HIPS_ACROSS_MIDLINE, MIN_HIP_SEPARATION_MM, check_anatomy,
+                                      drop_pieces_without_cortex, hips_across_midline, keep_near_pelvis)
 from pengwin_demo.volume import Volume
 
 
@@ -168,3 +168,21 @@ def test_hips_too_close_together_are_refused(phantom):
     hu = np.where(moved, ct.array.max(), ct.array)
     check = check_anatomy(anatomy.with_array(squeezed), hu)
     assert check.refusal is not None and "apart from left to right" in check.refusal
+
+
+def test_hips_mixed_across_the_midline_are_refused(phantom):
+    """Vertebrae and ribs taken for both hips (a real scan ending at L4/L5) put "left" and
+    "right" hip bone on both sides of the body: no pelvis."""
+    ct, anatomy = phantom
+    assert hips_across_midline(anatomy, ct.array) < 0.01
+    mixed = anatomy.array.copy()
+    for bone, other in ((2, 3), (3, 2)):
+        z = np.nonzero(anatomy.array == bone)[0]
+        top = (anatomy.array == bone) & (np.arange(ct.shape[0]) >= np.percentile(z, 90))[:, None, None]
+        mixed[top] = other  # the top tenth of each hip becomes the other hip
+    across = hips_across_midline(anatomy.with_array(mixed), ct.array)
+    assert MAX_HIPS_ACROSS_MIDLINE < across < 0.5
+    check = check_anatomy(anatomy.with_array(mixed), ct.array)
+    assert check.refusal is not None and "mixed across the body's mid-line" in check.refusal
+    # the same map given by a user (one bone required) is trusted
+    assert check_anatomy(anatomy.with_array(mixed), ct.array, min_bones=1).refusal is None
