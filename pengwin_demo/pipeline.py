@@ -36,7 +36,8 @@ from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on,
 from .errors import InputError, ModelError
 from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
                            drop_pieces_without_cortex, keep_near_pelvis)
-from .recovery import fill_bone_cavities, nearest_onto, smooth_labels_onto
+from .recovery import (MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments, fill_bone_cavities, nearest_onto,
+                       smooth_labels_onto)
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ class Pipeline:
     min_bone_ml : float
         Less Stage-1 bone than this means "no pelvic bone found"; 0 turns off every check
         that relies on HU (for synthetic intensities), the drop of pieces without a cortex
+        and of soft-tissue fragments (:func:`pengwin_demo.recovery.drop_soft_tissue_fragments`)
         included.
     recovery_kwargs : dict, optional
         Passed to :func:`pengwin_demo.recovery.recover_fragments`.
@@ -475,10 +477,10 @@ class Pipeline:
         stage1 = self._stage1(models.get("anatomy"), ct, anatomy_map, device, warnings)
         found = self._stage2_and_recovery(models["abbc"], ct, stage1, device, warnings, clock)
         clock.stage("labels")
-        labels = self._labels_on_input(found, ct)
+        labels, soft_tissue_ml = self._labels_on_input(found, ct)
         paths = self._write_outputs(ct_input, labels, out_dir, dicom_seg, mesh_detail, warnings, clock)
         clock.stage("report")
-        inference = self._report_inference(device, stage1, found, mesh_detail)
+        inference = self._report_inference(device, stage1, found, mesh_detail, soft_tissue_ml)
         report, timings = self._write_report(ct_input, labels, paths, out_dir, thick, stage1,
                                              inference, warnings, clock)
         for w in warnings:
@@ -541,13 +543,22 @@ class Pipeline:
         warnings.append(no_fragments)
         return _Found(labels_grid, abbc_grid, foreground, no_fragments)
 
-    def _labels_on_input(self, found: _Found, ct: Volume) -> Volume:
-        """The fragment labels on the input CT grid (smooth surfaces when asked and possible)."""
+    def _labels_on_input(self, found: _Found, ct: Volume) -> tuple[Volume, float]:
+        """The fragment labels on the input CT grid (smooth surfaces when asked and possible),
+        and the volume (mL) of the fragments dropped there as soft tissue."""
         if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
             labels = smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground)
         else:
             labels = nearest_onto(found.labels, ct)
-        return ct.with_array(fill_bone_cavities(labels) if self.fill_cavities else labels)
+        soft_ml = 0.0
+        if self.min_bone_ml > 0:  # HU evidence, as for Stage 1's checks
+            before = np.count_nonzero(labels)
+            labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
+            soft_ml = round((before - np.count_nonzero(labels)) * ct.voxel_volume_mm3 / 1000, 2)
+            if dropped:
+                log.info("%d fragment(s), %.1f mL, with a median under %g HU dropped as soft tissue",
+                         len(dropped), soft_ml, MIN_FRAGMENT_MEDIAN_HU)
+        return ct.with_array(fill_bone_cavities(labels) if self.fill_cavities else labels), soft_ml
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
                        mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:
@@ -575,7 +586,7 @@ class Pipeline:
         return paths
 
     def _report_inference(self, device: str, stage1: _Stage1, found: _Found,
-                          mesh_detail: str) -> dict[str, Any]:
+                          mesh_detail: str, soft_tissue_ml: float) -> dict[str, Any]:
         """The report's ``inference`` entry: grids, settings and Stage-1 figures of the run."""
         abbc_grid = found.abbc_grid
         return {
@@ -591,6 +602,7 @@ class Pipeline:
             "stage1_dropped_far_ml": stage1.dropped_ml,
             "stage1_dropped_no_cortex_ml": stage1.dropped_no_cortex_ml,
             "stage1_bones": stage1.plausible.bones,
+            "dropped_soft_tissue_fragments_ml": soft_tissue_ml,
             "no_fragments_reason": found.no_fragments,
         }
 

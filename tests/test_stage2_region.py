@@ -102,6 +102,7 @@ def test_stage2_runs_on_the_masked_bone_box_and_labels_land_on_the_full_grid(tmp
     report = json.loads(result.paths["report"].read_text())
     assert report["models"]["anatomy"]["backend"] == "anatomy-map"
     assert report["inference"]["stage2_mask_dilation_mm"] == 2.0
+    assert report["inference"]["dropped_soft_tissue_fragments_ml"] == 0.0  # phantom fragments are bone
 
 
 def test_anatomy_map_checks():

@@ -12,6 +12,7 @@ their module on first use.
 - :mod:`.geodesic`: geodesic Voronoi growth from seeds (fast path and reference).
 - :mod:`.upsample`: fragment labels from a coarse grid onto a finer one.
 - :mod:`.cavities`: background enclosed by a bone given to its fragments.
+- :mod:`.soft_tissue`: fragments whose CT values are soft tissue, not bone, dropped.
 - :mod:`.noise`: deliberately imperfect ABBC maps, for tests and benchmarks.
 """
 
@@ -25,5 +26,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "geodesic": ["grow_labels"],
         "upsample": ["nearest_onto", "smooth_labels_onto"],
         "cavities": ["fill_bone_cavities"],
+        "soft_tissue": ["MIN_FRAGMENT_MEDIAN_HU", "drop_soft_tissue_fragments"],
     },
 )

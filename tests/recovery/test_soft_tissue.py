@@ -1,0 +1,57 @@
+"""Fragments whose CT values are soft tissue are dropped; bone fragments, however pale, stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pengwin_demo.masked_cases import find_masked_cases, read_masked_case, read_single_bone
+from pengwin_demo.recovery import MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments
+
+
+def _hip_with_muscle():
+    """A left hip (dense 11, dense 13), a muscle piece 12 against it, a pale sacrum 1."""
+    labels = np.zeros((10, 10, 40), np.uint8)
+    hu = np.full(labels.shape, -50, np.int16)
+    labels[:, :, 0:15], hu[:, :, 0:15] = 11, 400
+    labels[:, :, 15:19], hu[:, :, 15:19] = 12, 55      # muscle lying against the bone
+    labels[:, :, 19:24], hu[:, :, 19:24] = 13, 250
+    labels[:, :, 30:38], hu[:, :, 30:38] = 1, 40       # the only sacrum fragment: kept
+    return labels, hu
+
+
+def test_soft_tissue_fragment_dropped_and_numbers_closed_up():
+    labels, hu = _hip_with_muscle()
+    out, dropped = drop_soft_tissue_fragments(labels, hu)
+    assert dropped == [12]
+    assert not out[:, :, 15:19].any()
+    assert np.all(out[:, :, 19:24] == 12), "the dense fragment after it takes its number"
+    assert np.all(out[:, :, 0:15] == 11) and np.all(out[:, :, 30:38] == 1)
+    assert out.dtype == labels.dtype
+
+
+def test_nothing_to_drop_leaves_the_labels_as_they_are():
+    labels, hu = _hip_with_muscle()
+    hu[:, :, 15:19] = int(MIN_FRAGMENT_MEDIAN_HU)      # at the threshold: bone
+    out, dropped = drop_soft_tissue_fragments(labels, hu)
+    assert dropped == [] and np.array_equal(out, labels)
+    empty = np.zeros((3, 3, 3), np.uint8)
+    assert drop_soft_tissue_fragments(empty, np.zeros((3, 3, 3)))[1] == []
+
+
+def test_bad_input_refused():
+    with pytest.raises(ValueError, match="shape"):
+        drop_soft_tissue_fragments(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 4)))
+    with pytest.raises(ValueError, match="labels"):
+        drop_soft_tissue_fragments(np.full((3, 3, 3), 31, np.uint8), np.zeros((3, 3, 3)))
+
+
+@pytest.mark.slow
+def test_every_real_expert_fragment_is_kept(real_pelves_dir, real_sacrum_dir):
+    cases = [(c.name, *read_masked_case(c)) for c in find_masked_cases(real_pelves_dir)]
+    cases.append(("sacrum", *read_single_bone(real_sacrum_dir / "image.nii.gz",
+                                              real_sacrum_dir / "fragments.nii.gz", "sacrum")))
+    for name, ct, labels in cases:
+        out, dropped = drop_soft_tissue_fragments(labels.array, ct.array)
+        assert dropped == [], name
+        assert np.array_equal(out, labels.array)
