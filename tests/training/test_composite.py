@@ -97,3 +97,28 @@ def test_composite_of_real_pelvis(real_pelves_dir):
     ct, labels = read_masked_case(case)
     c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(5))
     _check_composite(to_canonical(ct), to_canonical(labels), c_ct, c_lab)
+
+
+def test_lowest_vertebra_sits_on_the_tilted_endplate():
+    """L5 rests on S1 across a disc, its base following the endplate's slope, so part of it
+    lies below the sacrum's highest point (as in real CTs), and it never covers the sacrum."""
+    from pengwin_demo.training.composite import _Canvas, _lumbar_spine
+    from pengwin_demo.volume import Volume
+
+    shape, step = (80, 80, 60), 2.0
+    geom = Volume(np.zeros(shape, np.uint8), (step,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+    z = (step * np.arange(shape[0]))[:, None, None]
+    y = (step * np.arange(shape[1]))[None, :, None]
+    x = (step * np.arange(shape[2]))[None, None, :]
+    cv = _Canvas(geom, z, y, x)
+    # a sacrum block whose top slopes down anteriorly (small y) by 35 degrees
+    top_mm = 90.0 - np.tan(np.radians(35)) * (120.0 - y)
+    sacrum = (z <= top_mm) & (z >= 20) & (y >= 50) & (y <= 120) & (np.abs(x - 60) <= 40)
+    spine = _lumbar_spine(cv, sacrum, np.random.default_rng(0))
+    assert not (spine & sacrum).any()
+    body_rows = np.flatnonzero(spine[: int(90 / step) + 1].any(axis=(0, 2)))  # rows reaching below the top
+    assert body_rows.size, "part of the lowest vertebra lies below the sacrum's highest point"
+    lowest = [np.flatnonzero(spine[:, r, :].any(axis=1)).min() * step for r in body_rows]
+    gap = np.array(lowest) - np.broadcast_to(top_mm, (1, shape[1], 1))[0, body_rows, 0]
+    assert np.all(gap >= 5.0), "a disc between the endplate and the vertebra"
+    assert lowest[0] < lowest[-1], "the base follows the endplate down anteriorly"
