@@ -64,7 +64,7 @@ both hips by a model: 63 mm)."""
 MAX_HIPS_ACROSS_MIDLINE = 0.05
 """Largest fraction of the two hips' dense bone that may lie across the mid-plane between
 their centroids, on the other hip's side. A pelvis keeps its hips apart: expert labels of
-five real fractured pelves 0-1.1 %, Stage 1 on two real intact pelves 0.1-0.2 %. On a real
+five real fractured pelves 0-1.1 %, Stage 1 on two real intact pelves 0.1-0.3 %. On a real
 upper-abdomen CT ending at L4/L5 a model took lumbar vertebrae, ribs and a sliver of iliac
 crest for both hips, mixed left and right: 23 %."""
 
