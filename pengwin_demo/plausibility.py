@@ -258,18 +258,18 @@ def check_anatomy(anatomy: Volume, ct: np.ndarray, *, min_bone_ml: float = MIN_B
         check.refusal = (f"no pelvis found: Stage 1 found fewer than {min_bones} of sacrum, left and right "
                          f"hip with at least {MIN_PART_ML:g} mL of bone each ({found}); a pelvic CT shows "
                          "at least two. No fragments were produced.")
-    if check.refusal is None and min_bone_ml > 0 and min_bones >= 2:
-        check.refusal = _narrow_hips(bones) or _mixed_hips(anatomy, ct, bones)
+    both_hips = min(bones["left_hip"]["dense_ml"], bones["right_hip"]["dense_ml"]) >= MIN_PART_ML
+    if check.refusal is None and min_bone_ml > 0 and min_bones >= 2 and both_hips:
+        check.refusal = _narrow_hips(bones) or _mixed_hips(anatomy, ct)
     if check.refusal is None:
         check.warnings.extend(_layout_warnings(bones))
     return check
 
 
 def _narrow_hips(bones: dict[str, dict]) -> str | None:
-    """The refusal for two hips too close together left to right to be a pelvis, or None."""
+    """The refusal for two hips (both present) too close together left to right to be a
+    pelvis, or None."""
     left, right = bones["left_hip"], bones["right_hip"]
-    if min(left["dense_ml"], right["dense_ml"]) < MIN_PART_ML:
-        return None
     apart_mm = abs(left["centroid_lps_mm"][0] - right["centroid_lps_mm"][0])
     if apart_mm >= MIN_HIP_SEPARATION_MM:
         return None
@@ -297,11 +297,9 @@ def hips_across_midline(anatomy: Volume, ct: np.ndarray) -> float | None:
     return across / (left.size + right.size)
 
 
-def _mixed_hips(anatomy: Volume, ct: np.ndarray, bones: dict[str, dict]) -> str | None:
-    """The refusal for two hips mixed across the mid-line (vertebrae and ribs taken for
-    hips), or None."""
-    if min(bones["left_hip"]["dense_ml"], bones["right_hip"]["dense_ml"]) < MIN_PART_ML:
-        return None
+def _mixed_hips(anatomy: Volume, ct: np.ndarray) -> str | None:
+    """The refusal for two hips (both present) mixed across the mid-line (vertebrae and ribs
+    taken for hips), or None."""
     across = hips_across_midline(anatomy, ct)
     if across is None or across <= MAX_HIPS_ACROSS_MIDLINE:
         return None

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..labels import BONES, MAX_LABEL, bone_of_labels, first_label
-from ..volume import check_label_array
+from ..volume import bounding_box, check_label_array
 
 __all__ = ["MIN_FRAGMENT_MEDIAN_HU", "drop_soft_tissue_fragments"]
 
@@ -51,11 +51,13 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     labels = check_label_array("labels", labels, max_label=MAX_LABEL)
     if ct_hu.shape != labels.shape:
         raise ValueError(f"ct_hu shape {ct_hu.shape} differs from labels shape {labels.shape}")
-    present = np.array([v for v in np.unique(labels) if v > 0], dtype=np.int64)
-    if present.size == 0:
+    box = bounding_box(labels > 0)
+    if box is None:
         return labels, []
-    sizes = ndimage.sum_labels(np.ones(labels.shape, np.int8), labels, present)
-    medians = np.asarray(ndimage.median(ct_hu, labels, present), dtype=np.float64)
+    inside = labels[box]  # all fragments lie in their bounding box: the work is done there
+    counts = np.bincount(inside.ravel(), minlength=MAX_LABEL + 1)
+    present = np.flatnonzero(counts[1:]) + 1
+    medians = np.asarray(ndimage.median(ct_hu[box], inside, present), dtype=np.float64)
     bone_of = bone_of_labels(present)
     lut = np.zeros(MAX_LABEL + 1, dtype=labels.dtype)
     dropped: list[int] = []
@@ -63,10 +65,12 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
         of_bone = np.flatnonzero(bone_of == bone)  # in label order: the recovery's ranking
         if of_bone.size == 0:
             continue
-        largest = of_bone[np.argmax(sizes[of_bone])]
+        largest = of_bone[np.argmax(counts[present[of_bone]])]
         kept = [i for i in of_bone if i == largest or medians[i] >= min_median_hu]
         dropped += [int(present[i]) for i in of_bone if i not in kept]
         lut[present[kept]] = first_label(bone) + np.arange(len(kept))
     if not dropped:
         return labels, []
-    return lut[labels], dropped
+    out = labels.copy()
+    out[box] = lut[inside]
+    return out, dropped
