@@ -9,7 +9,11 @@ pelvis (its own voxels, untouched) into a body drawn around it:
 - bowel loops (gas, fluid), a bladder (sometimes with contrast), contrast-filled iliac
   vessels;
 - distractor bone with the case's own bone intensities: femurs whose heads sit in the
-  real acetabula, and lumbar vertebrae stacked on the real sacrum.
+  real acetabula, and lumbar vertebrae stacked on the real sacrum;
+- in some bodies, fatty marrow: the real bones' cancellous interior blended towards fat
+  and soft-tissue values in patches, as in the osteoporotic bone of older patients (whose
+  pelves fracture most), while the cortex keeps its values. In real scans such marrow
+  reads -50 to 50 HU deep inside the sacrum and iliac wings, and it is bone.
 
 The labels are the real bones only, so the model learns that femurs and vertebrae are
 background. A mirrored copy swaps left and right labels with the image, so sides stay
@@ -38,6 +42,8 @@ class CompositeOptions:
     inplane_mm, slice_mm : voxel size ranges of the composite grid.
     below_mm, above_mm : body length drawn below and above the pelvic bones.
     fov_mm : in-plane field of view range.
+    fatty_marrow_probability : share of bodies whose real bones get fatty marrow.
+    marrow_hu : range of the fatty marrow's own value, HU.
     """
 
     inplane_mm: tuple[float, float] = (1.6, 2.4)
@@ -45,6 +51,8 @@ class CompositeOptions:
     below_mm: tuple[float, float] = (20.0, 160.0)
     above_mm: tuple[float, float] = (20.0, 220.0)
     fov_mm: tuple[float, float] = (340.0, 460.0)
+    fatty_marrow_probability: float = 0.5
+    marrow_hu: tuple[float, float] = (-80.0, 30.0)
 
 
 @dataclass
@@ -211,6 +219,27 @@ def _paint_bone(cv: _Canvas, hu: np.ndarray, mask: np.ndarray, look: _BoneLook, 
     hu[mask] = val[mask]
 
 
+CORTEX_MM = (2.5, 4.0)
+"""Depth range (mm below the bone surface) kept as cortex when marrow is made fatty."""
+
+
+def _fatty_marrow(cv: _Canvas, hu: np.ndarray, bone: np.ndarray, rng, marrow_hu: tuple[float, float]) -> None:
+    """Blend the cancellous interior of ``bone`` (in place) towards a fatty marrow value.
+
+    Voxels deeper than a cortex of 2.5-4 mm get ``(1 - w) * hu + w * marrow``, with ``w``
+    a smooth random patchwork of 0.3-1 times a strength of 0.5-1, so that some regions
+    keep most of their trabecular density and others read as fat.
+    """
+    depth = ndimage.distance_transform_edt(bone, sampling=cv.spacing)
+    interior = depth > rng.uniform(*CORTEX_MM)
+    if not interior.any():
+        return
+    patches = _smooth_noise(rng, bone.shape, 8.0 / cv.spacing.mean())
+    weight = np.clip(0.75 + 0.35 * patches, 0.3, 1.0) * rng.uniform(0.5, 1.0)
+    marrow = rng.uniform(*marrow_hu)
+    hu[interior] = (1 - weight[interior]) * hu[interior] + weight[interior] * marrow
+
+
 def _acetabulum_centre(hip: np.ndarray, cv: _Canvas, side: int) -> np.ndarray | None:
     """Centre (x, y, z mm) of the socket of one hip bone: the point off the bone that the
     bone surrounds most at femoral-head distance (a shell of radius 22-30 mm)."""
@@ -366,6 +395,8 @@ def composite_case(ct: Volume, labels: Volume, rng: np.random.Generator,
         femur = femur & ~keep_off
         _paint_bone(cv, hu, femur, look, rng, hollow=canal)
     hu[bone] = real[bone]
+    if rng.random() < options.fatty_marrow_probability:
+        _fatty_marrow(cv, hu, bone, rng, options.marrow_hu)
     hu += rng.normal(0, rng.uniform(2, 15), hu.shape).astype(np.float32)
     out_ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return cv.geom.with_array(out_ct), cv.geom.with_array(lab.astype(np.uint8))

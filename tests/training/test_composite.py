@@ -20,8 +20,9 @@ def _centre_x_mm(volume, mask: np.ndarray) -> float:
 
 
 TEST_BODIES = CompositeOptions(inplane_mm=(2.5, 3.0), slice_mm=(2.5, 3.0), below_mm=(60.0, 80.0),
-                               above_mm=(80.0, 100.0), fov_mm=(300.0, 320.0))
-"""Coarser, shorter bodies than the training default: the same code, test-sized."""
+                               above_mm=(80.0, 100.0), fov_mm=(300.0, 320.0), fatty_marrow_probability=0.0)
+"""Coarser, shorter bodies than the training default: the same code, test-sized, with
+the real bone's own marrow (fatty marrow has its own test)."""
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +92,35 @@ def test_crop_above_pelvis_has_no_pelvis(masked_phantom):
     assert np.count_nonzero(a_ct.array > 300) > 0
 
 
+def test_fatty_marrow_lowers_the_interior_and_keeps_the_cortex(masked_phantom):
+    """Fatty marrow: same bodies and labels, the deep cancellous bone much lower in HU,
+    the bone's outer layer as it was."""
+    from scipy import ndimage
+
+    ct, labels = masked_phantom
+    # 2 mm voxels, so that the outer layer lies within the cortex kept (2.5 mm or more)
+    fine = CompositeOptions(**{**TEST_BODIES.__dict__, "inplane_mm": (2.0, 2.0), "slice_mm": (2.0, 2.0)})
+    plain = composite_case(ct, labels, np.random.default_rng(3), fine)
+    fatty_opts = CompositeOptions(**{**fine.__dict__, "fatty_marrow_probability": 1.0, "marrow_hu": (-60.0, -60.0)})
+    fatty = composite_case(ct, labels, np.random.default_rng(3), fatty_opts)
+    assert np.array_equal(plain[1].array, fatty[1].array)
+    bone = plain[1].array > 0
+    depth_mm = ndimage.distance_transform_edt(bone, sampling=plain[1].spacing_zyx_mm)
+    shell, deep = bone & (depth_mm < 2.5), depth_mm >= 6.0
+    assert deep.sum() > 100
+    assert np.median(fatty[0].array[shell]) == pytest.approx(np.median(plain[0].array[shell]), abs=15)
+    drop = np.median(plain[0].array[deep]) - np.median(fatty[0].array[deep])
+    # at least 0.5 * 0.3 of the way to -60 HU everywhere, usually far more
+    assert drop > 0.15 * (np.median(plain[0].array[deep]) + 60), drop
+    outside = ~ndimage.binary_dilation(bone, iterations=2)
+    assert np.median(fatty[0].array[outside]) == pytest.approx(np.median(plain[0].array[outside]), abs=5)
+
+
 @pytest.mark.slow
 def test_composite_of_real_pelvis(real_pelves_dir):
     case = find_masked_cases(real_pelves_dir)[0]
     ct, labels = read_masked_case(case)
-    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(5))
+    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(5), CompositeOptions(fatty_marrow_probability=0.0))
     _check_composite(to_canonical(ct), to_canonical(labels), c_ct, c_lab)
 
 
