@@ -36,8 +36,8 @@ from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on,
 from .errors import InputError, ModelError
 from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
                            drop_pieces_without_cortex, keep_near_pelvis)
-from .recovery import (MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments, fill_bone_cavities, nearest_onto,
-                       smooth_labels_onto)
+from .recovery import (MARROW_CLOSE_MM, MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments, fill_bone_cavities,
+                       fill_marrow, nearest_onto, smooth_labels_onto)
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,12 @@ class Pipeline:
         the bone-masked training data (:mod:`pengwin_demo.bone_region`); None: no masking.
     fill_cavities : bool
         Give background enclosed by a bone to its nearest fragment
-        (:func:`pengwin_demo.recovery.fill_bone_cavities`), as bones are solid in expert labels.
+        (:func:`pengwin_demo.recovery.fill_bone_cavities`), as bones are solid in expert labels;
+        also the fatty marrow a bone encloses once closed with a ball of ``marrow_close_mm``
+        where Stage 1 marks that bone (:func:`pengwin_demo.recovery.fill_marrow`).
+    marrow_close_mm : float
+        Radius of that closing, mm (:data:`pengwin_demo.recovery.MARROW_CLOSE_MM`; 0: only
+        3D cavities are filled).
     require_pelvis : bool
         Refuse a scan in which the anatomy model finds fewer than two of the three bones
         (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
@@ -307,6 +312,7 @@ class Pipeline:
         stage2_margin_mm: float = STAGE2_MARGIN_MM,
         stage2_mask_dilation_mm: float | None = STAGE2_MASK_DILATION_MM,
         fill_cavities: bool = True,
+        marrow_close_mm: float = MARROW_CLOSE_MM,
         require_pelvis: bool = True,
     ):
         if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
@@ -321,6 +327,9 @@ class Pipeline:
         self.stage2_margin_mm = float(stage2_margin_mm)
         self.stage2_mask_dilation_mm = stage2_mask_dilation_mm
         self.fill_cavities = bool(fill_cavities)
+        if marrow_close_mm < 0:
+            raise ValueError(f"marrow_close_mm must be >= 0, got {marrow_close_mm}")
+        self.marrow_close_mm = float(marrow_close_mm)
         self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] = {}
         self._info: dict[str, Any] = {}
@@ -477,10 +486,10 @@ class Pipeline:
         stage1 = self._stage1(models.get("anatomy"), ct, anatomy_map, device, warnings)
         found = self._stage2_and_recovery(models["abbc"], ct, stage1, device, warnings, clock)
         clock.stage("labels")
-        labels, soft_tissue_ml = self._labels_on_input(found, ct)
+        labels, label_figures = self._labels_on_input(found, ct, stage1)
         paths = self._write_outputs(ct_input, labels, out_dir, dicom_seg, mesh_detail, warnings, clock)
         clock.stage("report")
-        inference = self._report_inference(device, stage1, found, mesh_detail, soft_tissue_ml)
+        inference = self._report_inference(device, stage1, found, mesh_detail, label_figures)
         report, timings = self._write_report(ct_input, labels, paths, out_dir, thick, stage1,
                                              inference, warnings, clock)
         for w in warnings:
@@ -543,22 +552,32 @@ class Pipeline:
         warnings.append(no_fragments)
         return _Found(labels_grid, abbc_grid, foreground, no_fragments)
 
-    def _labels_on_input(self, found: _Found, ct: Volume) -> tuple[Volume, float]:
+    def _labels_on_input(self, found: _Found, ct: Volume, stage1: _Stage1) -> tuple[Volume, dict[str, float]]:
         """The fragment labels on the input CT grid (smooth surfaces when asked and possible),
-        and the volume (mL) of the fragments dropped there as soft tissue."""
+        soft-tissue fragments dropped and the bones filled; with the report's figures of
+        those two steps (mL)."""
         if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
             labels = smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground)
         else:
             labels = nearest_onto(found.labels, ct)
-        soft_ml = 0.0
+        voxel_ml = ct.voxel_volume_mm3 / 1000
+        figures = {"dropped_soft_tissue_fragments_ml": 0.0, "marrow_filled_ml": 0.0}
         if self.min_bone_ml > 0:  # HU evidence, as for Stage 1's checks
             before = np.count_nonzero(labels)
             labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
-            soft_ml = round((before - np.count_nonzero(labels)) * ct.voxel_volume_mm3 / 1000, 2)
+            figures["dropped_soft_tissue_fragments_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
             if dropped:
                 log.info("%d fragment(s), %.1f mL, with a median under %g HU dropped as soft tissue",
-                         len(dropped), soft_ml, MIN_FRAGMENT_MEDIAN_HU)
-        return ct.with_array(fill_bone_cavities(labels) if self.fill_cavities else labels), soft_ml
+                         len(dropped), figures["dropped_soft_tissue_fragments_ml"], MIN_FRAGMENT_MEDIAN_HU)
+        if self.fill_cavities and labels.any():
+            before = np.count_nonzero(labels)
+            if self.marrow_close_mm:
+                anatomy = stage1.anatomy if stage1.anatomy.same_grid(ct, tol_mm=1e-4) else \
+                    resample_onto(stage1.anatomy, ct, "nearest")
+                labels = fill_marrow(labels, anatomy.array, ct.spacing_zyx_mm, self.marrow_close_mm)
+            labels = fill_bone_cavities(labels)
+            figures["marrow_filled_ml"] = round((np.count_nonzero(labels) - before) * voxel_ml, 2)
+        return ct.with_array(labels), figures
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
                        mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:
@@ -586,7 +605,7 @@ class Pipeline:
         return paths
 
     def _report_inference(self, device: str, stage1: _Stage1, found: _Found,
-                          mesh_detail: str, soft_tissue_ml: float) -> dict[str, Any]:
+                          mesh_detail: str, label_figures: dict[str, float]) -> dict[str, Any]:
         """The report's ``inference`` entry: grids, settings and Stage-1 figures of the run."""
         abbc_grid = found.abbc_grid
         return {
@@ -602,7 +621,8 @@ class Pipeline:
             "stage1_dropped_far_ml": stage1.dropped_ml,
             "stage1_dropped_no_cortex_ml": stage1.dropped_no_cortex_ml,
             "stage1_bones": stage1.plausible.bones,
-            "dropped_soft_tissue_fragments_ml": soft_tissue_ml,
+            "marrow_close_mm": self.marrow_close_mm if self.fill_cavities else None,
+            **label_figures,
             "no_fragments_reason": found.no_fragments,
         }
 

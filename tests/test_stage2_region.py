@@ -144,3 +144,33 @@ def test_cli_segment_with_a_bad_anatomy_map_is_one_clear_line(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "anatomy map map.nii.gz: holds label values [11, 12, 21]" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_fatty_marrow_left_out_by_stage2_is_filled_where_stage1_marks_bone(tmp_path):
+    """A hip block whose interior reads as fat (-30 HU) behind a cortex with a 2.5 mm gap:
+    Stage 2 (here the true ABBC map of the cortex only, as the real model behaves on fatty
+    marrow) leaves the interior out; the pipeline gives it back to the bone because Stage 1
+    marks it, and says how much in the report."""
+    ct, truth = _body()
+    marrow = np.zeros(truth.shape, bool)
+    marrow[14:26, 24:36, 68:88] = True  # 5 mm inside the right hip block (21)
+    ct = ct.with_array(np.where(marrow, -30, ct.array).astype(np.int16))
+    cortex_only = truth.array.copy()
+    cortex_only[marrow] = 0
+    cortex_only[18:20, 28:30, 64:68] = 0  # the missed cortex: marrow open to the outside
+    anatomy = truth.with_array(anatomy_from_fragments(truth.array))
+    runs = {}
+    for close_mm in (0.0, 6.0):
+        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
+                        fragments=RecordingABBC(truth.with_array(cortex_only)), min_bone_ml=1.0,
+                        marrow_close_mm=close_mm)
+        runs[close_mm] = pipe.run(ct, tmp_path / f"out{close_mm}", anatomy_map=anatomy)
+    without, filled = runs[0.0].labels.array, runs[6.0].labels.array
+    assert np.mean(without[marrow] == 21) < 0.3  # Stage 2 alone leaves the marrow out
+    assert np.mean(filled[marrow] == 21) > 0.95
+    gained = np.count_nonzero(filled) - np.count_nonzero(without)
+    ml = runs[6.0].report["inference"]["marrow_filled_ml"] - runs[0.0].report["inference"]["marrow_filled_ml"]
+    assert ml == pytest.approx(gained * ct.voxel_volume_mm3 / 1000, abs=0.02)
+    assert runs[6.0].report["inference"]["marrow_close_mm"] == 6.0
+    # nothing is added outside Stage-1 bone
+    assert not filled[(anatomy.array == 0) & (without == 0)].any()

@@ -11,7 +11,8 @@ their module on first use.
 - :mod:`.instances`: ABBC prediction + anatomy map -> PENGWIN fragment labels.
 - :mod:`.geodesic`: geodesic Voronoi growth from seeds (fast path and reference).
 - :mod:`.upsample`: fragment labels from a coarse grid onto a finer one.
-- :mod:`.cavities`: background enclosed by a bone given to its fragments.
+- :mod:`.cavities`: background enclosed by a bone (also once closed over fatty marrow) given
+  to its fragments.
 - :mod:`.soft_tissue`: fragments whose CT values are soft tissue, not bone, dropped.
 - :mod:`.noise`: deliberately imperfect ABBC maps, for tests and benchmarks.
 """
@@ -25,7 +26,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "instances": ["RecoveryResult", "recover_fragments"],
         "geodesic": ["grow_labels"],
         "upsample": ["nearest_onto", "smooth_labels_onto"],
-        "cavities": ["fill_bone_cavities"],
+        "cavities": ["MARROW_CLOSE_MM", "fill_bone_cavities", "fill_marrow"],
         "soft_tissue": ["MIN_FRAGMENT_MEDIAN_HU", "drop_soft_tissue_fragments"],
     },
 )
