@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..labels import BONES, MAX_LABEL, bone_of_labels, first_label
+from ..labels import BONES, MAX_LABEL, bone_of_labels
 from ..volume import bounding_box, check_label_array
+from ._numbering import close_up_numbers
 
 __all__ = ["MIN_FRAGMENT_MEDIAN_HU", "drop_soft_tissue_fragments"]
 
@@ -59,18 +60,15 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     present = np.flatnonzero(counts[1:]) + 1
     medians = np.asarray(ndimage.median(ct_hu[box], inside, present), dtype=np.float64)
     bone_of = bone_of_labels(present)
-    lut = np.zeros(MAX_LABEL + 1, dtype=labels.dtype)
     dropped: list[int] = []
     for bone in BONES:
         of_bone = np.flatnonzero(bone_of == bone)  # in label order: the recovery's ranking
         if of_bone.size == 0:
             continue
         largest = of_bone[np.argmax(counts[present[of_bone]])]
-        kept = [i for i in of_bone if i == largest or medians[i] >= min_median_hu]
-        dropped += [int(present[i]) for i in of_bone if i not in kept]
-        lut[present[kept]] = first_label(bone) + np.arange(len(kept))
+        dropped += [int(present[i]) for i in of_bone if i != largest and medians[i] < min_median_hu]
     if not dropped:
         return labels, []
     out = labels.copy()
-    out[box] = lut[inside]
+    out[box] = close_up_numbers(inside, present, dropped)
     return out, dropped
