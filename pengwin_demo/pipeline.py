@@ -36,8 +36,9 @@ from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on,
 from .errors import InputError, ModelError
 from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
                            drop_pieces_without_cortex, keep_near_pelvis)
-from .recovery import (MARROW_CLOSE_MM, MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments, fill_bone_cavities,
-                       fill_marrow, nearest_onto, smooth_labels_onto)
+from .recovery import (MARROW_CLOSE_MM, MAX_CRUMB_ML, MIN_FRAGMENT_MEDIAN_HU, drop_isolated_crumbs,
+                       drop_soft_tissue_fragments, fill_bone_cavities, fill_marrow, nearest_onto,
+                       smooth_labels_onto)
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,9 @@ class Pipeline:
     marrow_close_mm : float
         Radius of that closing, mm (:data:`pengwin_demo.recovery.MARROW_CLOSE_MM`; 0: only
         3D cavities are filled).
+    drop_crumbs : bool
+        Drop fragments of at most 2 mL lying more than 3 mm from every other fragment
+        (:func:`pengwin_demo.recovery.drop_isolated_crumbs`): stray pieces, not fragments.
     require_pelvis : bool
         Refuse a scan in which the anatomy model finds fewer than two of the three bones
         (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
@@ -313,6 +317,7 @@ class Pipeline:
         stage2_mask_dilation_mm: float | None = STAGE2_MASK_DILATION_MM,
         fill_cavities: bool = True,
         marrow_close_mm: float = MARROW_CLOSE_MM,
+        drop_crumbs: bool = True,
         require_pelvis: bool = True,
     ):
         if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
@@ -330,6 +335,7 @@ class Pipeline:
         if marrow_close_mm < 0:
             raise ValueError(f"marrow_close_mm must be >= 0, got {marrow_close_mm}")
         self.marrow_close_mm = float(marrow_close_mm)
+        self.drop_crumbs = bool(drop_crumbs)
         self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] = {}
         self._info: dict[str, Any] = {}
@@ -554,14 +560,15 @@ class Pipeline:
 
     def _labels_on_input(self, found: _Found, ct: Volume, stage1: _Stage1) -> tuple[Volume, dict[str, float]]:
         """The fragment labels on the input CT grid (smooth surfaces when asked and possible),
-        soft-tissue fragments dropped and the bones filled; with the report's figures of
-        those two steps (mL)."""
+        soft-tissue fragments and isolated crumbs dropped and the bones filled; with the
+        report's figures of those steps (mL)."""
         if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
             labels = smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground)
         else:
             labels = nearest_onto(found.labels, ct)
         voxel_ml = ct.voxel_volume_mm3 / 1000
-        figures = {"dropped_soft_tissue_fragments_ml": 0.0, "marrow_filled_ml": 0.0}
+        figures = {"dropped_soft_tissue_fragments_ml": 0.0, "dropped_isolated_crumbs_ml": 0.0,
+                   "marrow_filled_ml": 0.0}
         if self.min_bone_ml > 0:  # HU evidence, as for Stage 1's checks
             before = np.count_nonzero(labels)
             labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
@@ -569,6 +576,13 @@ class Pipeline:
             if dropped:
                 log.info("%d fragment(s), %.1f mL, with a median under %g HU dropped as soft tissue",
                          len(dropped), figures["dropped_soft_tissue_fragments_ml"], MIN_FRAGMENT_MEDIAN_HU)
+        if self.drop_crumbs:
+            before = np.count_nonzero(labels)
+            labels, crumbs = drop_isolated_crumbs(labels, ct.spacing_zyx_mm)
+            figures["dropped_isolated_crumbs_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
+            if crumbs:
+                log.info("%d fragment(s) of at most %g mL lying apart from every other fragment dropped",
+                         len(crumbs), MAX_CRUMB_ML)
         if self.fill_cavities and labels.any():
             before = np.count_nonzero(labels)
             if self.marrow_close_mm:

@@ -174,3 +174,28 @@ def test_fatty_marrow_left_out_by_stage2_is_filled_where_stage1_marks_bone(tmp_p
     assert runs[6.0].report["inference"]["marrow_close_mm"] == 6.0
     # nothing is added outside Stage-1 bone
     assert not filled[(anatomy.array == 0) & (without == 0)].any()
+
+
+def test_a_stray_crumb_apart_from_the_bones_is_dropped(tmp_path):
+    """A 0.5 mL dense speck 10 mm from the right hip, which Stage 1 (the map) takes for hip
+    and Stage 2 for bone, is no fragment in the output; with ``drop_crumbs=False`` it is."""
+    ct, truth = _body()
+    speck = np.zeros(truth.shape, bool)
+    speck[18:24, 28:34, 1:7] = True  # 216 voxels of 1.25 mm: 0.42 mL, 16 mm from fragment 11
+    ct = ct.with_array(np.where(speck, 700, ct.array).astype(np.int16))
+    with_speck = np.where(speck, 22, truth.array).astype(np.uint8)
+    anatomy = truth.with_array(anatomy_from_fragments(with_speck))
+    runs = {}
+    for drop in (False, True):
+        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
+                        fragments=RecordingABBC(truth.with_array(with_speck)), min_bone_ml=1.0,
+                        drop_crumbs=drop)
+        runs[drop] = pipe.run(ct, tmp_path / f"out{drop}", anatomy_map=anatomy)
+    kept, dropped = runs[False], runs[True]
+    assert np.mean(kept.labels.array[speck] > 0) > 0.5
+    assert not dropped.labels.array[speck].any()
+    assert sorted(f["label"] for f in dropped.fragments) == [11, 12, 21]
+    crumb_ml = dropped.report["inference"]["dropped_isolated_crumbs_ml"]
+    assert crumb_ml == pytest.approx(np.count_nonzero(kept.labels.array == 22) * ct.voxel_volume_mm3 / 1000,
+                                     abs=0.01)
+    assert kept.report["inference"]["dropped_isolated_crumbs_ml"] == 0.0

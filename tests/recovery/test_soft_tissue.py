@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo.masked_cases import find_masked_cases, read_masked_case, read_single_bone
 from pengwin_demo.recovery import MIN_FRAGMENT_MEDIAN_HU, drop_soft_tissue_fragments
 
 
@@ -47,11 +46,8 @@ def test_bad_input_refused():
 
 
 @pytest.mark.slow
-def test_every_real_expert_fragment_is_kept(real_pelves_dir, real_sacrum_dir):
-    cases = [(c.name, *read_masked_case(c)) for c in find_masked_cases(real_pelves_dir)]
-    cases.append(("sacrum", *read_single_bone(real_sacrum_dir / "image.nii.gz",
-                                              real_sacrum_dir / "fragments.nii.gz", "sacrum")))
-    for name, ct, labels in cases:
+def test_every_real_expert_fragment_is_kept(real_expert_cases):
+    for name, ct, labels in real_expert_cases:
         out, dropped = drop_soft_tissue_fragments(labels.array, ct.array)
         assert dropped == [], name
         assert np.array_equal(out, labels.array)
