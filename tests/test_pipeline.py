@@ -61,9 +61,12 @@ def phantom_ct(direction=np.eye(3), spacing=(1.5, 1.0, 1.0), extent_zyx_mm=(64.0
 
 
 def body_ct(truth: np.ndarray) -> np.ndarray:
-    """Bone 700 HU where ``truth`` is set, soft tissue 40 HU, air (-1000 HU) in the first
-    and last 3 rows (y): a CT in HU always holds some air (the loaders check)."""
-    ct = np.where(truth > 0, 700, 40).astype(np.int16)
+    """Bone where ``truth`` is set (550 +- 150 HU, at least 200: its values spread as cortex
+    and cancellous bone do, while uniform values would be contrast), soft tissue 40 HU, air
+    (-1000 HU) in the first and last 3 rows (y): a CT in HU always holds some air (the
+    loaders check)."""
+    bone_hu = np.clip(np.random.default_rng(0).normal(550, 150, truth.shape), 200, None)
+    ct = np.where(truth > 0, bone_hu, 40).astype(np.int16)
     ct[:, :3][truth[:, :3] == 0] = -1000
     ct[:, -3:][truth[:, -3:] == 0] = -1000
     return ct

@@ -22,14 +22,16 @@ FLIP_XY = np.diag([-1.0, -1.0, 1.0])
 
 
 def _body(direction=np.eye(3)) -> tuple[Volume, Volume]:
-    """A 'body' CT (soft tissue 40 HU, a bone block 700 HU in two fragments, a distant
-    'vertebra' 700 HU that is not pelvis) and its PENGWIN truth, 1.25 mm voxels."""
+    """A 'body' CT (soft tissue 40 HU, a bone block of 500 +- 150 HU in two fragments, a
+    distant 'vertebra' 700 HU that is not pelvis) and its PENGWIN truth, 1.25 mm voxels."""
     shape, spacing = (48, 64, 96), (1.25, 1.25, 1.25)
     truth = np.zeros(shape, np.uint8)
     truth[10:30, 20:40, 20:40] = 11
     truth[10:30, 20:40, 42:60] = 12  # a 2.5 mm fracture gap at x index 40-41
     truth[10:30, 20:40, 64:92] = 21
-    ct = np.where(truth > 0, 700, 40).astype(np.int16)
+    # bone values spread as a cortex around cancellous bone does (uniform values are contrast)
+    bone_hu = np.random.default_rng(0).normal(500, 150, shape)
+    ct = np.where(truth > 0, bone_hu, 40).astype(np.int16)
     ct[38:46, 50:60, 5:15] = 700  # bone that Stage 1 does not call pelvis
     ct[:, :6], ct[:, -4:] = -1000, -1000  # air in front of and behind the body
     grid = Volume(ct, spacing, (-60.0, -40.0, 0.0), direction)
@@ -182,7 +184,8 @@ def test_a_stray_crumb_apart_from_the_bones_is_dropped(tmp_path):
     ct, truth = _body()
     speck = np.zeros(truth.shape, bool)
     speck[18:24, 28:34, 1:7] = True  # 216 voxels of 1.25 mm: 0.42 mL, 16 mm from fragment 11
-    ct = ct.with_array(np.where(speck, 700, ct.array).astype(np.int16))
+    speck_hu = np.random.default_rng(1).normal(500, 150, ct.shape)
+    ct = ct.with_array(np.where(speck, speck_hu, ct.array).astype(np.int16))
     with_speck = np.where(speck, 22, truth.array).astype(np.uint8)
     anatomy = truth.with_array(anatomy_from_fragments(with_speck))
     runs = {}

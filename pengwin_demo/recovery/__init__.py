@@ -13,7 +13,7 @@ their module on first use.
 - :mod:`.upsample`: fragment labels from a coarse grid onto a finer one.
 - :mod:`.cavities`: background enclosed by a bone (also once closed over fatty marrow) given
   to its fragments.
-- :mod:`.soft_tissue`: fragments whose CT values are soft tissue, not bone, dropped.
+- :mod:`.soft_tissue`: fragments whose CT values are soft tissue or contrast, not bone, dropped.
 - :mod:`.isolated`: small fragments apart from every other fragment dropped as stray pieces.
 - :mod:`.noise`: deliberately imperfect ABBC maps, for tests and benchmarks.
 """
@@ -28,7 +28,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "geodesic": ["grow_labels"],
         "upsample": ["nearest_onto", "smooth_labels_onto"],
         "cavities": ["MARROW_CLOSE_MM", "fill_bone_cavities", "fill_marrow"],
-        "soft_tissue": ["MIN_FRAGMENT_MEDIAN_HU", "drop_soft_tissue_fragments"],
+        "soft_tissue": ["MIN_FRAGMENT_MEDIAN_HU", "MIN_FRAGMENT_SPREAD_HU", "drop_soft_tissue_fragments"],
         "isolated": ["MAX_CRUMB_ML", "MIN_CRUMB_GAP_MM", "drop_isolated_crumbs"],
     },
 )
