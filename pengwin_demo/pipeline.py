@@ -560,38 +560,43 @@ class Pipeline:
 
     def _labels_on_input(self, found: _Found, ct: Volume, stage1: _Stage1) -> tuple[Volume, dict[str, float]]:
         """The fragment labels on the input CT grid (smooth surfaces when asked and possible),
-        soft-tissue fragments and isolated crumbs dropped and the bones filled; with the
-        report's figures of those steps (mL)."""
+        cleaned by :meth:`_clean_labels`; with the report's figures of the cleaning (mL)."""
         if self.smooth_labels and not found.labels.same_grid(ct, tol_mm=1e-4):
             labels = smooth_labels_onto(found.labels, ct, foreground=found.abbc_foreground)
         else:
             labels = nearest_onto(found.labels, ct)
+        labels, figures = self._clean_labels(labels, ct, stage1)
+        return ct.with_array(labels), figures
+
+    def _clean_labels(self, labels: np.ndarray, ct: Volume, stage1: _Stage1) -> tuple[np.ndarray, dict[str, float]]:
+        """Fragments that are soft tissue or contrast (HU evidence) and isolated crumbs
+        dropped, then cavities and fatty marrow given to the bones; the volume each step
+        removed or added (mL), for the report."""
         voxel_ml = ct.voxel_volume_mm3 / 1000
-        figures = {"dropped_soft_tissue_fragments_ml": 0.0, "dropped_isolated_crumbs_ml": 0.0,
-                   "marrow_filled_ml": 0.0}
+        figures = {}
+        before = np.count_nonzero(labels)
         if self.min_bone_ml > 0:  # HU evidence, as for Stage 1's checks
-            before = np.count_nonzero(labels)
             labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
-            figures["dropped_soft_tissue_fragments_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
             if dropped:
-                log.info("%d fragment(s), %.1f mL, with a median under %g HU dropped as soft tissue",
-                         len(dropped), figures["dropped_soft_tissue_fragments_ml"], MIN_FRAGMENT_MEDIAN_HU)
+                log.info("%d fragment(s) with a median under %g HU or uniform values dropped as soft "
+                         "tissue or contrast", len(dropped), MIN_FRAGMENT_MEDIAN_HU)
+        figures["dropped_soft_tissue_fragments_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
+        before = np.count_nonzero(labels)
         if self.drop_crumbs:
-            before = np.count_nonzero(labels)
             labels, crumbs = drop_isolated_crumbs(labels, ct.spacing_zyx_mm)
-            figures["dropped_isolated_crumbs_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
             if crumbs:
                 log.info("%d fragment(s) of at most %g mL lying apart from every other fragment dropped",
                          len(crumbs), MAX_CRUMB_ML)
-        if self.fill_cavities and labels.any():
-            before = np.count_nonzero(labels)
+        figures["dropped_isolated_crumbs_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
+        before = np.count_nonzero(labels)
+        if self.fill_cavities and before:
             if self.marrow_close_mm:
                 anatomy = stage1.anatomy if stage1.anatomy.same_grid(ct, tol_mm=1e-4) else \
                     resample_onto(stage1.anatomy, ct, "nearest")
                 labels = fill_marrow(labels, anatomy.array, ct.spacing_zyx_mm, self.marrow_close_mm)
             labels = fill_bone_cavities(labels)
-            figures["marrow_filled_ml"] = round((np.count_nonzero(labels) - before) * voxel_ml, 2)
-        return ct.with_array(labels), figures
+        figures["marrow_filled_ml"] = round((np.count_nonzero(labels) - before) * voxel_ml, 2)
+        return labels, figures
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
                        mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:
