@@ -76,8 +76,8 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     inside = labels[box]  # all fragments lie in their bounding box: the work is done there
     counts = np.bincount(inside.ravel(), minlength=MAX_LABEL + 1)
     present = np.flatnonzero(counts[1:]) + 1
-    medians = np.asarray(ndimage.median(ct_hu[box], inside, present), dtype=np.float64)
-    spreads = _p90(ct_hu[box], inside, present) - medians if min_spread_hu > 0 else np.full(len(present), np.inf)
+    medians, p90s = _median_and_p90(ct_hu[box], inside, present)
+    spreads = p90s - medians if min_spread_hu > 0 else np.full(len(present), np.inf)
     bone_of = bone_of_labels(present)
     dropped: list[int] = []
     for bone in BONES:
@@ -94,8 +94,10 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     return out, dropped
 
 
-def _p90(values: np.ndarray, labels: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """90th percentile of ``values`` over each label in ``present``, each on its own box."""
+def _median_and_p90(values: np.ndarray, labels: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 90th percentile of ``values`` over each label in ``present``, both from one
+    selection of the label's voxels on its own bounding box."""
     boxes = ndimage.find_objects(labels)
-    return np.array([np.percentile(values[boxes[v - 1]][labels[boxes[v - 1]] == v], 90) for v in present],
-                    dtype=np.float64)
+    both = np.array([np.percentile(values[boxes[v - 1]][labels[boxes[v - 1]] == v], [50, 90]) for v in present],
+                    dtype=np.float64).reshape(len(present), 2)
+    return both[:, 0], both[:, 1]
