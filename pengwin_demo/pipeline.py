@@ -573,30 +573,42 @@ class Pipeline:
         dropped, then cavities and fatty marrow given to the bones; the volume each step
         removed or added (mL), for the report."""
         voxel_ml = ct.voxel_volume_mm3 / 1000
+        hu_evidence = self.min_bone_ml > 0  # as for Stage 1's checks
+        steps = (
+            ("dropped_soft_tissue_fragments_ml", hu_evidence, self._drop_soft_tissue),
+            ("dropped_isolated_crumbs_ml", self.drop_crumbs, self._drop_crumbs),
+            ("marrow_filled_ml", self.fill_cavities, self._fill_bones),
+        )
         figures = {}
-        before = np.count_nonzero(labels)
-        if self.min_bone_ml > 0:  # HU evidence, as for Stage 1's checks
-            labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
-            if dropped:
-                log.info("%d fragment(s) with a median under %g HU or uniform values dropped as soft "
-                         "tissue or contrast", len(dropped), MIN_FRAGMENT_MEDIAN_HU)
-        figures["dropped_soft_tissue_fragments_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
-        before = np.count_nonzero(labels)
-        if self.drop_crumbs:
-            labels, crumbs = drop_isolated_crumbs(labels, ct.spacing_zyx_mm)
-            if crumbs:
-                log.info("%d fragment(s) of at most %g mL lying apart from every other fragment dropped",
-                         len(crumbs), MAX_CRUMB_ML)
-        figures["dropped_isolated_crumbs_ml"] = round((before - np.count_nonzero(labels)) * voxel_ml, 2)
-        before = np.count_nonzero(labels)
-        if self.fill_cavities and before:
-            if self.marrow_close_mm:
-                anatomy = stage1.anatomy if stage1.anatomy.same_grid(ct, tol_mm=1e-4) else \
-                    resample_onto(stage1.anatomy, ct, "nearest")
-                labels = fill_marrow(labels, anatomy.array, ct.spacing_zyx_mm, self.marrow_close_mm)
-            labels = fill_bone_cavities(labels)
-        figures["marrow_filled_ml"] = round((np.count_nonzero(labels) - before) * voxel_ml, 2)
+        for name, enabled, step in steps:
+            before = np.count_nonzero(labels)
+            if enabled and before:
+                labels = step(labels, ct, stage1)
+            figures[name] = round(abs(np.count_nonzero(labels) - before) * voxel_ml, 2)
         return labels, figures
+
+    @staticmethod
+    def _drop_soft_tissue(labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:
+        labels, dropped = drop_soft_tissue_fragments(labels, ct.array)
+        if dropped:
+            log.info("%d fragment(s) with a median under %g HU or uniform values dropped as soft "
+                     "tissue or contrast", len(dropped), MIN_FRAGMENT_MEDIAN_HU)
+        return labels
+
+    @staticmethod
+    def _drop_crumbs(labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:
+        labels, crumbs = drop_isolated_crumbs(labels, ct.spacing_zyx_mm)
+        if crumbs:
+            log.info("%d fragment(s) of at most %g mL lying apart from every other fragment dropped",
+                     len(crumbs), MAX_CRUMB_ML)
+        return labels
+
+    def _fill_bones(self, labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:
+        if self.marrow_close_mm:
+            anatomy = stage1.anatomy if stage1.anatomy.same_grid(ct, tol_mm=1e-4) else \
+                resample_onto(stage1.anatomy, ct, "nearest")
+            labels = fill_marrow(labels, anatomy.array, ct.spacing_zyx_mm, self.marrow_close_mm)
+        return fill_bone_cavities(labels)
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
                        mesh_detail: str, warnings: list[str], clock: _Stopwatch) -> dict[str, Any]:
