@@ -36,9 +36,9 @@ from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on,
 from .errors import InputError, ModelError
 from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
                            drop_pieces_without_cortex, keep_near_pelvis)
-from .recovery import (MARROW_CLOSE_MM, MAX_CRUMB_ML, MIN_FRAGMENT_MEDIAN_HU, drop_isolated_crumbs,
-                       drop_soft_tissue_fragments, fill_bone_cavities, fill_marrow, nearest_onto,
-                       smooth_labels_onto)
+from .recovery import (MARROW_CLOSE_MM, MAX_CRUMB_ML, MIN_FRAGMENT_MEDIAN_HU, cut_vertebra_off_sacrum,
+                       drop_isolated_crumbs, drop_soft_tissue_fragments, fill_bone_cavities, fill_marrow,
+                       nearest_onto, smooth_labels_onto)
 from .volume import Volume, resample_onto, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,10 @@ class Pipeline:
     drop_crumbs : bool
         Drop fragments of at most 2 mL lying more than 3 mm from every other fragment
         (:func:`pengwin_demo.recovery.drop_isolated_crumbs`): stray pieces, not fragments.
+    cut_vertebra : bool
+        Cut off a sacrum fragment the lumbar vertebral body that rests on it across a disc
+        (:func:`pengwin_demo.recovery.cut_vertebra_off_sacrum`; HU evidence, so not with
+        ``min_bone_ml`` 0).
     require_pelvis : bool
         Refuse a scan in which the anatomy model finds fewer than two of the three bones
         (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
@@ -318,6 +322,7 @@ class Pipeline:
         fill_cavities: bool = True,
         marrow_close_mm: float = MARROW_CLOSE_MM,
         drop_crumbs: bool = True,
+        cut_vertebra: bool = True,
         require_pelvis: bool = True,
     ):
         if stage2_margin_mm < 0 or (stage2_mask_dilation_mm is not None and stage2_mask_dilation_mm < 0):
@@ -336,6 +341,7 @@ class Pipeline:
             raise ValueError(f"marrow_close_mm must be >= 0, got {marrow_close_mm}")
         self.marrow_close_mm = float(marrow_close_mm)
         self.drop_crumbs = bool(drop_crumbs)
+        self.cut_vertebra = bool(cut_vertebra)
         self.require_pelvis = bool(require_pelvis)
         self._models: dict[str, Any] = {}
         self._info: dict[str, Any] = {}
@@ -569,12 +575,13 @@ class Pipeline:
         return ct.with_array(labels), figures
 
     def _clean_labels(self, labels: np.ndarray, ct: Volume, stage1: _Stage1) -> tuple[np.ndarray, dict[str, float]]:
-        """Fragments that are soft tissue or contrast (HU evidence) and isolated crumbs
-        dropped, then cavities and fatty marrow given to the bones; the volume each step
-        removed or added (mL), for the report."""
+        """Vertebra cut off the sacrum, fragments that are soft tissue or contrast and isolated
+        crumbs dropped (the first two on HU evidence), then cavities and fatty marrow given to
+        the bones; the volume each step removed or added (mL), for the report."""
         voxel_ml = ct.voxel_volume_mm3 / 1000
         hu_evidence = self.min_bone_ml > 0  # as for Stage 1's checks
         steps = (
+            ("cut_vertebra_ml", hu_evidence and self.cut_vertebra, self._cut_vertebra),
             ("dropped_soft_tissue_fragments_ml", hu_evidence, self._drop_soft_tissue),
             ("dropped_isolated_crumbs_ml", self.drop_crumbs, self._drop_crumbs),
             ("marrow_filled_ml", self.fill_cavities, self._fill_bones),
@@ -586,6 +593,13 @@ class Pipeline:
                 labels = step(labels, ct, stage1)
             figures[name] = round(abs(np.count_nonzero(labels) - before) * voxel_ml, 2)
         return labels, figures
+
+    @staticmethod
+    def _cut_vertebra(labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:
+        labels, n_cut = cut_vertebra_off_sacrum(labels, ct.array, ct.index_to_world_matrix()[:3, :3])
+        if n_cut:
+            log.info("%.1f mL of a lumbar vertebra cut off the sacrum", n_cut * ct.voxel_volume_mm3 / 1000)
+        return labels
 
     @staticmethod
     def _drop_soft_tissue(labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:

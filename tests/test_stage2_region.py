@@ -202,3 +202,36 @@ def test_a_stray_crumb_apart_from_the_bones_is_dropped(tmp_path):
     assert crumb_ml == pytest.approx(np.count_nonzero(kept.labels.array == 22) * ct.voxel_volume_mm3 / 1000,
                                      abs=0.01)
     assert kept.report["inference"]["dropped_isolated_crumbs_ml"] == 0.0
+
+
+def test_a_vertebra_resting_on_the_sacrum_is_cut_off(tmp_path):
+    """A vertebral body on a sacrum block across a 5 mm disc (80 HU), all of which Stage 1
+    (the map) and Stage 2 take for one sacrum fragment, is cut off the sacrum; the report
+    says how much. With ``cut_vertebra=False`` it stays."""
+    ct, truth = _body()
+    sacrum = np.zeros(truth.shape, bool)
+    sacrum[4:20, 30:46, 3:20] = True      # 8.5 mL
+    vertebra = np.zeros(truth.shape, bool)
+    vertebra[24:36, 22:34, 5:18] = True   # 3.7 mL, above and in front of it, on its mid-line
+    disc = np.zeros(truth.shape, bool)
+    disc[20:24, 22:34, 5:18] = True
+    bone_hu = np.random.default_rng(2).normal(500, 150, ct.shape)
+    hu = np.where(sacrum | vertebra, bone_hu, ct.array)
+    ct = ct.with_array(np.where(disc, 80, hu).astype(np.int16))
+    with_sacrum = np.where(sacrum | disc | vertebra, 1, truth.array).astype(np.uint8)
+    anatomy = truth.with_array(anatomy_from_fragments(with_sacrum))
+    runs = {}
+    for cut in (False, True):
+        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
+                        fragments=RecordingABBC(truth.with_array(with_sacrum)), min_bone_ml=1.0,
+                        cut_vertebra=cut)
+        runs[cut] = pipe.run(ct, tmp_path / f"out{cut}", anatomy_map=anatomy)
+    kept, cut = runs[False].labels.array, runs[True].labels.array
+    assert np.mean(kept[vertebra] == 1) > 0.9
+    assert np.mean(cut[vertebra] > 0) < 0.05
+    assert np.mean(cut[sacrum] == 1) > 0.9 and np.mean(cut[sacrum] == 1) >= np.mean(kept[sacrum] == 1) - 0.01
+    assert np.array_equal(cut[truth.array > 0], kept[truth.array > 0])  # the hips as they were
+    cut_ml = runs[True].report["inference"]["cut_vertebra_ml"]
+    voxel_ml = ct.voxel_volume_mm3 / 1000
+    assert np.count_nonzero(vertebra) * voxel_ml <= cut_ml <= np.count_nonzero(vertebra | disc) * voxel_ml + 0.3
+    assert runs[False].report["inference"]["cut_vertebra_ml"] == 0.0

@@ -15,6 +15,7 @@ their module on first use.
   to its fragments.
 - :mod:`.soft_tissue`: fragments whose CT values are soft tissue or contrast, not bone, dropped.
 - :mod:`.isolated`: small fragments apart from every other fragment dropped as stray pieces.
+- :mod:`.vertebra`: the part of the L5 vertebra that Stage 1 took for sacrum cut off it.
 - :mod:`.noise`: deliberately imperfect ABBC maps, for tests and benchmarks.
 """
 
@@ -30,5 +31,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "cavities": ["MARROW_CLOSE_MM", "fill_bone_cavities", "fill_marrow"],
         "soft_tissue": ["MIN_FRAGMENT_MEDIAN_HU", "MIN_FRAGMENT_SPREAD_HU", "drop_soft_tissue_fragments"],
         "isolated": ["MAX_CRUMB_ML", "MIN_CRUMB_GAP_MM", "drop_isolated_crumbs"],
+        "vertebra": ["MAX_MIDLINE_OFFSET_MM", "MIN_BONE_HU", "MIN_VERTEBRA_ML", "cut_vertebra_off_sacrum"],
     },
 )
