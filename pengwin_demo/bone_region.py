@@ -6,19 +6,22 @@ is set to 0 HU (the per-bone masked data sets FracSegNet and PENGWIN publish, se
 the CT cropped to the bones found by Stage 1 (plus :data:`STAGE2_MARGIN_MM`), and every
 voxel farther than :data:`STAGE2_MASK_DILATION_MM` from them set to :data:`MASK_FILL_HU`.
 The crop also keeps Stage 2 off the rest of the body (a chest-to-thigh scan costs no more
-than a pelvis).
+than a pelvis). The Stage-1 map goes onto Stage 2's finer grid with smooth surfaces
+(:func:`anatomy_onto`), not as the stack of 4 mm blocks nearest neighbour makes of it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .volume import Box, Volume, bounding_box, box_onto
+from .recovery import smooth_labels_onto
+from .volume import Box, Volume, bounding_box, box_onto, resample_onto
 
 __all__ = [
     "MASK_FILL_HU",
     "STAGE2_MARGIN_MM",
     "STAGE2_MASK_DILATION_MM",
+    "anatomy_onto",
     "bone_box_on",
     "mask_outside_bones",
 ]
@@ -100,3 +103,37 @@ def mask_outside_bones(ct: np.ndarray, bones: np.ndarray, spacing_zyx_mm, dilati
     out = np.array(ct, copy=True)
     out[outside] = fill
     return out
+
+
+def anatomy_onto(anatomy: Volume, grid: Volume, *, foreground: np.ndarray | None = None,
+                 smooth: bool = True) -> np.ndarray:
+    """The Stage-1 map resampled onto ``grid`` (e.g. Stage 2's 1.5 mm grid).
+
+    Parameters
+    ----------
+    anatomy : Volume
+        uint8 anatomy map (0 background, 1 sacrum, 2 left hip, 3 right hip), e.g. on the
+        anatomy model's 4 mm grid.
+    grid : Volume
+        The grid to map onto; only its geometry is used.
+    foreground : ndarray of float, shape ``anatomy.shape``, optional
+        The anatomy model's foreground probability on the map's grid: where between two
+        voxel centres the bone surface lies. Ignored when its shape differs from the map's
+        (the map was not made on the model's grid).
+    smooth : bool
+        Smooth surfaces (:func:`pengwin_demo.recovery.smooth_labels_onto`: the 0.5 level of
+        the interpolated foreground, each voxel to the bone whose interpolated indicator is
+        largest). False: nearest neighbour.
+
+    Returns
+    -------
+    ndarray of uint8, shape ``grid.shape``
+        The map on ``grid`` (z, y, x).
+    """
+    if anatomy.same_grid(grid, tol_mm=1e-3):
+        return anatomy.array
+    if not smooth:
+        return resample_onto(anatomy, grid, "nearest").array
+    if foreground is not None and np.shape(foreground) != anatomy.shape:
+        foreground = None
+    return smooth_labels_onto(anatomy, grid, foreground=foreground)

@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bone_region import STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, bone_box_on, mask_outside_bones
+from .bone_region import (STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, anatomy_onto, bone_box_on,
+                          mask_outside_bones)
 from .errors import InputError, ModelError
 from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, check_anatomy,
                            drop_pieces_without_cortex, keep_near_pelvis)
@@ -231,6 +232,9 @@ class _Stage1:
     """:func:`pengwin_demo.plausibility.check_anatomy`'s verdict."""
     voxels: int
     """Bone voxels of ``anatomy``."""
+    foreground: np.ndarray | None = None
+    """The anatomy model's foreground probability on ``grid``, or None (a user's map, or a
+    model that offers none)."""
 
 
 @dataclass
@@ -274,7 +278,8 @@ class Pipeline:
     smooth_labels : bool
         Take the fragments from the model grid to the CT grid with smooth surfaces
         (:func:`pengwin_demo.recovery.smooth_labels_onto`, default) rather than nearest
-        neighbour (2 mm blocks with the demo model).
+        neighbour (2 mm blocks with the demo model); the Stage-1 map onto Stage 2's grid too
+        (:func:`pengwin_demo.bone_region.anatomy_onto`).
     stage2_margin_mm : float
         Stage 2 runs on the CT cropped to the Stage-1 bone box plus this margin, mm
         (:data:`pengwin_demo.bone_region.STAGE2_MARGIN_MM`).
@@ -513,8 +518,10 @@ class Pipeline:
         """Sacrum and hips: the anatomy model (bone far from the pelvis dropped) or the user's
         map, then the plausibility check (its refusal or warnings go to ``warnings``)."""
         dropped_ml = no_cortex_ml = 0.0
+        foreground = None
         if anatomy_map is None:
-            anatomy, grid, _ = self._predict(model, ct, device, "anatomy", warnings)
+            anatomy, grid, foreground = self._predict(model, ct, device, "anatomy", warnings,
+                                                      with_foreground=self.smooth_labels)
             if self.min_bone_ml > 0:  # 0: synthetic intensities, no HU evidence to judge by
                 anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
             if no_cortex_ml:
@@ -532,7 +539,8 @@ class Pipeline:
             warnings.append(plausible.refusal)
         else:
             warnings.extend(plausible.warnings)
-        return _Stage1(anatomy, grid, info, dropped_ml, no_cortex_ml, plausible, int(np.count_nonzero(anatomy.array)))
+        return _Stage1(anatomy, grid, info, dropped_ml, no_cortex_ml, plausible,
+                       int(np.count_nonzero(anatomy.array)), foreground)
 
     def _stage2_and_recovery(self, model, ct: Volume, stage1: _Stage1, device: str,
                              warnings: list[str], clock: _Stopwatch) -> _Found:
@@ -541,7 +549,7 @@ class Pipeline:
         if stage1.plausible.refusal is not None:
             return _Found(ct.with_array(np.zeros(ct.shape, np.uint8)), None, None, stage1.plausible.refusal)
         clock.stage("abbc")
-        abbc_vol, abbc_grid, foreground, anatomy_vol = self._stage2(model, ct, stage1.anatomy, device, warnings)
+        abbc_vol, abbc_grid, foreground, anatomy_vol = self._stage2(model, ct, stage1, device, warnings)
         clock.stage("recovery")
         from .recovery import recover_fragments
 
@@ -723,17 +731,17 @@ class Pipeline:
             vol, name = read_anatomy_map(anatomy_map, ct), Path(anatomy_map).name
         return vol, {"role": "anatomy", "backend": "anatomy-map", "name": name, "version": None}
 
-    def _stage2(self, model, ct: Volume, anatomy: Volume, device: str, warnings: list[str]):
+    def _stage2(self, model, ct: Volume, stage1: _Stage1, device: str, warnings: list[str]):
         """ABBC on the CT cropped to the Stage-1 bone box and masked outside the bones.
 
         Returns (ABBC labels, the masked CT on the model grid, foreground probability or
         None, the anatomy map on the model grid); see :mod:`pengwin_demo.bone_region`.
         """
-        box = bone_box_on(anatomy, ct, self.stage2_margin_mm)
+        box = bone_box_on(stage1.anatomy, ct, self.stage2_margin_mm)
         region = ct.crop(box) if box is not None else ct
         abbc_grid = self._model_grid(model, region, device, warnings)
-        anatomy_on_grid = anatomy if anatomy.same_grid(abbc_grid, tol_mm=1e-3) else \
-            resample_onto(anatomy, abbc_grid, "nearest")
+        anatomy_on_grid = abbc_grid.with_array(anatomy_onto(stage1.anatomy, abbc_grid, foreground=stage1.foreground,
+                                                            smooth=self.smooth_labels))
         if self.stage2_mask_dilation_mm is not None:
             abbc_grid = abbc_grid.with_array(mask_outside_bones(
                 abbc_grid.array, anatomy_on_grid.array, abbc_grid.spacing_zyx_mm,

@@ -11,7 +11,7 @@ import pytest
 from _helpers.paths import REPO
 from pengwin_demo.recovery import abbc_targets
 from pengwin_demo.anatomy_map import anatomy_map_onto, read_anatomy_map
-from pengwin_demo.bone_region import MASK_FILL_HU, bone_box_on, mask_outside_bones
+from pengwin_demo.bone_region import MASK_FILL_HU, anatomy_onto, bone_box_on, mask_outside_bones
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import write_volume
 from pengwin_demo.labels import anatomy_from_fragments
@@ -66,6 +66,35 @@ def test_bone_box_covers_the_bones_plus_the_margin_on_another_grid():
     # the bone spans 20 x 20 x 66 voxels; 4 mm Stage-1 voxels + 2 x 5 mm margin add at most 15 voxels
     assert all(20 <= n <= 20 + 15 for n in sizes[:2]) and 66 <= sizes[2] <= 66 + 15
     assert bone_box_on(coarse.with_array(np.zeros_like(coarse.array)), ct, 5.0) is None
+
+
+def test_the_stage1_map_goes_onto_the_finer_grid_with_smooth_surfaces():
+    """Two balls (r 20 mm, sacrum and left hip) mapped at 4 mm, with a partial-volume
+    foreground, onto 1.5 mm: smooth surfaces fit the true balls better than 4 mm blocks
+    do (IoU 0.97-0.98 against 0.85-0.86), and each voxel keeps its ball's bone."""
+    def balls(spacing_mm, shape):
+        grid = Volume(np.zeros(shape, np.uint8), (spacing_mm,) * 3, (0.0, 0.0, 0.0))
+        zyx = np.indices(shape).reshape(3, -1).T
+        pts = grid.index_to_world(zyx).reshape(*shape, 3)
+        d1 = np.linalg.norm(pts - [40.0, 48.0, 48.0], axis=-1)
+        d2 = np.linalg.norm(pts - [90.0, 48.0, 48.0], axis=-1)
+        return grid, d1, d2
+    coarse, d1, d2 = balls(4.0, (24, 24, 34))
+    labels = np.where(d1 <= 20, 1, np.where(d2 <= 20, 2, 0)).astype(np.uint8)
+    # partial volume: the share of a 4 mm voxel inside either ball, as a smooth ramp
+    foreground = np.clip(0.5 + (20 - np.minimum(d1, d2)) / 4.0, 0, 1).astype(np.float32)
+    anatomy = coarse.with_array(labels)
+    fine, f1, f2 = balls(1.5, (64, 64, 90))
+    truth = np.where(f1 <= 20, 1, np.where(f2 <= 20, 2, 0))
+    smooth = anatomy_onto(anatomy, fine, foreground=foreground)
+    blocks = anatomy_onto(anatomy, fine, smooth=False)
+    for bone in (1, 2):
+        iou = [np.sum((m == bone) & (truth == bone)) / np.sum((m == bone) | (truth == bone)) for m in (smooth, blocks)]
+        assert iou[0] > 0.95 and iou[0] > iou[1] + 0.02, (bone, iou)
+        assert not np.any(smooth[truth == 3 - bone] == bone)
+    # a foreground of another shape (a map not made on the model's grid) is not used
+    assert np.array_equal(anatomy_onto(anatomy, fine, foreground=foreground[:-1]), anatomy_onto(anatomy, fine))
+    assert anatomy_onto(anatomy, coarse) is labels
 
 
 def test_masking_keeps_bone_and_a_rim_in_mm():
