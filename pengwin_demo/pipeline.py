@@ -627,9 +627,8 @@ class Pipeline:
 
     def _fill_bones(self, labels: np.ndarray, ct: Volume, stage1: _Stage1) -> np.ndarray:
         if self.marrow_close_mm:
-            anatomy = stage1.anatomy if stage1.anatomy.same_grid(ct, tol_mm=1e-4) else \
-                resample_onto(stage1.anatomy, ct, "nearest")
-            labels = fill_marrow(labels, anatomy.array, ct.spacing_zyx_mm, self.marrow_close_mm)
+            anatomy = anatomy_onto(stage1.anatomy, ct, foreground=stage1.foreground, smooth=self.smooth_labels)
+            labels = fill_marrow(labels, anatomy, ct.spacing_zyx_mm, self.marrow_close_mm)
         return fill_bone_cavities(labels)
 
     def _write_outputs(self, ct_input, labels: Volume, out_dir: Path, dicom_seg: bool,
