@@ -52,6 +52,17 @@ class RecordingABBC:
         return abbc_targets(labels, volume.spacing_zyx_mm)
 
 
+def _runs_toggling(tmp_path, ct: Volume, abbc_truth: Volume, anatomy: Volume, option: str, values) -> dict:
+    """Pipeline runs with the true-ABBC stand-in for Stage 2 and ``anatomy`` as Stage 1, one
+    per value of the Pipeline ``option``; {value: result}."""
+    runs = {}
+    for value in values:
+        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
+                        fragments=RecordingABBC(abbc_truth), min_bone_ml=1.0, **{option: value})
+        runs[value] = pipe.run(ct, tmp_path / f"out-{option}-{value}", anatomy_map=anatomy)
+    return runs
+
+
 def test_bone_box_covers_the_bones_plus_the_margin_on_another_grid():
     ct, truth = _body(FLIP_XY)
     coarse = resample_onto(truth.with_array(anatomy_from_fragments(truth.array)),
@@ -190,12 +201,7 @@ def test_fatty_marrow_left_out_by_stage2_is_filled_where_stage1_marks_bone(tmp_p
     cortex_only[marrow] = 0
     cortex_only[18:20, 28:30, 64:68] = 0  # the missed cortex: marrow open to the outside
     anatomy = truth.with_array(anatomy_from_fragments(truth.array))
-    runs = {}
-    for close_mm in (0.0, 6.0):
-        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
-                        fragments=RecordingABBC(truth.with_array(cortex_only)), min_bone_ml=1.0,
-                        marrow_close_mm=close_mm)
-        runs[close_mm] = pipe.run(ct, tmp_path / f"out{close_mm}", anatomy_map=anatomy)
+    runs = _runs_toggling(tmp_path, ct, truth.with_array(cortex_only), anatomy, "marrow_close_mm", (0.0, 6.0))
     without, filled = runs[0.0].labels.array, runs[6.0].labels.array
     assert np.mean(without[marrow] == 21) < 0.3  # Stage 2 alone leaves the marrow out
     assert np.mean(filled[marrow] == 21) > 0.95
@@ -217,12 +223,7 @@ def test_a_stray_crumb_apart_from_the_bones_is_dropped(tmp_path):
     ct = ct.with_array(np.where(speck, speck_hu, ct.array).astype(np.int16))
     with_speck = np.where(speck, 22, truth.array).astype(np.uint8)
     anatomy = truth.with_array(anatomy_from_fragments(with_speck))
-    runs = {}
-    for drop in (False, True):
-        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
-                        fragments=RecordingABBC(truth.with_array(with_speck)), min_bone_ml=1.0,
-                        drop_crumbs=drop)
-        runs[drop] = pipe.run(ct, tmp_path / f"out{drop}", anatomy_map=anatomy)
+    runs = _runs_toggling(tmp_path, ct, truth.with_array(with_speck), anatomy, "drop_crumbs", (False, True))
     kept, dropped = runs[False], runs[True]
     assert np.mean(kept.labels.array[speck] > 0) > 0.5
     assert not dropped.labels.array[speck].any()
@@ -249,12 +250,7 @@ def test_a_vertebra_resting_on_the_sacrum_is_cut_off(tmp_path):
     ct = ct.with_array(np.where(disc, 80, hu).astype(np.int16))
     with_sacrum = np.where(sacrum | disc | vertebra, 1, truth.array).astype(np.uint8)
     anatomy = truth.with_array(anatomy_from_fragments(with_sacrum))
-    runs = {}
-    for cut in (False, True):
-        pipe = Pipeline(device="cpu", anatomy=str(tmp_path / "no_such_model"),
-                        fragments=RecordingABBC(truth.with_array(with_sacrum)), min_bone_ml=1.0,
-                        cut_vertebra=cut)
-        runs[cut] = pipe.run(ct, tmp_path / f"out{cut}", anatomy_map=anatomy)
+    runs = _runs_toggling(tmp_path, ct, truth.with_array(with_sacrum), anatomy, "cut_vertebra", (False, True))
     kept, cut = runs[False].labels.array, runs[True].labels.array
     assert np.mean(kept[vertebra] == 1) > 0.9
     assert np.mean(cut[vertebra] > 0) < 0.05
