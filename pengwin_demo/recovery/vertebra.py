@@ -3,9 +3,10 @@
 On real CT the anatomy model often takes the lower half of the L5 vertebral body for
 sacrum, and Stage 2, which sees only the Stage-1 bone, then makes L5 and S1 one fragment:
 on TotalSegmentator's example CT that is 21.5 mL of the sacrum's 48 mL of surplus. The two
-are apart in the CT, though: the L5-S1 disc (soft tissue, 50-120 HU) lies between the L5
-body and the S1 endplate. Within a sacrum fragment, the voxels of at least
-:data:`MIN_BONE_HU` then fall into separate 6-connected pieces, and the vertebra's piece
+are apart in the CT, though: the L5-S1 disc (soft tissue) lies between the L5 body and the
+S1 endplate. Within a sacrum fragment, the voxels of at least :data:`MIN_BONE_HU` then fall
+into separate 6-connected pieces (on that CT: an 11 mL piece of L5 beside the sacrum's
+89 mL), and the vertebra's piece
 sits where only L5 can: above the sacrum's main piece, in front of it, on the mid-line.
 In the expert labels of five real fractured pelves and a real fractured sacrum, no sacrum
 fragment has a second dense piece of even :data:`MIN_VERTEBRA_ML`.
