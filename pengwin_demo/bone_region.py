@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recovery import smooth_labels_onto
-from .volume import Box, Volume, bounding_box, box_onto, resample_onto
+from .recovery import nearest_onto, smooth_labels_onto
+from .volume import Box, Volume, bounding_box, box_onto
 
 __all__ = [
     "MASK_FILL_HU",
@@ -123,7 +123,7 @@ def anatomy_onto(anatomy: Volume, grid: Volume, *, foreground: np.ndarray | None
     smooth : bool
         Smooth surfaces (:func:`pengwin_demo.recovery.smooth_labels_onto`: the 0.5 level of
         the interpolated foreground, each voxel to the bone whose interpolated indicator is
-        largest). False: nearest neighbour.
+        largest). False: nearest neighbour (:func:`pengwin_demo.recovery.nearest_onto`).
 
     Returns
     -------
@@ -133,7 +133,7 @@ def anatomy_onto(anatomy: Volume, grid: Volume, *, foreground: np.ndarray | None
     if anatomy.same_grid(grid, tol_mm=1e-3):
         return anatomy.array
     if not smooth:
-        return resample_onto(anatomy, grid, "nearest").array
+        return nearest_onto(anatomy, grid)
     if foreground is not None and np.shape(foreground) != anatomy.shape:
         foreground = None
     return smooth_labels_onto(anatomy, grid, foreground=foreground)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..labels import MAX_FRAGMENTS_PER_BONE, MAX_LABEL, Anatomy, first_label
-from ..volume import bounding_box, check_label_array
+from ..volume import check_label_array
 
 __all__ = ["MAX_MIDLINE_OFFSET_MM", "MIN_BONE_HU", "MIN_VERTEBRA_ML", "cut_vertebra_off_sacrum"]
 
@@ -62,7 +62,8 @@ def cut_vertebra_off_sacrum(labels: np.ndarray, hu: np.ndarray, index_to_lps_mm:
     Returns
     -------
     (ndarray, int)
-        The labels (same dtype; fragments keep their numbers) and the number of voxels cut.
+        The labels (same dtype; fragments keep their numbers; the input itself when nothing
+        is cut) and the number of voxels cut.
     """
     labels = check_label_array("labels", labels, max_label=MAX_LABEL)
     hu = np.asarray(hu)
@@ -73,17 +74,20 @@ def cut_vertebra_off_sacrum(labels: np.ndarray, hu: np.ndarray, index_to_lps_mm:
         raise ValueError(f"index_to_lps_mm must be an invertible 3 x 3 matrix, got {matrix.tolist()}")
     spacing = np.linalg.norm(matrix, axis=0)  # mm per step along z, y, x
     min_vox = min_piece_ml * 1000 / float(np.prod(spacing))
-    out = labels.copy()
+    out = labels
     cut = 0
     first = first_label(Anatomy.SACRUM)
+    # one pass for every sacrum fragment's box; label v's box is boxes[v - 1]
+    boxes = ndimage.find_objects(labels, max_label=first + MAX_FRAGMENTS_PER_BONE - 1)
     for value in range(first, first + MAX_FRAGMENTS_PER_BONE):
-        box = bounding_box(labels == value)
+        box = boxes[value - 1]
         if box is None:
             continue
         fragment = labels[box] == value
         gone = _vertebra_part(fragment, hu[box] >= min_bone_hu, matrix, spacing, min_vox,
                               max_midline_offset_mm)
         if gone is not None:
+            out = labels.copy() if out is labels else out  # copied only when something is cut
             out[box][gone] = 0
             cut += int(np.count_nonzero(gone))
     return out, cut
@@ -107,5 +111,6 @@ def _vertebra_part(fragment: np.ndarray, dense: np.ndarray, matrix: np.ndarray, 
     if vertebra.size == 0:
         return None
     # each voxel of the fragment goes with its nearest dense voxel's piece: the disc splits
-    _, nearest = ndimage.distance_transform_edt(pieces == 0, sampling=spacing, return_indices=True)
+    nearest = ndimage.distance_transform_edt(pieces == 0, sampling=spacing, return_distances=False,
+                                             return_indices=True)
     return fragment & np.isin(pieces[tuple(nearest)], vertebra)
