@@ -76,17 +76,16 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     inside = labels[box]  # all fragments lie in their bounding box: the work is done there
     counts = np.bincount(inside.ravel(), minlength=MAX_LABEL + 1)
     present = np.flatnonzero(counts[1:]) + 1
-    medians, p90s = _median_and_p90(ct_hu[box], inside, present)
-    spreads = p90s - medians if min_spread_hu > 0 else np.full(len(present), np.inf)
     bone_of = bone_of_labels(present)
+    boxes = ndimage.find_objects(inside)  # boxes[v - 1]: label v's bounding box
     dropped: list[int] = []
     for bone in BONES:
-        of_bone = np.flatnonzero(bone_of == bone)  # in label order: the recovery's ranking
+        of_bone = present[bone_of == bone]  # in label order: the recovery's ranking
         if of_bone.size == 0:
             continue
-        largest = of_bone[np.argmax(counts[present[of_bone]])]
-        dropped += [int(present[i]) for i in of_bone
-                    if i != largest and (medians[i] < min_median_hu or spreads[i] < min_spread_hu)]
+        largest = of_bone[np.argmax(counts[of_bone])]  # kept whatever its values: not measured
+        dropped += [int(v) for v in of_bone if v != largest
+                    and not _bone_like(ct_hu[box], inside, int(v), boxes[v - 1], min_median_hu, min_spread_hu)]
     if not dropped:
         return labels, []
     out = labels.copy()
@@ -94,10 +93,8 @@ def drop_soft_tissue_fragments(labels: np.ndarray, ct_hu: np.ndarray,
     return out, dropped
 
 
-def _median_and_p90(values: np.ndarray, labels: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and 90th percentile of ``values`` over each label in ``present``, both from one
-    selection of the label's voxels on its own bounding box."""
-    boxes = ndimage.find_objects(labels)
-    both = np.array([np.percentile(values[boxes[v - 1]][labels[boxes[v - 1]] == v], [50, 90]) for v in present],
-                    dtype=np.float64).reshape(len(present), 2)
-    return both[:, 0], both[:, 1]
+def _bone_like(values: np.ndarray, labels: np.ndarray, value: int, box, min_median_hu: float,
+               min_spread_hu: float) -> bool:
+    """Whether label ``value``'s voxels (within ``box``) have a bone's median and spread (HU)."""
+    median, p90 = np.percentile(values[box][labels[box] == value], [50, 90])
+    return bool(median >= min_median_hu and (min_spread_hu <= 0 or p90 - median >= min_spread_hu))
