@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ._options import add_real_training, real_training_inputs
@@ -16,15 +17,23 @@ def add_arguments(parser) -> None:
                         help="synthetic bodies each real pelvis is placed in (half mirrored; default 8)")
     parser.add_argument("--phantoms", type=int, default=12,
                         help="small full-context phantoms added to the training set (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
+    parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
+                        help="share of bodies whose real bones get fatty marrow (default 0.5)")
 
 
 def run(args) -> int:
     from ..training import train_real_anatomy
+    from ..training.composite import CompositeOptions
 
+    if not 0.0 <= args.fatty_marrow <= 1.0:
+        print(f"error: --fatty-marrow must lie between 0 and 1, not {args.fatty_marrow}", file=sys.stderr)
+        return 2
     inputs = real_training_inputs(args, "anatomy")
     if inputs is None:
         return 2
     out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, per_case=args.bodies_per_case,
-                             phantoms=args.phantoms, **inputs)
+                             phantoms=args.phantoms, seed=args.seed,
+                             options=CompositeOptions(fatty_marrow_probability=args.fatty_marrow), **inputs)
     print(f"anatomy: {out}")
     return 0

@@ -104,6 +104,8 @@ def train_real_anatomy(
     holdout: tuple[str, ...] = (),
     per_case: int = 8,
     phantoms: int = 12,
+    seed: int = 0,
+    options: CompositeOptions = CompositeOptions(),
     init_weights: str | os.PathLike | None = None,
     max_seconds: float | None = None,
     config: DemoConfig = REAL_ANATOMY_CONFIG,
@@ -114,17 +116,18 @@ def train_real_anatomy(
 
     ``work_dir`` keeps the cases, nnU-Net folders and logs, so a second call resumes
     (or, with the same budget, continues) the training. See :func:`write_composite_cases`
-    for ``holdout``, ``per_case`` and ``phantoms``.
+    for ``holdout``, ``per_case``, ``phantoms``, ``seed`` and ``options``.
     """
     work = Path(work_dir)
     record = work / "cases.json"
     if not record.is_file():
         cases_dir = work / "pengwin_cases"
         names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
-                                      phantoms=phantoms)
+                                      phantoms=phantoms, seed=seed, options=options)
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
-                                      "phantoms": phantoms}, indent=2))
+                                      "phantoms": phantoms, "seed": seed,
+                                      "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     train_log = train_and_export(work, out_dir, "anatomy", ANATOMY_DATASET_ID + 1, cfg, device, threads)
@@ -137,11 +140,13 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
     summary = training_summary(train_log)
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
             "training_cases": cases["training"], "holdout_cases": cases["holdout"],
-            "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "config": asdict(cfg),
+            "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": cases.get("seed", 0),
+            "fatty_marrow_probability": cases.get("fatty_marrow_probability", 0.5), "config": asdict(cfg),
             "device": device, "licence": LICENCE, **summary}
     info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
+    marrow_pct = 100 * cases.get("fatty_marrow_probability", 0.5)
     card = f"""# Anatomy model trained with real pelvic bones (nnU-Net v2, `3d_demo`)
 
 **Research use only, not for clinical use.** Licence of the weights: {LICENCE}.
@@ -150,8 +155,9 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
 - Data: {len(cases["training"])} real fractured pelves ({", ".join(cases["training"])}), each
   placed in {cases["per_case"]} synthetic bodies (muscle, fat, bowel gas and fluid, bladder,
   contrast vessels, table; femurs in the real acetabula and lumbar vertebrae on the real
-  sacrum, painted with the case's own bone intensities and labelled background; in half of
-  them the real bones' cancellous interior blended towards fatty marrow, -80 to 30 HU), half
+  sacrum, L5's lower arch reaching down to the sacrum's facets, painted with the case's own
+  bone intensities and labelled background; in {marrow_pct:.0f} % of them the real bones'
+  cancellous interior blended towards fatty marrow, -80 to 30 HU; seed {cases.get("seed", 0)}), half
   of them mirrored with the hip labels swapped, plus crops above the pelvis as negatives, and
   {cases["phantoms"]} small phantoms. Held out (never in training):
   {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.
@@ -164,7 +170,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   pseudo-Dice per class {summary.get("last_pseudo_dice", [])}.
 - Files: inference only, {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
-  --max-minutes N [--holdout CASES]`.
+  --max-minutes N --seed {cases.get("seed", 0)} --fatty-marrow {cases.get("fatty_marrow_probability", 0.5)}
+  [--holdout CASES] [--init-weights PREVIOUS]`.
 """
     path = model_dir / "MODEL_CARD.md"
     path.write_text(card + (f"\n{notes.strip()}\n" if notes.strip() else ""))

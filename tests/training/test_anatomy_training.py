@@ -40,6 +40,16 @@ def test_composite_cases_keep_held_out_patients_out(tmp_path):
         write_composite_cases([tmp_path / "src"], tmp_path / "x", holdout=("p9",))
 
 
+def test_train_anatomy_refuses_a_share_outside_0_1(tmp_path, capsys):
+    from pengwin_demo.__main__ import main
+
+    write_masked_case(tmp_path / "src" / "p1", 0)
+    code = main(["train-anatomy", str(tmp_path / "src"), "--work-dir", str(tmp_path / "work"),
+                 "--out", str(tmp_path / "model"), "--max-minutes", "1", "--fatty-marrow", "1.5"])
+    assert code == 2 and "--fatty-marrow must lie between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()
+
+
 @pytest.mark.slow
 def test_train_anatomy_starts_from_the_given_weights(tmp_path):
     for i, name in enumerate(("p1", "p2", "p3")):
@@ -47,14 +57,16 @@ def test_train_anatomy_starts_from_the_given_weights(tmp_path):
     cfg = replace(REAL_ANATOMY_CONFIG, iterations_per_epoch=2, val_iterations_per_epoch=1)
     start = bundled_model_path("anatomy")
     out = train_real_anatomy(tmp_path / "work", tmp_path / "model", [tmp_path / "src"], holdout=("p3",),
-                             per_case=2, phantoms=1, init_weights=start, max_seconds=3.0, config=cfg,
-                             threads=1)
+                             per_case=2, phantoms=1, seed=3, options=CompositeOptions(fatty_marrow_probability=0.0),
+                             init_weights=start, max_seconds=3.0, config=cfg, threads=1)
     raw = tmp_path / "work" / "nnUNet_raw" / "Dataset522_PengwinAnatomy" / "imagesTr"
     names = sorted(p.name for p in raw.iterdir())
     assert not [n for n in names if n.startswith("p3")] and any(n.startswith("phantom_") for n in names)
     info = json.loads((out / "training.json").read_text())
     assert info["kind"] == "anatomy" and info["training_cases"] == ["p1", "p2"] and info["holdout_cases"] == ["p3"]
-    assert "CC BY-NC-SA 4.0" in (out / "MODEL_CARD.md").read_text()
+    assert info["seed"] == 3 and info["fatty_marrow_probability"] == 0.0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "--seed 3 --fatty-marrow 0.0" in card
     log = (tmp_path / "work" / "logs" / "train_anatomy.log").read_text()
     assert f"network weights initialised from {(start / 'fold_all' / 'checkpoint_final.pth').resolve()}" in log
     assert (out / "fold_all" / "checkpoint_final.pth").is_file()
