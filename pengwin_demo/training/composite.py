@@ -307,8 +307,7 @@ def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> np.ndarray:
     The lowest body (L5) sits on the S1 endplate across a disc, its base tilted with the
     endplate, so that much of it lies below the sacrum's highest point as in real scans (a
     real chest-to-pelvis CT: 43 % of L5, its base 27 mm below the sacrum's top); higher
-    bodies stack level on it. L5's lower arch reaches down to the sacrum's facets
-    (:func:`_l5_lower_arch`).
+    bodies stack level on it.
     """
     if sacrum.sum() < 100:
         return np.zeros(cv.shape, bool)
@@ -345,33 +344,10 @@ def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> np.ndarray:
         transverse = (np.abs(cv.x - x_mid) <= span) & (np.abs(cv.y - ring_c + 6) <= 6) & (
             np.abs(cv.z - zc) <= 6)
         spine |= body | arch | spinous | transverse
-        if level == 0:
-            spine |= _l5_lower_arch(cv, x_mid, ring_c, zc, base, rng) & ~sacrum
         z += h + rng.uniform(7, 11)
         rx, ry = rx * rng.uniform(0.95, 1.0), ry * rng.uniform(0.95, 1.0)
         level += 1
     return spine
-
-
-def _l5_lower_arch(cv: _Canvas, x_mid: float, ring_c: float, z_top: float, base: np.ndarray,
-                   rng) -> np.ndarray:
-    """The L5 inferior articular processes and the lamina between them (LPS mm).
-
-    Two pillars behind the spinal canal, ``ring_c`` (y, mm), and a V of lamina joining
-    them behind it, reaching from the arch at ``z_top`` down past the L5-S1 disc ``base``
-    (shape (1, Y, 1), world z) to the sacrum's superior articular processes, as in real
-    CTs, where a 4 mm model otherwise takes the lower arch for sacrum. Where they meet the
-    real sacrum, the caller's joint gap keeps them off it.
-    """
-    spread, radius = rng.uniform(11, 17), rng.uniform(4, 7)
-    y_facet = ring_c + rng.uniform(0, 6)
-    low = base - rng.uniform(8, 20)
-    off_mid = np.abs(cv.x - x_mid)
-    pillars = (off_mid - spread) ** 2 + (cv.y - y_facet) ** 2 <= radius ** 2
-    # the lamina runs from the pillars back to the spinous process at the mid-line
-    y_lamina = y_facet + (1 - np.minimum(off_mid, spread) / spread) * rng.uniform(8, 14)
-    lamina = (off_mid <= spread) & (np.abs(cv.y - y_lamina) <= rng.uniform(2.5, 4))
-    return ((pillars & (cv.z >= low)) | (lamina & (cv.z >= (low + base) / 2))) & (cv.z <= z_top)
 
 
 # -- the case -------------------------------------------------------------------------

@@ -155,9 +155,9 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
 - Data: {len(cases["training"])} real fractured pelves ({", ".join(cases["training"])}), each
   placed in {cases["per_case"]} synthetic bodies (muscle, fat, bowel gas and fluid, bladder,
   contrast vessels, table; femurs in the real acetabula and lumbar vertebrae on the real
-  sacrum, L5's lower arch reaching down to the sacrum's facets, painted with the case's own
-  bone intensities and labelled background; in {marrow_pct:.0f} % of them the real bones'
-  cancellous interior blended towards fatty marrow, -80 to 30 HU; seed {cases.get("seed", 0)}), half
+  sacrum, painted with the case's own bone intensities and labelled background; in
+  {marrow_pct:.0f} % of them the real bones' cancellous interior blended towards fatty
+  marrow, -80 to 30 HU; seed {cases.get("seed", 0)}), half
   of them mirrored with the hip labels swapped, plus crops above the pelvis as negatives, and
   {cases["phantoms"]} small phantoms. Held out (never in training):
   {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.

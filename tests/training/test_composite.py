@@ -141,17 +141,9 @@ def test_lowest_vertebra_sits_on_the_tilted_endplate():
     sacrum = (z <= top_mm) & (z >= 20) & (y >= 50) & (y <= 120) & (np.abs(x - 60) <= 40)
     spine = _lumbar_spine(cv, sacrum, np.random.default_rng(0))
     assert not (spine & sacrum).any()
-    low_rows = np.flatnonzero(spine[: int(90 / step) + 1].any(axis=(0, 2)))  # rows reaching below the top
-    runs = np.split(low_rows, np.flatnonzero(np.diff(low_rows) > 1) + 1)
-    assert len(runs) == 2, "the L5 body in front of the spinal canal, its lower arch behind it"
-    body_rows, arch_rows = runs
+    body_rows = np.flatnonzero(spine[: int(90 / step) + 1].any(axis=(0, 2)))  # rows reaching below the top
     assert body_rows.size, "part of the lowest vertebra lies below the sacrum's highest point"
     lowest = [np.flatnonzero(spine[:, r, :].any(axis=1)).min() * step for r in body_rows]
     gap = np.array(lowest) - np.broadcast_to(top_mm, (1, shape[1], 1))[0, body_rows, 0]
     assert np.all(gap >= 5.0), "a disc between the endplate and the vertebra"
     assert lowest[0] < lowest[-1], "the base follows the endplate down anteriorly"
-    # behind the canal, the lower arch reaches below the sacrum's top towards its facets
-    arch_lowest = min(np.flatnonzero(spine[:, r, :].any(axis=1)).min() * step for r in arch_rows)
-    sacrum_top = np.flatnonzero(sacrum.any(axis=(1, 2))).max() * step
-    assert arch_rows.min() * step > body_rows.max() * step + 5.0
-    assert arch_lowest < sacrum_top - 5.0
