@@ -128,25 +128,38 @@ def train_real_anatomy(
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
                                       "phantoms": phantoms, "seed": seed,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
+    else:
+        _warn_if_other_bodies(record, seed, options)
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     train_log = train_and_export(work, out_dir, "anatomy", ANATOMY_DATASET_ID + 1, cfg, device, threads)
     write_anatomy_card(Path(out_dir), cfg, json.loads(record.read_text()), device, train_log)
     return Path(out_dir)
 
+def _warn_if_other_bodies(record: Path, seed: int, options: CompositeOptions) -> None:
+    """Log when a resumed work folder's composites were drawn with another seed or marrow
+    share than asked: the folder's own cases are used, not new ones."""
+    kept = json.loads(record.read_text())
+    kept_seed, kept_marrow = kept.get("seed", 0), kept.get("fatty_marrow_probability", 0.5)
+    if (kept_seed, kept_marrow) != (seed, options.fatty_marrow_probability):
+        log.warning("%s holds composites of seed %s with fatty-marrow share %s; they are used as they "
+                    "are (a new --work-dir draws bodies with seed %s and share %s)", record.parent,
+                    kept_seed, kept_marrow, seed, options.fatty_marrow_probability)
+
+
 def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
                        notes: str = "") -> Path:
     """``training.json`` and ``MODEL_CARD.md`` of a model from :func:`train_real_anatomy`."""
     summary = training_summary(train_log)
+    seed, marrow = cases.get("seed", 0), cases.get("fatty_marrow_probability", 0.5)
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
             "training_cases": cases["training"], "holdout_cases": cases["holdout"],
-            "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": cases.get("seed", 0),
-            "fatty_marrow_probability": cases.get("fatty_marrow_probability", 0.5), "config": asdict(cfg),
+            "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
+            "fatty_marrow_probability": marrow, "config": asdict(cfg),
             "device": device, "licence": LICENCE, **summary}
     info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
-    marrow_pct = 100 * cases.get("fatty_marrow_probability", 0.5)
     card = f"""# Anatomy model trained with real pelvic bones (nnU-Net v2, `3d_demo`)
 
 **Research use only, not for clinical use.** Licence of the weights: {LICENCE}.
@@ -156,8 +169,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   placed in {cases["per_case"]} synthetic bodies (muscle, fat, bowel gas and fluid, bladder,
   contrast vessels, table; femurs in the real acetabula and lumbar vertebrae on the real
   sacrum, painted with the case's own bone intensities and labelled background; in
-  {marrow_pct:.0f} % of them the real bones' cancellous interior blended towards fatty
-  marrow, -80 to 30 HU; seed {cases.get("seed", 0)}), half
+  {100 * marrow:.0f} % of them the real bones' cancellous interior blended towards fatty
+  marrow, -80 to 30 HU; seed {seed}), half
   of them mirrored with the hip labels swapped, plus crops above the pelvis as negatives, and
   {cases["phantoms"]} small phantoms. Held out (never in training):
   {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.
@@ -170,7 +183,7 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   pseudo-Dice per class {summary.get("last_pseudo_dice", [])}.
 - Files: inference only, {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
-  --max-minutes N --seed {cases.get("seed", 0)} --fatty-marrow {cases.get("fatty_marrow_probability", 0.5)}
+  --max-minutes N --seed {seed} --fatty-marrow {marrow}
   [--holdout CASES] [--init-weights PREVIOUS]`.
 """
     path = model_dir / "MODEL_CARD.md"

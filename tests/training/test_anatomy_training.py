@@ -50,6 +50,18 @@ def test_train_anatomy_refuses_a_share_outside_0_1(tmp_path, capsys):
     assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()
 
 
+def test_resumed_work_folder_with_other_bodies_is_said(tmp_path, caplog):
+    from pengwin_demo.training.real_anatomy import _warn_if_other_bodies
+
+    record = tmp_path / "cases.json"
+    record.write_text(json.dumps({"training": ["p1"], "seed": 3, "fatty_marrow_probability": 0.0}))
+    with caplog.at_level("WARNING"):
+        _warn_if_other_bodies(record, 3, CompositeOptions(fatty_marrow_probability=0.0))
+        assert not caplog.records
+        _warn_if_other_bodies(record, 4, CompositeOptions(fatty_marrow_probability=0.0))
+    assert "holds composites of seed 3" in caplog.text and "seed 4" in caplog.text
+
+
 @pytest.mark.slow
 def test_train_anatomy_starts_from_the_given_weights(tmp_path):
     for i, name in enumerate(("p1", "p2", "p3")):
