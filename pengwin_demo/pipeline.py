@@ -40,7 +40,7 @@ from .plausibility import (MAX_GAP_MM, MIN_BONE_ML, MIN_PEAK_HU, AnatomyCheck, c
 from .recovery import (MARROW_CLOSE_MM, MAX_CRUMB_ML, MIN_FRAGMENT_MEDIAN_HU, cut_vertebra_off_sacrum,
                        drop_isolated_crumbs, drop_soft_tissue_fragments, fill_bone_cavities, fill_marrow,
                        nearest_onto, smooth_labels_onto)
-from .volume import Volume, resample_onto, resample_to_spacing
+from .volume import Volume, resample_to_spacing
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..training import train_real_anatomy
-    from ..training.composite import CompositeOptions
+    from ..training import CompositeOptions, train_real_anatomy
 
     if not 0.0 <= args.fatty_marrow <= 1.0:
         print(f"error: --fatty-marrow must lie between 0 and 1, not {args.fatty_marrow}", file=sys.stderr)
