@@ -397,8 +397,38 @@ class WatcherService:
                 job.release()      # the next scan recovers it (bounded by max_attempts)
 
     def _run_job(self, job: Job) -> None:
+        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        if self._settled_without_running(job):
+            return
+        started = self._mark_running(job)
+        job_log = _JobLog()
+        detail_logger = logging.getLogger("pengwin_demo")
+        detail_logger.addHandler(job_log)
+        try:
+            final, warnings = self._publish_outputs(job, started, job_log)
+        except Exception as err:  # every failure is reported; the service keeps running
+            self._fail_job(job, started, err, job_log)
+            return
+        finally:
+            detail_logger.removeHandler(job_log)
+            self._current = None
+            self._stage = None
+        seconds = round(time.time() - started, 2)
+        self.store.record({"job_id": job.job_id, "state": "done", "finished": iso(time.time()),
+                           "seconds": seconds, "warnings": warnings, "output": str(final)})
+        self.counts["done"] += 1
+        log.info("job %s done in %.1f s%s", job.job_id, seconds,
+                 f" with {len(warnings)} warning(s)" if warnings else "")
+        self._notify_done(job)
+        self.store.finish(job)
+        self._write_status(force=True)
+
+    def _settled_without_running(self, job: Job) -> bool:
+        """Finish a job that needs no run: already published, out of attempts, or split.
+
+        Returns True when the job is settled (done, failed or split into children).
+        """
         meta = job.meta
-        meta["attempts"] = int(meta.get("attempts", 0)) + 1
         if self.store.output_dir(job).exists():
             # published before the previous process died: do not run it again
             meta["state"] = "done"
@@ -407,7 +437,7 @@ class WatcherService:
             log.info("job %s done (outputs were already complete)", job.job_id)
             self._notify_done(job)
             self.store.finish(job)
-            return
+            return True
         if meta["attempts"] > self.config.max_attempts:
             self._fail(job, time.time(), (
                 f"Processing was interrupted {meta['attempts'] - 1} times (the watcher was "
@@ -416,9 +446,12 @@ class WatcherService:
                 "Check the watcher's log and the machine's memory, then move the item in "
                 "input/ back into the inbox to try again.",
             ), kind=Failure.INTERRUPTED)
-            return
-        if self._split(job):
-            return
+            return True
+        return self._split(job)
+
+    def _mark_running(self, job: Job) -> float:
+        """Record and log that ``job`` starts now; returns the start time (epoch seconds)."""
+        meta = job.meta
         started = time.time()
         meta.update(state="running", started=iso(started))
         job.save()
@@ -428,10 +461,16 @@ class WatcherService:
                            "started": meta["started"], "attempt": meta["attempts"]})
         log.info("job %s started (attempt %d)", job.job_id, meta["attempts"])
         self._write_status(force=True)
+        return started
+
+    def _publish_outputs(self, job: Job, started: float, job_log: _JobLog) -> tuple[Path, list[str]]:
+        """Process the job's input into a temporary folder and publish it to the outbox.
+
+        Returns the published folder and the run's warnings. On any error the temporary
+        folder is removed and the error raised (:meth:`_fail_job` reports it).
+        """
+        meta = job.meta
         tmp = None
-        job_log = _JobLog()
-        detail_logger = logging.getLogger("pengwin_demo")
-        detail_logger.addHandler(job_log)
         try:
             problem = self._precheck(job)
             if problem:
@@ -457,41 +496,32 @@ class WatcherService:
             checkpoint(Point.PUBLISH)
             final = self.store.publish(job, tmp)
             checkpoint(Point.PUBLISHED)
-        except InputError as err:
+        except Exception:
             self._cleanup(tmp)
+            raise
+        return final, warnings
+
+    def _fail_job(self, job: Job, started: float, err: Exception, job_log: _JobLog) -> None:
+        """Report a failed run by its cause: the input, the models, or a bug / the machine.
+
+        Called from within the ``except`` block, so the traceback is the run's. A resource
+        error (disk full, memory) defers the job for a later retry instead of failing it.
+        """
+        if isinstance(err, InputError):
             self._fail(job, started, (str(err), _hint_for_input_error()), job_log=job_log)
-            return
-        except ModelError as err:
-            self._cleanup(tmp)
+        elif isinstance(err, ModelError):
             self._fail(job, started, (str(err), "Install or fix the models (see the README), "
                                       "then move the item in input/ back into the inbox."),
                        kind=Failure.MODEL, job_log=job_log)
-            return
-        except Exception as err:  # a bug or the environment (disk, memory): keep running
-            self._cleanup(tmp)
-            if is_resource_error(err):
-                self._defer(job, err)
-                return
+        elif is_resource_error(err):
+            self._defer(job, err)
+        else:
             self._fail(job, started, (
                 f"Unexpected error: {type(err).__name__}: {err}",
                 "This is a bug or a problem of the machine (disk full, memory...). Report it "
                 "with this file; the traceback is below. After fixing, move the item in "
                 "input/ back into the inbox.",
             ), detail=traceback.format_exc(), kind=Failure.UNEXPECTED, job_log=job_log)
-            return
-        finally:
-            detail_logger.removeHandler(job_log)
-            self._current = None
-            self._stage = None
-        seconds = round(time.time() - started, 2)
-        self.store.record({"job_id": job.job_id, "state": "done", "finished": iso(time.time()),
-                           "seconds": seconds, "warnings": warnings, "output": str(final)})
-        self.counts["done"] += 1
-        log.info("job %s done in %.1f s%s", job.job_id, seconds,
-                 f" with {len(warnings)} warning(s)" if warnings else "")
-        self._notify_done(job)
-        self.store.finish(job)
-        self._write_status(force=True)
 
     def _split(self, job: Job) -> bool:
         """Turn a delivery of several CT series into one queued job per series.
