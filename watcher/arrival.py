@@ -194,34 +194,18 @@ class InboxScanner:
 
     def scan(self) -> ScanResult:
         """List the inbox once; return settled items and the ones still arriving."""
-        cfg = self.config
         now = self._clock()
         result = ScanResult()
-        try:
-            entries = sorted(os.scandir(cfg.inbox), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            if not self._inbox_missing:  # say it once, not on every scan
-                log.warning("inbox %s cannot be listed (%s); waiting for it to come back",
-                            cfg.inbox, type(err).__name__)
-            self._inbox_missing = True
+        entries = self._list_inbox()
+        if entries is None:
             return result
-        if self._inbox_missing:
-            log.info("inbox %s is back", cfg.inbox)
-            self._inbox_missing = False
         names = {e.name for e in entries}
         seen: set[str] = set()
         loose: list[Path] = []
         for entry in entries:
-            name = entry.name
-            if is_ignored_name(name):
+            if is_ignored_name(entry.name) or self._is_marker(entry.name, names):
                 continue
             path = Path(entry.path)
-            if name.lower().endswith(cfg.marker_suffix) and name[: -len(cfg.marker_suffix)] in names:
-                continue  # a sibling marker
-            if name == cfg.marker_name:
-                continue  # the top-level marker for loose files
-            if name.lower().endswith(cfg.marker_suffix):
-                continue  # a marker whose item is gone or not there yet
             try:
                 kind = entry_kind(path)
                 if kind == "loose":
@@ -230,32 +214,68 @@ class InboxScanner:
                 signature, n_files, size = _walk_signature(path)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            seen.add(name)
-            sibling = cfg.inbox / (name + cfg.marker_suffix)
-            inner = path / cfg.marker_name if kind == "folder" else None
-            marker = None
-            if sibling.name in names:
-                marker = sibling
-            elif inner is not None and inner.is_file():
-                marker = inner
-            needed = cfg.settle_seconds
-            if kind == "folder" and n_files == 0:
-                needed = max(cfg.settle_seconds, cfg.empty_grace_seconds)
-            settled, quiet, track = self._settled(name, signature, needed, now)
-            if marker is not None:
-                settled = True
-            if settled:
-                result.ready.append(
-                    Item(name, kind, [path], n_files, size, track.first_seen, marker,
-                         "marker" if marker is not None and quiet < needed else "settled")
-                )
-            else:
-                result.waiting.append(Waiting(kind, n_files, size, round(quiet, 1), needed))
+            seen.add(entry.name)
+            self._scan_item(path, kind, signature, n_files, size, names, now, result)
         if loose:
             seen.add(LOOSE_KEY)
             result_loose = self._scan_loose(loose, now, names)
             result.ready.extend(result_loose.ready)
             result.waiting.extend(result_loose.waiting)
+        self._forget_gone(seen, names)
+        return result
+
+    def _list_inbox(self) -> list[os.DirEntry] | None:
+        """The inbox's entries by name; None (said once) while it cannot be listed."""
+        cfg = self.config
+        try:
+            entries = sorted(os.scandir(cfg.inbox), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
+            if not self._inbox_missing:  # say it once, not on every scan
+                log.warning("inbox %s cannot be listed (%s); waiting for it to come back",
+                            cfg.inbox, type(err).__name__)
+            self._inbox_missing = True
+            return None
+        if self._inbox_missing:
+            log.info("inbox %s is back", cfg.inbox)
+            self._inbox_missing = False
+        return entries
+
+    def _is_marker(self, name: str, names: set[str]) -> bool:
+        """Whether inbox entry ``name`` is a marker (of a sibling item, of the loose files,
+        or of an item that is gone or not there yet), not an item."""
+        cfg = self.config
+        return name == cfg.marker_name or name.lower().endswith(cfg.marker_suffix)
+
+    def _scan_item(self, path: Path, kind: str, signature, n_files: int, size: int,
+                   names: set[str], now: float, result: ScanResult) -> None:
+        """Add one folder or archive of the inbox to ``result``: ready or still arriving."""
+        cfg = self.config
+        name = path.name
+        sibling = cfg.inbox / (name + cfg.marker_suffix)
+        inner = path / cfg.marker_name if kind == "folder" else None
+        marker = None
+        if sibling.name in names:
+            marker = sibling
+        elif inner is not None and inner.is_file():
+            marker = inner
+        needed = cfg.settle_seconds
+        if kind == "folder" and n_files == 0:
+            needed = max(cfg.settle_seconds, cfg.empty_grace_seconds)
+        settled, quiet, track = self._settled(name, signature, needed, now)
+        if marker is not None:
+            settled = True
+        if settled:
+            result.ready.append(
+                Item(name, kind, [path], n_files, size, track.first_seen, marker,
+                     "marker" if marker is not None and quiet < needed else "settled")
+            )
+        else:
+            result.waiting.append(Waiting(kind, n_files, size, round(quiet, 1), needed))
+
+    def _forget_gone(self, seen: set[str], names: set[str]) -> None:
+        """Drop the tracks of items no longer in the inbox (and the loose files' marker once
+        every loose file was claimed)."""
+        cfg = self.config
         if LOOSE_KEY not in seen:
             self._loose_files = {}
             if cfg.marker_name in names and (cfg.inbox / cfg.marker_name).is_file():
@@ -264,7 +284,6 @@ class InboxScanner:
             if key not in seen:
                 self._tracks.pop(key, None)
                 self._events.pop(key, None)
-        return result
 
     def _scan_loose(self, loose: list[Path], now: float, names: set[str]) -> ScanResult:
         """Loose files settle together; files leaving (claimed) do not restart the clock."""
