@@ -25,7 +25,9 @@ the bounding box of the bone:
    however few (its voxels the anatomy map leaves unlabelled take the nearest labelled
    voxel's bone first, so the far bone is not dotted with islands of the near one), and
    join a fragment of that bone in step 6 (small pieces the one they
-   touch most, larger ones the one they continue into without border); an instance
+   touch most, larger ones the one they continue into without border: at least
+   ``merge_open_fraction`` of their contact open, or ``anatomy_open_fraction`` for a
+   piece that lies mostly inside its bone in the anatomy map); an instance
    with no anatomy at all takes the nearest bone's.
 6. **Small and surplus fragments**: instances under ``min_fragment_vox`` merge into the
    same-bone instance they continue into without border, else the one they touch most; within a bone, fragments are ranked by size
@@ -100,6 +102,7 @@ def recover_fragments(
     min_fragment_vox: int = 1000,
     merge_open_fraction: float = 0.8,
     sibling_open_fraction: float = 0.2,
+    anatomy_open_fraction: float = 0.5,
     max_per_bone: int = MAX_FRAGMENTS_PER_BONE,
     method: str = "fast",
 ) -> RecoveryResult:
@@ -123,6 +126,15 @@ def recover_fragments(
         sides (no border between them) are one fragment.
     sibling_open_fraction : float
         The same for two seeds cut from one core component by the erosion (see ``_seeds``).
+    anatomy_open_fraction : float
+        The same for a piece split off by anatomy (an instance's voxels in a second bone)
+        that has more than half of its voxels in that bone of ``anatomy``, and the
+        fragment of that bone it touches. Such a piece has no core of its own: another
+        bone's wave reached it across a joint. On real intact pelves the ABBC model walls
+        parts of the sacral alae off the sacrum with stray fracture zone; a piece the
+        anatomy places in the sacrum then rejoins it unless most of the contact is
+        walled. A piece mostly outside the anatomy (soft tissue beside the hip that the
+        ABBC model took for bone, say) still needs ``merge_open_fraction``.
     max_per_bone : int
         At most this many fragments per bone (PENGWIN: 10).
     method : {"fast", "reference"}
@@ -188,6 +200,9 @@ def recover_fragments(
     inst_bone = _majority_bone(votes)
     inst.ravel()[flat] = inst_flat
     sizes = np.bincount(inst_flat, minlength=n_inst + 1).astype(np.int64)
+    # voxels of each instance in its own bone of the anatomy map (none for an instance without anatomy)
+    in_own_bone = np.bincount(inst_flat[(anatomy_flat == inst_bone[inst_flat]) & (anatomy_flat > 0)],
+                              minlength=n_inst + 1)
     # face contacts carried over from step 4 unless a split changed the instances
     contacts = _contact_table(inst, abbc_box, None if n_split else faces)
     _assign_missing_bones(inst, anatomy_box, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
@@ -199,7 +214,9 @@ def recover_fragments(
     pick = _neighbour_picker(sizes, merge_open_fraction)
     _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
     split_ids = range(n_inst - n_split + 1, n_inst + 1)
-    _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction)
+    inside = 2 * in_own_bone > sizes  # mostly inside its bone in the anatomy map (before step 6's merges)
+    _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, inside,
+                        (merge_open_fraction, min(anatomy_open_fraction, merge_open_fraction)))
     _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
 
     # 7. PENGWIN labels: per bone, largest first
@@ -751,22 +768,25 @@ def _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min
             done.add(r)
 
 
-def _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, merge_open_fraction) -> None:
+def _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, inside, fractions) -> None:
     """Join the pieces split off by anatomy (step 5) to the fragment of their bone they
     continue into, whatever their size.
 
     Such a piece was grown by the wave of another bone's seed across a joint; it has no
-    core of its own. When its face contacts with a fragment of its own bone are at least
-    ``merge_open_fraction`` open (no fracture zone between them), it is that fragment's
-    bone the other wave took; otherwise (walled off: a fragment whose core was missed) it
-    stays a fragment of its own.
+    core of its own. When its face contacts with a fragment of its own bone are open
+    enough (little fracture zone between them), it is that fragment's bone the other wave
+    took; otherwise (walled off: a fragment whose core was missed) it stays a fragment of
+    its own. ``fractions`` = (merge, anatomy): the open share needed in general, and
+    where the piece and the fragment both lie mostly inside their bone (``inside``).
     """
+    merge_fraction, anatomy_fraction = fractions
     for r in split_ids:
         if groups.find(r) != r or sizes[r] == 0:
             continue
         nbrs = _neighbours(r, contacts, groups, inst_bone)
         open_nbrs = {
-            k: c[0] for k, c in nbrs.items() if c[1] > 0 and c[0] >= merge_open_fraction * c[1]
+            k: c[0] for k, c in nbrs.items()
+            if c[1] > 0 and c[0] >= (anatomy_fraction if inside[r] and inside[k] else merge_fraction) * c[1]
         }
         if open_nbrs:
             target = max(open_nbrs, key=lambda k: (open_nbrs[k], sizes[k]))

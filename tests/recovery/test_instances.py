@@ -285,6 +285,50 @@ def test_piece_taken_across_a_joint_joins_its_own_bone():
     assert np.array_equal(result.labels, gt)
 
 
+def _joint_crossed_with_stray_wall(open_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sacrum's wave crosses a joint into a hip whose core lies far from it, and a
+    stray wall of fracture zone across the hip (x = 40-41) leaves ``open_share`` of its
+    section open. Returns (ground truth, abbc, anatomy)."""
+    shape = (22, 22, 70)
+    gt = np.zeros(shape, dtype=np.uint8)
+    gt[2:20, 2:20, 2:30] = 1  # sacrum
+    gt[2:20, 2:20, 30:68] = 21  # right hip, intact
+    abbc = np.where(gt > 0, ABBC_BOUNDARY, 0).astype(np.uint8)
+    abbc[5:17, 5:17, 5:27] = ABBC_CORE
+    abbc[5:17, 5:17, 58:66] = ABBC_CORE
+    walled_rows = int(round(18 * (1 - open_share)))
+    abbc[2 : 2 + walled_rows, 2:20, 40:42] = ABBC_BORDER
+    return gt, abbc, anatomy_from_fragments(gt)
+
+
+@pytest.mark.parametrize("open_share", [0.3, 0.6, 0.9])
+def test_piece_across_a_joint_behind_a_part_wall_rejoins_its_bone(open_share):
+    """The piece split off by anatomy (the hip's near part, which the sacrum's wave took)
+    meets the hip fragment through a part-walled section. Lying inside the hip's anatomy,
+    it rejoins the hip when at least half of that contact is open (the default
+    ``anatomy_open_fraction``), and stays a fragment of its own behind a mostly closed
+    wall; with ``anatomy_open_fraction=0.8`` it needs 80 % open, as any other piece."""
+    gt, abbc, anatomy = _joint_crossed_with_stray_wall(open_share)
+    labels = {aof: sorted(f["label"] for f in recover_fragments(
+        abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000, anatomy_open_fraction=aof).fragments)
+        for aof in (0.5, 0.8)}
+    assert labels[0.5] == ([1, 21] if open_share >= 0.5 else [1, 21, 22])
+    assert labels[0.8] == ([1, 21] if open_share >= 0.8 else [1, 21, 22])
+    if open_share >= 0.5:
+        result = recover_fragments(abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000)
+        assert np.array_equal(result.labels, gt)
+
+
+def test_piece_across_a_joint_mostly_outside_the_anatomy_needs_the_full_share():
+    """The same part-walled piece, 60 % open, but the anatomy map leaves most of it
+    unlabelled (as soft tissue beside a hip would be): it is not taken for that bone on the
+    anatomy's word, so it needs ``merge_open_fraction`` and stays a fragment of its own."""
+    gt, abbc, anatomy = _joint_crossed_with_stray_wall(0.6)
+    anatomy[:, :, 32:40] = 0
+    result = recover_fragments(abbc, anatomy, (1.0, 1.0, 1.0), min_fragment_vox=1000)
+    assert sorted(f["label"] for f in result.fragments) == [1, 21, 22]
+
+
 def test_anatomy_holes_on_the_far_side_of_a_joint_go_to_that_bone():
     """As in the test above, but the anatomy map (a coarse model's) leaves every fourth slab
     of the hip unlabelled: those voxels take the bone of their nearest labelled neighbour
