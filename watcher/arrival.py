@@ -203,7 +203,7 @@ class InboxScanner:
         seen: set[str] = set()
         loose: list[Path] = []
         for entry in entries:
-            if is_ignored_name(entry.name) or self._is_marker(entry.name, names):
+            if is_ignored_name(entry.name) or self._is_marker(entry.name):
                 continue
             path = Path(entry.path)
             try:
@@ -240,9 +240,12 @@ class InboxScanner:
             self._inbox_missing = False
         return entries
 
-    def _is_marker(self, name: str, names: set[str]) -> bool:
-        """Whether inbox entry ``name`` is a marker (of a sibling item, of the loose files,
-        or of an item that is gone or not there yet), not an item."""
+    def _is_marker(self, name: str) -> bool:
+        """Whether inbox entry ``name`` is a marker, not an item.
+
+        A marker belongs to a sibling item, to the loose files, or to an item that is gone
+        or not there yet; none of them is processed.
+        """
         cfg = self.config
         return name == cfg.marker_name or name.lower().endswith(cfg.marker_suffix)
 
@@ -273,8 +276,10 @@ class InboxScanner:
             result.waiting.append(Waiting(kind, n_files, size, round(quiet, 1), needed))
 
     def _forget_gone(self, seen: set[str], names: set[str]) -> None:
-        """Drop the tracks of items no longer in the inbox (and the loose files' marker once
-        every loose file was claimed)."""
+        """Drop the tracks of the items no longer in the inbox.
+
+        Once every loose file was claimed, their marker goes too.
+        """
         cfg = self.config
         if LOOSE_KEY not in seen:
             self._loose_files = {}
