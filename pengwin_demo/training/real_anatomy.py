@@ -136,11 +136,18 @@ def train_real_anatomy(
     write_anatomy_card(Path(out_dir), cfg, json.loads(record.read_text()), device, train_log)
     return Path(out_dir)
 
+
+def _bodies_drawn(cases: dict) -> tuple[int, float]:
+    """Seed and fatty-marrow share a work folder's composites were drawn with (a folder
+    written before they were recorded used the defaults)."""
+    return (int(cases.get("seed", 0)),
+            float(cases.get("fatty_marrow_probability", CompositeOptions().fatty_marrow_probability)))
+
+
 def _warn_if_other_bodies(record: Path, seed: int, options: CompositeOptions) -> None:
     """Log when a resumed work folder's composites were drawn with another seed or marrow
     share than asked: the folder's own cases are used, not new ones."""
-    kept = json.loads(record.read_text())
-    kept_seed, kept_marrow = kept.get("seed", 0), kept.get("fatty_marrow_probability", 0.5)
+    kept_seed, kept_marrow = _bodies_drawn(json.loads(record.read_text()))
     if (kept_seed, kept_marrow) != (seed, options.fatty_marrow_probability):
         log.warning("%s holds composites of seed %s with fatty-marrow share %s; they are used as they "
                     "are (a new --work-dir draws bodies with seed %s and share %s)", record.parent,
@@ -151,7 +158,7 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
                        notes: str = "") -> Path:
     """``training.json`` and ``MODEL_CARD.md`` of a model from :func:`train_real_anatomy`."""
     summary = training_summary(train_log)
-    seed, marrow = cases.get("seed", 0), cases.get("fatty_marrow_probability", 0.5)
+    seed, marrow = _bodies_drawn(cases)
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
             "training_cases": cases["training"], "holdout_cases": cases["holdout"],
             "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
