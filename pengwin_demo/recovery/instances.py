@@ -200,9 +200,6 @@ def recover_fragments(
     inst_bone = _majority_bone(votes)
     inst.ravel()[flat] = inst_flat
     sizes = np.bincount(inst_flat, minlength=n_inst + 1).astype(np.int64)
-    # voxels of each instance in its own bone of the anatomy map (none for an instance without anatomy)
-    in_own_bone = np.bincount(inst_flat[(anatomy_flat == inst_bone[inst_flat]) & (anatomy_flat > 0)],
-                              minlength=n_inst + 1)
     # face contacts carried over from step 4 unless a split changed the instances
     contacts = _contact_table(inst, abbc_box, None if n_split else faces)
     _assign_missing_bones(inst, anatomy_box, inst_bone, sizes, contacts, spacing, min_fragment_vox, warnings)
@@ -214,7 +211,7 @@ def recover_fragments(
     pick = _neighbour_picker(sizes, merge_open_fraction)
     _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min_seed_vox)
     split_ids = range(n_inst - n_split + 1, n_inst + 1)
-    inside = 2 * in_own_bone > sizes  # mostly inside its bone in the anatomy map (before step 6's merges)
+    inside = _mostly_inside(groups, sizes, inst_bone, inst_flat, anatomy_flat)
     _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, inside,
                         (merge_open_fraction, min(anatomy_open_fraction, merge_open_fraction)))
     _cap_per_bone(groups, sizes, contacts, inst_bone, centroids, pick, max_per_bone, warnings)
@@ -766,6 +763,17 @@ def _merge_small(groups, sizes, contacts, inst_bone, pick, min_fragment_vox, min
             if sizes[r] < min_island_vox:
                 sizes[r] = 0
             done.add(r)
+
+
+def _mostly_inside(groups, sizes, inst_bone, inst_flat, anatomy_flat) -> np.ndarray:
+    """Per group root: whether the fragment as merged so far (``sizes`` of the roots) has
+    more than half of its voxels in the root's bone of the anatomy map (never for a
+    fragment without a bone)."""
+    roots = np.array([groups.find(i) for i in range(sizes.shape[0])], dtype=np.int64)
+    root_flat = roots[inst_flat]
+    bone = inst_bone[root_flat]
+    in_bone = np.bincount(root_flat[(anatomy_flat == bone) & (bone > 0)], minlength=sizes.shape[0])
+    return 2 * in_bone > sizes
 
 
 def _merge_split_pieces(groups, sizes, contacts, inst_bone, split_ids, inside, fractions) -> None:
