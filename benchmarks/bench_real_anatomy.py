@@ -1,6 +1,7 @@
 """Benchmark: Stage 1 (sacrum, left hip, right hip) on real anatomy the model never saw.
 
-    python benchmarks/bench_real_anatomy.py --anatomy MODEL_DIR [--reference bundled]
+    python benchmarks/bench_real_anatomy.py --anatomy MODEL_DIR [--refine auto|none|DIR]
+        [--reference bundled [--reference-refine auto|none|DIR]]
         [--holdout case_005 --bodies 3] [--external CT.nii.gz MASK_DIR ...]
         [--negative PATH ...] [--json out.json]
 
@@ -18,7 +19,9 @@ same run:
 - ``--negative PATH``: scans without a pelvis (e.g. the real upper-abdomen DICOM series);
   the pipeline should find no fragment and say why.
 
-Printed per case and model: Stage-1 IoU per bone (the model alone, on the input grid),
+Printed per case and model: Stage-1 IoU per bone (the pipeline's bone map after the
+refining model, if any, and the removal of pieces without a cortex or far from the pelvis,
+taken nearest onto the input grid),
 end-to-end bone IoU per bone (the pipeline's fragments grouped by bone), fragments found,
 the refusal reason when none, seconds.
 """
@@ -42,8 +45,9 @@ from pengwin_demo.training import composite_case  # noqa: E402
 from pengwin_demo.dicom import load_ct  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case  # noqa: E402
-from pengwin_demo.models import bundled_model_path, load_model  # noqa: E402
+from pengwin_demo.models import bundled_model_path  # noqa: E402
 from pengwin_demo.pipeline import Pipeline  # noqa: E402
+from pengwin_demo.recovery import nearest_onto  # noqa: E402
 from pengwin_demo.training.quality import bone_iou  # noqa: E402
 from pengwin_demo.volume import Volume  # noqa: E402
 
@@ -66,8 +70,8 @@ def _rounded(ious: dict[str, float]) -> dict[str, float]:
     return {name: round(v, 4) for name, v in ious.items()}
 
 
-def run_case(pipeline: Pipeline, model, ct: Volume, truth: Volume | None) -> dict:
-    """Stage 1 alone and the whole pipeline on one CT; scored against ``truth`` if given."""
+def run_case(pipeline: Pipeline, ct: Volume, truth: Volume | None) -> dict:
+    """Stage 1 and the whole pipeline on one CT; scored against ``truth`` if given."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pengwin-anat-") as tmp:
         result = pipeline.run(ct, tmp)
@@ -75,7 +79,7 @@ def run_case(pipeline: Pipeline, model, ct: Volume, truth: Volume | None) -> dic
            "fragments": sorted(int(f["label"]) for f in result.fragments),
            "no_fragments_reason": result.report["inference"].get("no_fragments_reason")}
     if truth is not None:
-        stage1 = model.predict(ct)
+        stage1 = nearest_onto(result.anatomy, ct)  # after the pipeline's own clean-up of the map
         row["stage1_iou"] = _rounded(bone_iou(stage1, truth.array))
         row["end_to_end_iou"] = _rounded(bone_iou(anatomy_from_fragments(result.labels.array), truth.array))
     return row
@@ -101,7 +105,10 @@ def cases(args) -> list[tuple[str, Volume, Volume | None]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anatomy", required=True, help="anatomy model folder under test, or 'bundled'")
+    parser.add_argument("--refine", default="auto",
+                        help="refining anatomy model run after --anatomy: auto (the bundled one), none, or a folder")
     parser.add_argument("--reference", default=None, help="a second anatomy model scored in the same run")
+    parser.add_argument("--reference-refine", default="auto", help="the refining model run after --reference")
     parser.add_argument("--data", default=str(DATA / "real_fractured_pelves"), help="per-bone masked cases")
     parser.add_argument("--holdout", default="", help="comma-separated held-out case names")
     parser.add_argument("--bodies", type=int, default=3, help="synthetic bodies per held-out case")
@@ -112,12 +119,13 @@ def main(argv=None) -> int:
     args.holdout = [h for h in args.holdout.split(",") if h]
     todo = cases(args)
     rows = []
-    for label in filter(None, (args.anatomy, args.reference)):
+    for label, refine in ((args.anatomy, args.refine), (args.reference, args.reference_refine)):
+        if label is None:
+            continue
         folder = bundled_model_path("anatomy") if label == "bundled" else Path(label)
-        pipeline = Pipeline(device="cpu", anatomy=str(folder))
-        model = load_model(folder, "cpu", expected="anatomy")
+        pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine)
         for name, ct, truth in todo:
-            row = {"model": label, "case": name, **run_case(pipeline, model, ct, truth)}
+            row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, ct, truth)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.json:

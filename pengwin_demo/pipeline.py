@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +83,11 @@ DEFAULT_CPU_MAX_VOXELS = 6_000_000
 Measured with the bundled demo network on 2 shared cores: about 11 s per million voxels
 (nnU-Net sliding window, step 0.5), so two models stay well inside the 90 s budget."""
 
+ANATOMY_REFINE_MARGIN_MM = 30.0
+"""Margin around the first anatomy model's bone box in which the refining anatomy model
+runs, mm: room for bone the coarse map missed at its edge, and context (the lowest lumbar
+vertebra, the femoral heads) for the refining model to tell the pelvis from."""
+
 _RUN_LOCK = threading.Lock()  # one run at a time per process (memory, CPU)
 
 
@@ -117,6 +122,9 @@ class PipelineResult:
     warnings: list[str] = field(default_factory=list)
     ct: Volume | None = None
     """The input CT as loaded (int16 HU, the grid ``labels`` lies on)."""
+    anatomy: Volume | None = None
+    """Stage 1's bone map (0 background, 1 sacrum, 2 left hip, 3 right hip) on the grid it
+    was made on (the anatomy model's, or the refining model's on the pelvis box)."""
 
     @property
     def fragments(self) -> list[dict[str, Any]]:
@@ -176,6 +184,13 @@ def _model_info(model: Any, role: str, backend: str) -> dict[str, Any]:
         info["name"] = getattr(model, "name", type(model).__name__)
         info["version"] = getattr(model, "version", None)
     return info
+
+
+def _finer(model: Any, than: Any) -> bool:
+    """Whether ``model`` runs at a finer spacing than ``than`` (False where either has none,
+    e.g. TotalSegmentator, which resamples by itself)."""
+    mine, theirs = (getattr(m, "target_spacing_zyx_mm", None) for m in (model, than))
+    return mine is not None and theirs is not None and float(np.prod(mine)) < float(np.prod(theirs))
 
 
 def _folder_version(folder: Path) -> str | None:
@@ -305,6 +320,13 @@ class Pipeline:
         Refuse a scan in which the anatomy model finds fewer than two of the three bones
         (:func:`pengwin_demo.plausibility.check_anatomy`); False lets a single bone through.
         A user's anatomy map is trusted to say which bones there are.
+    refine_anatomy : str or model
+        A second anatomy model run on the box of the bones the first one found (plus
+        :data:`ANATOMY_REFINE_MARGIN_MM`), whose map replaces the first one's: "auto" (the
+        bundled refining model, where one is bundled and runs finer than the anatomy
+        model; TotalSegmentator is not refined), "none", a path to an nnU-Net anatomy
+        model folder, or an object with ``predict``. Not run on a user's anatomy map or a
+        refused scan.
 
     Notes
     -----
@@ -318,6 +340,7 @@ class Pipeline:
         anatomy: Any = "auto",
         fragments: Any = "bundled",
         *,
+        refine_anatomy: Any = "auto",
         cpu_max_voxels: int | None = DEFAULT_CPU_MAX_VOXELS,
         min_bone_ml: float = MIN_BONE_ML,
         recovery_kwargs: dict[str, Any] | None = None,
@@ -335,6 +358,7 @@ class Pipeline:
         self.device = device
         self.anatomy = anatomy
         self.fragments = fragments
+        self.refine_anatomy = refine_anatomy
         self.cpu_max_voxels = cpu_max_voxels
         self.min_bone_ml = float(min_bone_ml)
         self.recovery_kwargs = dict(recovery_kwargs or {})
@@ -354,8 +378,10 @@ class Pipeline:
         self._load_lock = threading.Lock()
 
     # -- models -----------------------------------------------------------------------
-    def load_models(self, kinds: tuple[str, ...] = ("anatomy", "abbc")) -> dict[str, Any]:
-        """Load (once each) and return ``{"anatomy": model, "abbc": model}`` (those of ``kinds``).
+    def load_models(self, kinds: tuple[str, ...] = ("anatomy", "anatomy_refine", "abbc")) -> dict[str, Any]:
+        """Load (once each) and return ``{"anatomy": model, "anatomy_refine": model or None,
+        "abbc": model}`` (those of ``kinds``; the refining model needs the anatomy model, which
+        is loaded with it).
 
         Raises
         ------
@@ -363,9 +389,10 @@ class Pipeline:
             A model is missing, incomplete or of the wrong kind.
         """
         with self._load_lock:
-            for kind in kinds:
+            for kind in (("anatomy",) if "anatomy_refine" in kinds else ()) + tuple(kinds):
+                loaders = {"anatomy": self._load_anatomy, "anatomy_refine": self._load_refine}
                 if kind not in self._models:
-                    self._models[kind] = self._load_anatomy() if kind == "anatomy" else self._load_abbc()
+                    self._models[kind] = loaders.get(kind, self._load_abbc)()
             return {k: self._models[k] for k in kinds}
 
     def _load_anatomy(self):
@@ -381,6 +408,27 @@ class Pipeline:
         self._model_warnings = list(warnings)
         self._info["anatomy"] = _model_info(anatomy, "anatomy", backend)
         return anatomy
+
+    def _load_refine(self):
+        """The refining anatomy model (see ``refine_anatomy``), or None."""
+        from . import models as M
+
+        choice = self.refine_anatomy
+        if hasattr(choice, "predict"):
+            model, backend = choice, "custom"
+        elif choice is None or str(choice) == "none":
+            return None
+        elif str(choice) == "auto":
+            path = M.bundled_refine_path()
+            if path is None:
+                return None
+            model, backend = M.load_model(path, self.device, expected="anatomy"), "bundled"
+            if not _finer(model, self._models["anatomy"]):
+                return None
+        else:
+            model, backend = M.load_model(choice, self.device, expected="anatomy"), "nnunet"
+        self._info["anatomy_refine"] = _model_info(model, "anatomy", backend)
+        return model
 
     def _load_abbc(self):
         from . import models as M
@@ -494,13 +542,15 @@ class Pipeline:
             )
         clock.stage("models")
         # a user's anatomy map replaces the anatomy model: not even loaded then
-        models = self.load_models(("abbc",) if anatomy_map is not None else ("anatomy", "abbc"))
+        models = self.load_models(("abbc",) if anatomy_map is not None else ("anatomy", "anatomy_refine", "abbc"))
         if anatomy_map is None:
             warnings.extend(self._model_warnings)
         device = self.device_name()
 
         clock.stage("anatomy")
         stage1 = self._stage1(models.get("anatomy"), ct, anatomy_map, device, warnings)
+        if models.get("anatomy_refine") is not None and stage1.plausible.refusal is None:
+            stage1 = self._refine(models["anatomy_refine"], ct, stage1, device, warnings)
         found = self._stage2_and_recovery(models["abbc"], ct, stage1, device, warnings, clock)
         clock.stage("labels")
         labels, label_figures = self._labels_on_input(found, ct, stage1)
@@ -511,28 +561,18 @@ class Pipeline:
                                              inference, warnings, clock)
         for w in warnings:
             log.debug("warning: %s", w)  # front ends show result.warnings themselves
-        return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct)
+        return PipelineResult(out_dir, labels, report, paths, timings, warnings, ct, stage1.anatomy)
 
     # -- steps of a run -------------------------------------------------------------------
     def _stage1(self, model, ct: Volume, anatomy_map, device: str, warnings: list[str]) -> _Stage1:
         """Sacrum and hips: the anatomy model (bone far from the pelvis dropped) or the user's
         map, then the plausibility check (its refusal or warnings go to ``warnings``)."""
-        dropped_ml = no_cortex_ml = 0.0
-        foreground = None
         if anatomy_map is None:
-            anatomy, grid, foreground = self._predict(model, ct, device, "anatomy", warnings,
-                                                      with_foreground=self.smooth_labels)
-            if self.min_bone_ml > 0:  # 0: synthetic intensities, no HU evidence to judge by
-                anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
-            if no_cortex_ml:
-                log.info("Stage 1: %.1f mL in pieces peaking under %g HU dropped", no_cortex_ml, MIN_PEAK_HU)
-            anatomy, dropped_ml = keep_near_pelvis(anatomy)
-            if dropped_ml:
-                log.info("Stage 1: %.1f mL of bone more than %g mm from the pelvis dropped", dropped_ml, MAX_GAP_MM)
+            anatomy, grid, foreground, no_cortex_ml, dropped_ml = self._model_anatomy(model, ct, device, warnings)
             info = self._info["anatomy"]
         else:
             anatomy, info = self._given_anatomy(anatomy_map, ct)
-            grid = ct
+            grid, foreground, no_cortex_ml, dropped_ml = ct, None, 0.0, 0.0
         plausible = check_anatomy(anatomy, grid.array, min_bone_ml=self.min_bone_ml,
                                   min_bones=2 if self.require_pelvis and anatomy_map is None else 1)
         if plausible.refusal is not None:
@@ -541,6 +581,40 @@ class Pipeline:
             warnings.extend(plausible.warnings)
         return _Stage1(anatomy, grid, info, dropped_ml, no_cortex_ml, plausible,
                        int(np.count_nonzero(anatomy.array)), foreground)
+
+    def _model_anatomy(self, model, ct: Volume, device: str, warnings: list[str], what: str = "anatomy"):
+        """An anatomy model's map of ``ct`` without pieces lacking a cortex or far from the
+        pelvis: (map, the CT on the model grid, foreground or None, mL dropped for want of a
+        cortex, mL dropped as far away)."""
+        anatomy, grid, foreground = self._predict(model, ct, device, what, warnings,
+                                                  with_foreground=self.smooth_labels)
+        no_cortex_ml = 0.0
+        if self.min_bone_ml > 0:  # 0: synthetic intensities, no HU evidence to judge by
+            anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
+        if no_cortex_ml:
+            log.info("%s: %.1f mL in pieces peaking under %g HU dropped", what, no_cortex_ml, MIN_PEAK_HU)
+        anatomy, dropped_ml = keep_near_pelvis(anatomy)
+        if dropped_ml:
+            log.info("%s: %.1f mL of bone more than %g mm from the pelvis dropped", what, dropped_ml, MAX_GAP_MM)
+        return anatomy, grid, foreground, no_cortex_ml, dropped_ml
+
+    def _refine(self, model, ct: Volume, stage1: _Stage1, device: str, warnings: list[str]) -> _Stage1:
+        """Stage 1 again with the refining model, on the CT cropped to the first map's bone
+        box; its map replaces the first one unless it lost a bone the first one found."""
+        box = bone_box_on(stage1.anatomy, ct, ANATOMY_REFINE_MARGIN_MM)
+        if box is None:
+            return stage1
+        anatomy, grid, foreground, no_cortex_ml, dropped_ml = self._model_anatomy(
+            model, ct.crop(box), device, warnings, "refining anatomy")
+        lost = sorted(set(np.unique(stage1.anatomy.array)) - set(np.unique(anatomy.array)))
+        if lost:
+            log.info("refining anatomy: bone(s) %s lost; the first anatomy map is kept", lost)
+            return stage1
+        info = {**stage1.info, "refined_by": self._info["anatomy_refine"]}
+        return replace(stage1, anatomy=anatomy, grid=grid, foreground=foreground, info=info,
+                       dropped_ml=stage1.dropped_ml + dropped_ml,
+                       dropped_no_cortex_ml=stage1.dropped_no_cortex_ml + no_cortex_ml,
+                       voxels=int(np.count_nonzero(anatomy.array)))
 
     def _stage2_and_recovery(self, model, ct: Volume, stage1: _Stage1, device: str,
                              warnings: list[str], clock: _Stopwatch) -> _Found:

@@ -271,6 +271,71 @@ def test_dicom_seg_for_volume_input_is_skipped(tmp_path):
     assert result.ct.same_grid(result.labels) and result.ct.array.dtype == np.int16
 
 
+def _refine_run(tmp_path, refiner, **run_kwargs):
+    """The phantom with room around it (more than the refining margin), Stage 1 at 4 mm,
+    ``refiner`` after it."""
+    src = write_volume(phantom_ct(extent_zyx_mm=(120.0, 110.0, 220.0)), tmp_path / "ct.nii.gz")
+    pipe = Pipeline(anatomy=OracleAnatomy((4.0, 4.0, 4.0)), fragments=OracleABBC((2.0, 2.0, 2.0)),
+                    refine_anatomy=refiner)
+    return read_volume(src), pipe.run(src, tmp_path / "out", **run_kwargs)
+
+
+def test_refining_anatomy_runs_on_the_bone_box_and_its_map_is_used(tmp_path):
+    fine = OracleAnatomy((2.0, 2.0, 2.0))
+    ct, result = _refine_run(tmp_path, fine)
+    # it saw the CT cropped to the bones (|x| < 58, 0 < y < 30, 0 < z < 40 mm) plus 30 mm
+    (seen,) = fine.seen
+    assert seen.spacing_zyx_mm == pytest.approx((2.0, 2.0, 2.0))
+    corners = seen.index_to_world(np.array([[0, 0, 0], np.asarray(seen.shape) - 1]))
+    np.testing.assert_allclose(corners[0], [-58 - 30, 0 - 30, 0 - 30], atol=5.0)
+    np.testing.assert_allclose(corners[1], [58 + 30, 30 + 30, 40 + 30], atol=5.0)
+    assert np.prod(seen.shape) * 8.0 < 0.6 * np.prod(ct.shape) * ct.voxel_volume_mm3
+    # its map is Stage 1's: on its grid, named in the report beside the first model
+    assert result.anatomy.same_grid(seen)
+    np.testing.assert_array_equal(result.anatomy.array, anatomy_from_fragments(truth_on(seen)))
+    models = result.report["models"]["anatomy"]
+    assert models["backend"] == "custom" and models["refined_by"]["backend"] == "custom"
+    assert result.report["inference"]["anatomy_spacing_zyx_mm"] == [2.0, 2.0, 2.0]
+    assert sorted(f["label"] for f in result.fragments) == [1, 11, 12, 21]
+
+
+def test_refining_anatomy_that_loses_a_bone_is_not_used(tmp_path):
+    class SacrumOnly(OracleAnatomy):
+        def predict(self, volume):
+            return np.where(super().predict(volume) == 1, 1, 0).astype(np.uint8)
+
+    fine = SacrumOnly((2.0, 2.0, 2.0))
+    ct, result = _refine_run(tmp_path, fine)
+    assert len(fine.seen) == 1
+    assert result.anatomy.spacing_zyx_mm == pytest.approx((4.0, 4.0, 4.0))  # the first map
+    assert "refined_by" not in result.report["models"]["anatomy"]
+    assert sorted(f["label"] for f in result.fragments) == [1, 11, 12, 21]
+
+
+def test_refining_anatomy_skips_refused_scans_and_given_maps(tmp_path):
+    fine = OracleAnatomy((2.0, 2.0, 2.0))
+    src = write_volume(phantom_ct(), tmp_path / "ct.nii.gz")
+    refused = Pipeline(anatomy=OracleAnatomy((4.0, 4.0, 4.0), empty=True), fragments=OracleABBC(),
+                       refine_anatomy=fine).run(src, tmp_path / "refused")
+    assert refused.fragments == [] and fine.seen == []
+    ct = read_volume(src)
+    given = ct.with_array(anatomy_from_fragments(truth_on(ct)))
+    result = Pipeline(anatomy=OracleAnatomy((4.0, 4.0, 4.0)), fragments=OracleABBC(),
+                      refine_anatomy=fine).run(src, tmp_path / "given", anatomy_map=given)
+    assert len(result.fragments) == 4 and fine.seen == []
+    assert "refined_by" not in result.report["models"]["anatomy"]
+
+
+def test_refining_anatomy_none_and_auto(tmp_path):
+    coarse = OracleAnatomy((4.0, 4.0, 4.0))
+    assert Pipeline(anatomy=coarse, refine_anatomy="none").load_models(("anatomy_refine",))["anatomy_refine"] is None
+    # auto: the bundled refining model only after a coarser anatomy model
+    fine_first = Pipeline(anatomy=OracleAnatomy((1.0, 1.0, 1.0)), refine_anatomy="auto")
+    assert fine_first.load_models(("anatomy_refine",))["anatomy_refine"] is None
+    no_spacing = Pipeline(anatomy=OracleAnatomy(), refine_anatomy="auto")  # e.g. TotalSegmentator
+    assert no_spacing.load_models(("anatomy_refine",))["anatomy_refine"] is None
+
+
 def test_concurrent_runs_are_serialized(tmp_path):
     src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
     pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC())

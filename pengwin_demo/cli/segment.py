@@ -24,6 +24,12 @@ def add_arguments(parser) -> None:
              "nnU-Net model folder/zip",
     )
     parser.add_argument(
+        "--refine-anatomy", default="auto", metavar="MODEL",
+        help="second anatomy model run finer on the box of the bones the first one found: "
+             "auto (default: the bundled refining model after a coarser anatomy model; not "
+             "after TotalSegmentator), none, or an nnU-Net model folder",
+    )
+    parser.add_argument(
         "--fragments", default="bundled",
         help="Stage 2 (ABBC) model: bundled (default) or an nnU-Net model folder/zip",
     )
@@ -58,7 +64,8 @@ def run(args) -> int:
         bar.set_description(STAGES.get(stage, stage)[:48].ljust(48))
         bar.update(max(0, round(fraction * 100) - bar.n))
 
-    pipeline = Pipeline(device=args.device, anatomy=args.anatomy, fragments=args.fragments)
+    pipeline = Pipeline(device=args.device, anatomy=args.anatomy, fragments=args.fragments,
+                        refine_anatomy=args.refine_anatomy)
     try:
         with logging_redirect_tqdm():
             result = pipeline.run(

@@ -15,24 +15,35 @@ def add_arguments(parser) -> None:
     add_real_training(parser, "anatomy")
     parser.add_argument("--bodies-per-case", type=int, default=8,
                         help="synthetic bodies each real pelvis is placed in (half mirrored; default 8)")
-    parser.add_argument("--phantoms", type=int, default=12,
-                        help="small full-context phantoms added to the training set (default 12)")
+    parser.add_argument("--view", choices=("whole-body", "pelvis-box"), default="whole-body",
+                        help="whole-body: the anatomy model that finds the pelvis in any scan (default); "
+                             "pelvis-box: the refining model the pipeline runs at 2.5 mm on the box the "
+                             "first one found")
+    parser.add_argument("--phantoms", type=int, default=None,
+                        help="small full-context phantoms added to the training set "
+                             "(default 12 for the whole-body view, 0 for the pelvis box)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
     parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
                         help="share of bodies whose real bones get fatty marrow (default 0.5)")
 
 
 def run(args) -> int:
-    from ..training import CompositeOptions, train_real_anatomy
+    from ..models import bundled_model_path, bundled_refine_path
+    from ..training import AnatomyView, CompositeOptions, train_real_anatomy
 
     if not 0.0 <= args.fatty_marrow <= 1.0:
         print(f"error: --fatty-marrow must lie between 0 and 1, not {args.fatty_marrow}", file=sys.stderr)
         return 2
+    view = AnatomyView(args.view)
+    refine = view is AnatomyView.PELVIS_BOX
     inputs = real_training_inputs(args, "anatomy")
     if inputs is None:
         return 2
+    if refine and args.init_weights == "bundled":  # the bundled refining model, else the first one
+        inputs["init_weights"] = str(bundled_refine_path() or bundled_model_path("anatomy"))
+    phantoms = args.phantoms if args.phantoms is not None else (0 if refine else 12)
     out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, per_case=args.bodies_per_case,
-                             phantoms=args.phantoms, seed=args.seed,
+                             phantoms=phantoms, seed=args.seed, view=view,
                              options=CompositeOptions(fatty_marrow_probability=args.fatty_marrow), **inputs)
     print(f"anatomy: {out}")
     return 0

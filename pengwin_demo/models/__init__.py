@@ -38,7 +38,7 @@ from .totalsegmentator import (
 
 __all__ = [
     "EXPECTED_LABELS", "MODEL_KINDS", "SegmentationModel", "TotalSegmentatorAnatomy",
-    "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "clear_model_cache",
+    "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "bundled_refine_path", "clear_model_cache",
     "export_model_zip", "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
     "totalsegmentator_missing_weights", "totalsegmentator_weights_dir",
 ]
@@ -76,6 +76,17 @@ def bundled_model_path(kind: str) -> Path:
             "it with `python -m pengwin_demo train-demo-models`."
         )
     return path
+
+
+REFINE_FOLDER = "anatomy_refine"
+"""Bundled folder of the refining anatomy model (an anatomy model run finer on the pelvis
+box; see :class:`pengwin_demo.pipeline.Pipeline`)."""
+
+
+def bundled_refine_path() -> Path | None:
+    """Folder of the bundled refining anatomy model, or None when none is bundled."""
+    path = bundled_models_dir() / REFINE_FOLDER
+    return path if (path / "plans.json").is_file() else None
 
 
 def _totalsegmentator_ready() -> bool:

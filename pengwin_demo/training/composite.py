@@ -30,7 +30,7 @@ from scipy import ndimage, signal
 from ..labels import MAX_FRAGMENTS_PER_BONE, first_label
 from ..volume import Volume, bounding_box, resample_onto
 
-__all__ = ["CompositeOptions", "composite_case", "pelvis_free_crop", "mirror_case"]
+__all__ = ["CompositeOptions", "composite_case", "pelvis_box_crop", "pelvis_free_crop", "mirror_case"]
 
 AIR_HU = -1000.0
 
@@ -428,3 +428,27 @@ def pelvis_free_crop(ct: Volume, labels: Volume, min_slices: int = 24) -> tuple[
         return None
     box = (slice(start, ct.shape[0]), slice(0, ct.shape[1]), slice(0, ct.shape[2]))
     return ct.crop(box), labels.crop(box)
+
+
+def pelvis_box_crop(ct: Volume, labels: Volume, rng: np.random.Generator,
+                    margin_mm: tuple[float, float] = (10.0, 50.0)) -> tuple[Volume, Volume]:
+    """A composite cut to its pelvic bones' box plus a random margin on each of the six sides.
+
+    What the pipeline's refining anatomy model sees: the first anatomy model's bone box,
+    padded (:data:`pengwin_demo.pipeline.ANATOMY_REFINE_MARGIN_MM`). That box is off by a
+    voxel or two of the coarse model and may reach into the lowest lumbar vertebra or the
+    femurs; the random margins cover both.
+
+    Parameters
+    ----------
+    margin_mm : (float, float)
+        Range each side's margin is drawn from, mm.
+    """
+    box = bounding_box(labels.array > 0)
+    if box is None:
+        raise ValueError("pelvis_box_crop needs a composite with labelled bone")
+    spacing = np.asarray(ct.spacing_zyx_mm)
+    lo = [max(0, s.start - int(round(rng.uniform(*margin_mm) / sp))) for s, sp in zip(box, spacing)]
+    hi = [min(n, s.stop + int(round(rng.uniform(*margin_mm) / sp))) for s, sp, n in zip(box, spacing, ct.shape)]
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return ct.crop(crop), labels.crop(crop)

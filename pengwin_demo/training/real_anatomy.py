@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,15 @@ import numpy as np
 from ..errors import InputError
 from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
 from .cards import training_summary
-from .composite import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
+from .composite import CompositeOptions, composite_case, mirror_case, pelvis_box_crop, pelvis_free_crop
 from .datasets import prepare_datasets
 from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 from .real_abbc import LICENCE, checkpoint_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REAL_ANATOMY_CONFIG", "ANATOMY_DATASET_ID", "write_composite_cases", "train_real_anatomy"]
+__all__ = ["REAL_ANATOMY_CONFIG", "REFINE_ANATOMY_CONFIG", "ANATOMY_DATASET_ID", "AnatomyView",
+           "write_composite_cases", "train_real_anatomy"]
 
 ANATOMY_DATASET_ID = 521
 """nnU-Net id of the composite set's ABBC half; the anatomy set used here is id + 1."""
@@ -43,17 +45,36 @@ REAL_ANATOMY_CONFIG = DemoConfig(
 mirroring in nnU-Net's augmentation, which would swap the sides without their labels;
 mirrored composites swap both."""
 
+REFINE_ANATOMY_CONFIG = replace(REAL_ANATOMY_CONFIG, spacing_zyx_mm=(2.5, 2.5, 2.5), patch_size_vox=(80, 80, 80))
+"""The refining anatomy network: the same network at 2.5 mm on the pelvis box (a 200 mm
+patch), where the 4 mm model places surfaces a voxel off and takes the lowest lumbar
+vertebra's articular processes for sacrum."""
+
+
+class AnatomyView(str, Enum):
+    """What an anatomy model is trained to look at."""
+
+    WHOLE_BODY = "whole-body"
+    """Whole composites and crops above the pelvis with no pelvic bone: the first model,
+    which finds the pelvis in any scan (or refuses one without)."""
+    PELVIS_BOX = "pelvis-box"
+    """Each composite cut to its pelvic bones' box plus random margins
+    (:func:`pengwin_demo.training.pelvis_box_crop`): the refining model, which the pipeline
+    runs only on the box the first model found."""
+
 
 def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.PathLike, *,
                           holdout: tuple[str, ...] = (), per_case: int = 8, seed: int = 0,
-                          phantoms: int = 0, options: CompositeOptions = CompositeOptions()) -> list[str]:
+                          phantoms: int = 0, options: CompositeOptions = CompositeOptions(),
+                          view: AnatomyView = AnatomyView.WHOLE_BODY) -> list[str]:
     """Write composites of every case but ``holdout`` (and phantoms) in PENGWIN layout.
 
     Parameters
     ----------
     per_case : int
-        Bodies per real pelvis; every second one is mirrored, every fourth also gives a
-        negative crop above the pelvis.
+        Bodies per real pelvis; every second one is mirrored. In the whole-body view every
+        fourth also gives a negative crop above the pelvis; in the pelvis-box view each is
+        cut to its box.
     seed : int
         Seed of the bodies (same seed, same cases).
     phantoms : int
@@ -80,8 +101,10 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
             c_ct, c_lab = composite_case(ct, labels, rng, options)
             if k % 2:
                 c_ct, c_lab = mirror_case(c_ct, c_lab)
+            if view is AnatomyView.PELVIS_BOX:
+                c_ct, c_lab = pelvis_box_crop(c_ct, c_lab, rng)
             written = [(f"{case.name}_body{k:02d}", c_ct, c_lab)]
-            above = pelvis_free_crop(c_ct, c_lab) if k % 4 == 0 else None
+            above = pelvis_free_crop(c_ct, c_lab) if k % 4 == 0 and view is AnatomyView.WHOLE_BODY else None
             if above is not None:
                 written.append((f"{case.name}_body{k:02d}_above", *above))
             write_pengwin_cases(written, out_dir)
@@ -106,9 +129,10 @@ def train_real_anatomy(
     phantoms: int = 12,
     seed: int = 0,
     options: CompositeOptions = CompositeOptions(),
+    view: AnatomyView = AnatomyView.WHOLE_BODY,
     init_weights: str | os.PathLike | None = None,
     max_seconds: float | None = None,
-    config: DemoConfig = REAL_ANATOMY_CONFIG,
+    config: DemoConfig | None = None,
     device: str = "cpu",
     threads: int = 2,
 ) -> Path:
@@ -116,17 +140,22 @@ def train_real_anatomy(
 
     ``work_dir`` keeps the cases, nnU-Net folders and logs, so a second call resumes
     (or, with the same budget, continues) the training. See :func:`write_composite_cases`
-    for ``holdout``, ``per_case``, ``phantoms``, ``seed`` and ``options``.
+    for ``holdout``, ``per_case``, ``phantoms``, ``seed``, ``options`` and ``view``; the
+    network is ``config``, by default :data:`REAL_ANATOMY_CONFIG` for the whole-body view
+    and :data:`REFINE_ANATOMY_CONFIG` for the pelvis box.
     """
+    view = AnatomyView(view)
+    if config is None:
+        config = REFINE_ANATOMY_CONFIG if view is AnatomyView.PELVIS_BOX else REAL_ANATOMY_CONFIG
     work = Path(work_dir)
     record = work / "cases.json"
     if not record.is_file():
         cases_dir = work / "pengwin_cases"
         names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
-                                      phantoms=phantoms, seed=seed, options=options)
+                                      phantoms=phantoms, seed=seed, options=options, view=view)
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
-                                      "phantoms": phantoms, "seed": seed,
+                                      "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
     else:
         _warn_if_other_bodies(record, seed, options)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pengwin_demo.training import CompositeOptions, composite_case, mirror_case, pelvis_free_crop
+from pengwin_demo.training import (CompositeOptions, composite_case, mirror_case, pelvis_box_crop,
+                                   pelvis_free_crop)
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.training import to_canonical
@@ -90,6 +91,30 @@ def test_crop_above_pelvis_has_no_pelvis(masked_phantom):
     assert a_ct.origin_lps_mm[2] > c_ct.index_to_world(np.array([[top_bone, 0, 0]]))[0, 2]
     # lumbar vertebrae above the sacrum: dense bone in the crop
     assert np.count_nonzero(a_ct.array > 300) > 0
+
+
+def test_pelvis_box_crop_keeps_all_bone_with_margins_in_range(masked_phantom):
+    ct, labels = masked_phantom
+    c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(1), TEST_BODIES)
+    b_ct, b_lab = pelvis_box_crop(c_ct, c_lab, np.random.default_rng(2), margin_mm=(10.0, 30.0))
+    assert np.count_nonzero(b_lab.array) == np.count_nonzero(c_lab.array)  # every bone voxel kept
+    assert b_ct.same_grid(b_lab) and b_ct.shape < c_ct.shape
+    # the crop sits where it was in the patient, voxel for voxel
+    corner = c_ct.world_to_index(np.asarray([b_ct.origin_lps_mm]))[0]
+    z0, y0, x0 = (int(round(v)) for v in corner)
+    np.testing.assert_array_equal(b_ct.array, c_ct.array[z0:z0 + b_ct.shape[0], y0:y0 + b_ct.shape[1],
+                                                          x0:x0 + b_ct.shape[2]])
+    # each side's margin, mm, where the body left room for it: within the range, +- a voxel
+    bone = np.argwhere(b_lab.array > 0)
+    spacing = np.asarray(b_ct.spacing_zyx_mm)
+    before, after = bone.min(0) * spacing, (np.asarray(b_ct.shape) - 1 - bone.max(0)) * spacing
+    room_before = np.argwhere(c_lab.array > 0).min(0) * spacing
+    for margin, room in zip(before, room_before):
+        if room > 30.0 + 3:
+            assert 10.0 - 3 <= margin <= 30.0 + 3, (before, after)
+    assert (after <= 30.0 + 3).all(), after
+    with pytest.raises(ValueError, match="labelled bone"):
+        pelvis_box_crop(c_ct, c_lab.with_array(np.zeros_like(c_lab.array)), np.random.default_rng(0))
 
 
 def test_fatty_marrow_lowers_the_interior_and_keeps_the_cortex(masked_phantom):
