@@ -19,9 +19,8 @@ def add_arguments(parser) -> None:
                         help="whole-body: the anatomy model that finds the pelvis in any scan (default); "
                              "pelvis-box: the refining model the pipeline runs at 2.5 mm on the box the "
                              "first one found")
-    parser.add_argument("--phantoms", type=int, default=None,
-                        help="small full-context phantoms added to the training set "
-                             "(default 12 for the whole-body view, 0 for the pelvis box)")
+    parser.add_argument("--phantoms", type=int, default=12,
+                        help="small full-context phantoms added to the training set (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
     parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
                         help="share of bodies whose real bones get fatty marrow (default 0.5)")
@@ -41,9 +40,8 @@ def run(args) -> int:
         return 2
     if refine and args.init_weights == "bundled":  # the bundled refining model, else the first one
         inputs["init_weights"] = str(bundled_refine_path() or bundled_model_path("anatomy"))
-    phantoms = args.phantoms if args.phantoms is not None else (0 if refine else 12)
     out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, per_case=args.bodies_per_case,
-                             phantoms=phantoms, seed=args.seed, view=view,
+                             phantoms=args.phantoms, seed=args.seed, view=view,
                              options=CompositeOptions(fatty_marrow_probability=args.fatty_marrow), **inputs)
     print(f"anatomy: {out}")
     return 0

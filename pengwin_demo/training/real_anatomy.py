@@ -78,7 +78,8 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
     seed : int
         Seed of the bodies (same seed, same cases).
     phantoms : int
-        Small full-context phantoms added (:func:`pengwin_demo.phantom.write_phantom_dataset`).
+        Small full-context phantoms added (:func:`pengwin_demo.phantom.write_phantom_dataset`),
+        in the pelvis-box view cut to their box as well.
     options : CompositeOptions
         Ranges the bodies are drawn from.
 
@@ -115,8 +116,20 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
     if phantoms:
         from ..phantom import write_phantom_dataset
 
-        write_phantom_dataset(out_dir, phantoms, seed + 1, "small", fmt="nii.gz")
+        names = write_phantom_dataset(out_dir, phantoms, seed + 1, "small", fmt="nii.gz")
+        if view is AnatomyView.PELVIS_BOX:
+            _cut_to_pelvis_box(Path(out_dir), names, np.random.default_rng([seed, len(cases)]))
     return used
+
+
+def _cut_to_pelvis_box(cases_dir: Path, names: list[str], rng: np.random.Generator) -> None:
+    """Replace the PENGWIN-layout cases ``names`` in ``cases_dir`` by their pelvis-box crops."""
+    from ..io import read_volume
+
+    for name in names:
+        ct = read_volume(cases_dir / "images" / f"{name}.nii.gz")
+        labels = read_volume(cases_dir / "labels" / f"{name}.nii.gz", kind="label")
+        write_pengwin_cases([(name, *pelvis_box_crop(ct, labels, rng))], cases_dir)
 
 
 def train_real_anatomy(
@@ -158,7 +171,7 @@ def train_real_anatomy(
                                       "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
     else:
-        _warn_if_other_bodies(record, seed, options)
+        _check_resumed(record, seed, options, view)
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     train_log = train_and_export(work, out_dir, "anatomy", ANATOMY_DATASET_ID + 1, cfg, device, threads)
@@ -171,6 +184,16 @@ def _bodies_drawn(cases: dict) -> tuple[int, float]:
     written before they were recorded used the defaults)."""
     return (int(cases.get("seed", 0)),
             float(cases.get("fatty_marrow_probability", CompositeOptions().fatty_marrow_probability)))
+
+
+def _check_resumed(record: Path, seed: int, options: CompositeOptions, view: AnatomyView) -> None:
+    """Refuse a resumed work folder whose composites were cut for another view; log when they
+    were drawn with another seed or marrow share than asked (the folder's own are used)."""
+    kept_view = json.loads(record.read_text()).get("view", AnatomyView.WHOLE_BODY.value)
+    if kept_view != view.value:
+        raise InputError(f"{record.parent} holds training cases of the {kept_view} view, not {view.value}: "
+                         "give a new --work-dir (or the folder's own --view)")
+    _warn_if_other_bodies(record, seed, options)
 
 
 def _warn_if_other_bodies(record: Path, seed: int, options: CompositeOptions) -> None:
@@ -191,24 +214,29 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
             "training_cases": cases["training"], "holdout_cases": cases["holdout"],
             "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
-            "fatty_marrow_probability": marrow, "config": asdict(cfg),
+            "fatty_marrow_probability": marrow, "view": cases.get("view", AnatomyView.WHOLE_BODY.value),
+            "config": asdict(cfg),
             "device": device, "licence": LICENCE, **summary}
     info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
-    card = f"""# Anatomy model trained with real pelvic bones (nnU-Net v2, `3d_demo`)
+    box = info["view"] == AnatomyView.PELVIS_BOX.value
+    card = f"""# {"Refining a" if box else "A"}natomy model trained with real pelvic bones (nnU-Net v2, `3d_demo`)
 
 **Research use only, not for clinical use.** Licence of the weights: {LICENCE}.
 
-- Task: Stage 1, anatomy (0 background, 1 sacrum, 2 left hip, 3 right hip) in a whole CT.
+- Task: Stage 1, anatomy (0 background, 1 sacrum, 2 left hip, 3 right hip) {
+    "on the box of the bones a first anatomy model found (plus a margin): the pipeline's refining model"
+    if box else "in a whole CT"}.
 - Data: {len(cases["training"])} real fractured pelves ({", ".join(cases["training"])}), each
   placed in {cases["per_case"]} synthetic bodies (muscle, fat, bowel gas and fluid, bladder,
   contrast vessels, table; femurs in the real acetabula and lumbar vertebrae on the real
   sacrum, painted with the case's own bone intensities and labelled background; in
   {100 * marrow:.0f} % of them the real bones' cancellous interior blended towards fatty
   marrow, -80 to 30 HU; seed {seed}), half
-  of them mirrored with the hip labels swapped, plus crops above the pelvis as negatives, and
-  {cases["phantoms"]} small phantoms. Held out (never in training):
+  of them mirrored with the hip labels swapped, {
+    "each cut to its pelvic bones' box plus 10-50 mm a side" if box else "plus crops above the pelvis as negatives"},
+  and {cases["phantoms"]} small phantoms{" cut the same way" if box else ""}. Held out (never in training):
   {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.
 - Configuration `3d_demo`: spacing {tuple(cfg.spacing_zyx_mm)} mm (z, y, x), patch
   {tuple(cfg.patch_size_vox)} voxels, features per stage {tuple(cfg.features_per_stage)},
@@ -219,7 +247,7 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   pseudo-Dice per class {summary.get("last_pseudo_dice", [])}.
 - Files: inference only, {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
-  --max-minutes N --seed {seed} --fatty-marrow {marrow}
+  --max-minutes N --seed {seed} --fatty-marrow {marrow}{" --view pelvis-box" if box else ""}
   [--holdout CASES] [--init-weights PREVIOUS]`.
 """
     path = model_dir / "MODEL_CARD.md"

@@ -10,7 +10,8 @@ import pytest
 from _helpers.masked import write_masked_case
 
 from pengwin_demo.training import CompositeOptions
-from pengwin_demo.training import REAL_ANATOMY_CONFIG, train_real_anatomy, write_composite_cases
+from pengwin_demo.training import (REAL_ANATOMY_CONFIG, AnatomyView, train_real_anatomy,
+                                   write_composite_cases)
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume
 from pengwin_demo.models import bundled_model_path
@@ -38,6 +39,32 @@ def test_composite_cases_keep_held_out_patients_out(tmp_path):
         assert x[2] > x[3]
     with pytest.raises(InputError, match=r"held-out case\(s\) \['p9'\]"):
         write_composite_cases([tmp_path / "src"], tmp_path / "x", holdout=("p9",))
+
+
+def test_pelvis_box_view_cuts_every_case_to_its_bones(tmp_path):
+    write_masked_case(tmp_path / "src" / "p1", 0)
+    kwargs = dict(per_case=2, phantoms=1, seed=5, options=SMALL_BODIES)
+    write_composite_cases([tmp_path / "src"], tmp_path / "whole", **kwargs)
+    write_composite_cases([tmp_path / "src"], tmp_path / "box", view=AnatomyView.PELVIS_BOX, **kwargs)
+    whole = sorted(p.name for p in (tmp_path / "whole" / "images").iterdir())
+    box = sorted(p.name for p in (tmp_path / "box" / "images").iterdir())
+    assert box == [n for n in whole if "_above" not in n]
+    assert box == ["p1_body00.nii.gz", "p1_body01.nii.gz", "phantom_6_000.nii.gz"]
+    for name in box:  # the same bodies and phantoms, cut around all of their bone
+        w_lab, b_lab = (read_volume(tmp_path / v / "labels" / name, "label") for v in ("whole", "box"))
+        assert np.prod(b_lab.shape) < 0.8 * np.prod(w_lab.shape), name
+        for label in np.unique(w_lab.array[w_lab.array > 0]):
+            assert np.count_nonzero(b_lab.array == label) == np.count_nonzero(w_lab.array == label), name
+
+
+def test_resumed_work_folder_of_another_view_is_refused(tmp_path):
+    from pengwin_demo.training.real_anatomy import _check_resumed
+
+    record = tmp_path / "cases.json"
+    record.write_text(json.dumps({"training": ["p1"], "seed": 0, "view": "pelvis-box"}))
+    _check_resumed(record, 0, CompositeOptions(), AnatomyView.PELVIS_BOX)
+    with pytest.raises(InputError, match="pelvis-box view, not whole-body"):
+        _check_resumed(record, 0, CompositeOptions(), AnatomyView.WHOLE_BODY)
 
 
 def test_train_anatomy_refuses_a_share_outside_0_1(tmp_path, capsys):
