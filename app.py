@@ -221,8 +221,11 @@ def _summary_markdown(report: dict, warnings: list[str]) -> str:
         paragraphs.append(f"Input spacing (z, y, x): {tuple(round(v, 2) for v in spacing)} mm.")
     stage1 = report.get("models", {}).get("anatomy") or {}
     if stage1.get("backend"):
+        refined = stage1.get("refined_by") or {}
         paragraphs.append(f"Stage 1 (bones): {stage1['backend']}"
-                          + (f" ({stage1['name']})." if stage1.get("name") else "."))
+                          + (f" ({stage1['name']})" if stage1.get("name") else "")
+                          + (f", refined by {refined.get('backend')} ({refined.get('name')})" if refined else "")
+                          + ".")
     total_s = report.get("timings_s", {}).get("total")
     if total_s is not None:
         paragraphs.append(f"Processed in {total_s:.1f} s.")

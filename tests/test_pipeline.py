@@ -409,6 +409,18 @@ def test_cli_segment_says_which_model_is_missing(tmp_path, capsys):
     assert "model not found" in err and "missing_model" in err
 
 
+@needs_models
+def test_cli_segment_says_which_refining_model_is_missing(tmp_path, capsys):
+    from pengwin_demo.__main__ import main
+
+    src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
+    rc = main(["segment", str(src), "-o", str(tmp_path / "out"), "--device", "cpu",
+               "--refine-anatomy", str(tmp_path / "missing_refiner"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "model not found" in err and "missing_refiner" in err
+
+
 # spacing ratios chosen so that no fine voxel centre lies exactly halfway between two
 # coarse ones (such ties may go either way, in SimpleITK too, by floating-point rounding)
 @pytest.mark.parametrize("spacing", [(2.1, 1.7, 1.3), (3.1, 0.7, 2.3)])
