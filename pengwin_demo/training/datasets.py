@@ -89,12 +89,12 @@ def to_canonical(volume: Volume) -> Volume:
 
 def convert_case(
     case: str, image_path: Path, label_path: Path, abbc_dir: Path, anatomy_dir: Path,
-    abbc_kwargs: dict | None = None,
+    abbc_kwargs: dict | None = None, allow_non_ct: bool = False,
 ) -> dict:
     """Write one case into both raw datasets; returns its label voxel counts."""
     from ..recovery import abbc_targets
 
-    ct = to_canonical(read_volume(image_path, "ct"))
+    ct = to_canonical(read_volume(image_path, "ct", allow_non_ct=allow_non_ct))
     labels = to_canonical(read_volume(label_path, "label"))
     if not labels.same_grid(ct, tol_mm=1e-3):
         raise InputError(
@@ -137,6 +137,7 @@ def prepare_datasets(
     progress: bool = True,
     overwrite: bool = False,
     abbc_kwargs: dict | None = None,
+    allow_non_ct: bool = False,
 ) -> dict[str, Path]:
     """Convert a PENGWIN-layout folder into the ABBC and anatomy nnU-Net raw datasets.
 
@@ -155,6 +156,9 @@ def prepare_datasets(
         Run nnU-Net's ``verify_dataset_integrity`` on both datasets afterwards.
     overwrite : bool
         Replace existing dataset folders (otherwise an existing folder is an error).
+    allow_non_ct : bool
+        Take images whose values do not look like a whole CT in HU (e.g. crops without air;
+        see :func:`pengwin_demo.io.read_volume`).
 
     Returns
     -------
@@ -177,7 +181,7 @@ def prepare_datasets(
         from tqdm import tqdm
 
         bar = tqdm(total=len(cases), desc="converting cases", unit="case")
-    args = [(c, i, l, out["abbc"], out["anatomy"], abbc_kwargs) for c, i, l in cases]
+    args = [(c, i, l, out["abbc"], out["anatomy"], abbc_kwargs, allow_non_ct) for c, i, l in cases]
     if num_workers <= 1:
         for a in args:
             stats.append(convert_case(*a))

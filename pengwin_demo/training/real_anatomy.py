@@ -166,7 +166,9 @@ def train_real_anatomy(
         cases_dir = work / "pengwin_cases"
         names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
                                       phantoms=phantoms, seed=seed, options=options, view=view)
-        prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True)
+        # a composite cut to its pelvis box may hold no air, which the CT check asks of a scan
+        prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True,
+                         allow_non_ct=view is AnatomyView.PELVIS_BOX)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
                                       "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))

@@ -96,6 +96,24 @@ def test_prepare_refuses_to_overwrite(tmp_path):
         prepare_datasets(tmp_path / "src", tmp_path / "raw", 700, num_workers=1, progress=False)
 
 
+def test_prepare_takes_a_crop_without_air_only_when_allowed(tmp_path, phantom_dir):
+    """A case cut tight around the bone holds no air: refused as not CT unless allowed."""
+    from pengwin_demo.io import write_volume
+
+    labels = read_volume(phantom_dir / "labels" / "phantom_31_000.mha", "label")
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(labels.array))
+    labels = labels.crop(box)
+    ct = labels.with_array(np.where(labels.array > 0, 500, 40).astype(np.int16))  # bone and muscle only
+    write_volume(ct, tmp_path / "src" / "images" / "tight.nii.gz")
+    write_volume(labels, tmp_path / "src" / "labels" / "tight.nii.gz")
+    with pytest.raises(InputError, match="does not look like a CT in Hounsfield units"):
+        prepare_datasets(tmp_path / "src", tmp_path / "raw", 700, num_workers=1, verify=False, progress=False)
+    out = prepare_datasets(tmp_path / "src", tmp_path / "raw", 700, num_workers=1, verify=False, progress=False,
+                           overwrite=True, allow_non_ct=True)
+    image = read_volume(out["anatomy"] / "imagesTr" / "tight_0000.nii.gz", allow_non_ct=True)
+    np.testing.assert_array_equal(image.array, to_canonical(ct).array)
+
+
 def test_dataset_names():
     assert dataset_folder_name("abbc", 501) == "Dataset501_PengwinABBC"
     assert dataset_folder_name("anatomy", 501) == "Dataset502_PengwinAnatomy"
