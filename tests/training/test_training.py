@@ -171,3 +171,23 @@ def test_strip_model_keeps_only_inference(tmp_path):
     assert slim["trainer_name"] == "nnUNetTrainerNoMirroring" and slim["trained_with"] == "SomeCustomTrainer"
     assert all(v.dtype == torch.float16 for v in slim["network_weights"].values() if v.is_floating_point())
     assert (out / "plans.json").is_file() and (out / "dataset.json").is_file()
+
+
+def test_training_children_import_this_package_without_an_install(tmp_path):
+    """The nnU-Net steps run as ``python -m pengwin_demo.training`` in a child process; its
+    PYTHONPATH starts with the folder holding this very package, installed or not."""
+    import os
+    import subprocess
+    import sys
+
+    from pengwin_demo.training.nnunet_run import NnunetDirs
+
+    env = NnunetDirs.under(tmp_path).env()
+    first = env["PYTHONPATH"].split(os.pathsep)[0]
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {first!r}); "
+                          "import pengwin_demo; print(pengwin_demo.__file__)"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    import pengwin_demo
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == pengwin_demo.__file__
