@@ -388,9 +388,9 @@ class Pipeline:
         ModelError
             A model is missing, incomplete or of the wrong kind.
         """
+        loaders = {"anatomy": self._load_anatomy, "anatomy_refine": self._load_refine}
         with self._load_lock:
             for kind in (("anatomy",) if "anatomy_refine" in kinds else ()) + tuple(kinds):
-                loaders = {"anatomy": self._load_anatomy, "anatomy_refine": self._load_refine}
                 if kind not in self._models:
                     self._models[kind] = loaders.get(kind, self._load_abbc)()
             return {k: self._models[k] for k in kinds}

@@ -43,6 +43,7 @@ def evaluate_models(
     size: str = "full",
     device: str = "cpu",
     out_json: str | os.PathLike | None = None,
+    refine_anatomy: str | os.PathLike = "auto",
 ) -> dict:
     """Score the models on held-out phantoms (pipeline end to end, official PENGWIN metrics).
 
@@ -55,7 +56,8 @@ def evaluate_models(
     from ..pipeline import Pipeline
     from ..recovery import nearest_onto
 
-    pipe = Pipeline(device=device, anatomy=str(anatomy_model), fragments=str(abbc_model))
+    pipe = Pipeline(device=device, anatomy=str(anatomy_model), fragments=str(abbc_model),
+                    refine_anatomy=str(refine_anatomy))
     pipe.load_models()
     rows = []
     for seed in seeds:
@@ -83,7 +85,7 @@ def evaluate_models(
     return out
 
 
-if __name__ == "__main__":  # python -m pengwin_demo.training.quality ANATOMY ABBC [N] [size] [out.json] [device]
+if __name__ == "__main__":  # python -m pengwin_demo.training.quality ANATOMY ABBC [N] [size] [out.json] [device] [refine]
     import sys
 
     logging.basicConfig(level=logging.WARNING)
@@ -91,5 +93,6 @@ if __name__ == "__main__":  # python -m pengwin_demo.training.quality ANATOMY AB
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     size = sys.argv[4] if len(sys.argv) > 4 else "full"
     device = sys.argv[6] if len(sys.argv) > 6 else "auto"
-    res = evaluate_models(a, b, EVAL_SEEDS[:n], size, device, out_json=sys.argv[5] if len(sys.argv) > 5 else None)
+    res = evaluate_models(a, b, EVAL_SEEDS[:n], size, device, out_json=sys.argv[5] if len(sys.argv) > 5 else None,
+                          refine_anatomy=sys.argv[7] if len(sys.argv) > 7 else "auto")
     print(json.dumps(res["mean"]))
