@@ -398,27 +398,16 @@ def test_real_siemens_series_finishes_with_no_pelvic_bone(tmp_path, capsys, siem
     assert labels.shape == (20, 512, 512) and not labels.array.any()
 
 
-def test_cli_segment_says_which_model_is_missing(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--anatomy", pytest.param("--refine-anatomy", marks=needs_models)])
+def test_cli_segment_says_which_model_is_missing(tmp_path, capsys, option):
     from pengwin_demo.__main__ import main
 
     src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
     rc = main(["segment", str(src), "-o", str(tmp_path / "out"), "--device", "cpu",
-               "--anatomy", str(tmp_path / "missing_model"), "--no-progress"])
+               option, str(tmp_path / "missing_model"), "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "model not found" in err and "missing_model" in err
-
-
-@needs_models
-def test_cli_segment_says_which_refining_model_is_missing(tmp_path, capsys):
-    from pengwin_demo.__main__ import main
-
-    src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
-    rc = main(["segment", str(src), "-o", str(tmp_path / "out"), "--device", "cpu",
-               "--refine-anatomy", str(tmp_path / "missing_refiner"), "--no-progress"])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "model not found" in err and "missing_refiner" in err
 
 
 # spacing ratios chosen so that no fine voxel centre lies exactly halfway between two
