@@ -38,8 +38,8 @@ from .totalsegmentator import (
 
 __all__ = [
     "EXPECTED_LABELS", "MODEL_KINDS", "SegmentationModel", "TotalSegmentatorAnatomy",
-    "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "bundled_refine_path", "clear_model_cache",
-    "export_model_zip", "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
+    "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "bundled_refine_path",
+    "clear_model_cache", "export_model_zip", "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
     "totalsegmentator_missing_weights", "totalsegmentator_weights_dir",
 ]
 
