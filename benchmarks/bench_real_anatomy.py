@@ -19,8 +19,8 @@ same run:
 - ``--negative PATH``: scans without a pelvis (e.g. the real upper-abdomen DICOM series);
   the pipeline should find no fragment and say why.
 
-Printed per case and model: Stage-1 IoU per bone (the pipeline's bone map after the
-refining model, if any, and the removal of pieces without a cortex or far from the pelvis,
+Printed per case and model: Stage-1 IoU per bone (the anatomy model alone, on the input
+grid; with a refining model also ``refined_stage1_iou``, the pipeline's refined bone map
 taken nearest onto the input grid),
 end-to-end bone IoU per bone (the pipeline's fragments grouped by bone), fragments found,
 the refusal reason when none, seconds.
@@ -45,7 +45,7 @@ from pengwin_demo.training import composite_case  # noqa: E402
 from pengwin_demo.dicom import load_ct  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
 from pengwin_demo.masked_cases import find_masked_cases, read_masked_case  # noqa: E402
-from pengwin_demo.models import bundled_model_path  # noqa: E402
+from pengwin_demo.models import bundled_model_path, load_model  # noqa: E402
 from pengwin_demo.pipeline import Pipeline  # noqa: E402
 from pengwin_demo.recovery import nearest_onto  # noqa: E402
 from pengwin_demo.training.quality import bone_iou  # noqa: E402
@@ -70,8 +70,8 @@ def _rounded(ious: dict[str, float]) -> dict[str, float]:
     return {name: round(v, 4) for name, v in ious.items()}
 
 
-def run_case(pipeline: Pipeline, ct: Volume, truth: Volume | None) -> dict:
-    """Stage 1 and the whole pipeline on one CT; scored against ``truth`` if given."""
+def run_case(pipeline: Pipeline, model, ct: Volume, truth: Volume | None) -> dict:
+    """Stage 1 alone and the whole pipeline on one CT; scored against ``truth`` if given."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pengwin-anat-") as tmp:
         result = pipeline.run(ct, tmp)
@@ -79,8 +79,9 @@ def run_case(pipeline: Pipeline, ct: Volume, truth: Volume | None) -> dict:
            "fragments": sorted(int(f["label"]) for f in result.fragments),
            "no_fragments_reason": result.report["inference"].get("no_fragments_reason")}
     if truth is not None:
-        stage1 = nearest_onto(result.anatomy, ct)  # after the pipeline's own clean-up of the map
-        row["stage1_iou"] = _rounded(bone_iou(stage1, truth.array))
+        row["stage1_iou"] = _rounded(bone_iou(model.predict(ct), truth.array))
+        if "refined_by" in result.report["models"]["anatomy"]:
+            row["refined_stage1_iou"] = _rounded(bone_iou(nearest_onto(result.anatomy, ct), truth.array))
         row["end_to_end_iou"] = _rounded(bone_iou(anatomy_from_fragments(result.labels.array), truth.array))
     return row
 
@@ -124,8 +125,9 @@ def main(argv=None) -> int:
             continue
         folder = bundled_model_path("anatomy") if label == "bundled" else Path(label)
         pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine)
+        model = load_model(folder, "cpu", expected="anatomy")
         for name, ct, truth in todo:
-            row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, ct, truth)}
+            row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, model, ct, truth)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.json:

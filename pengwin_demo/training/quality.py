@@ -47,8 +47,9 @@ def evaluate_models(
 ) -> dict:
     """Score the models on held-out phantoms (pipeline end to end, official PENGWIN metrics).
 
-    Returns a dict with per-case rows and means of ``stage1_iou`` (the pipeline's bone map,
-    after the refining model where one runs, on the input grid), ``iou_a`` and ``iou_f`` (end to end), fragment counts and seconds.
+    Returns a dict with per-case rows and means of ``stage1_iou`` (anatomy model alone,
+    on the input grid), ``iou_a`` and ``iou_f`` (end to end, after the refining model
+    ``refine_anatomy`` where one runs), fragment counts and seconds.
     """
     from ..labels import anatomy_from_fragments
     from ..metrics import evaluate_case
@@ -58,7 +59,7 @@ def evaluate_models(
 
     pipe = Pipeline(device=device, anatomy=str(anatomy_model), fragments=str(abbc_model),
                     refine_anatomy=str(refine_anatomy))
-    pipe.load_models()
+    models = pipe.load_models()
     rows = []
     for seed in seeds:
         ct, gt = make_phantom(int(seed), size)
@@ -66,7 +67,8 @@ def evaluate_models(
         with tempfile.TemporaryDirectory(prefix="pengwin-eval-") as tmp:
             result = pipe.run(ct, tmp)
         seconds = time.perf_counter() - t0
-        stage1 = bone_iou(nearest_onto(result.anatomy, ct), anatomy_from_fragments(gt.array))
+        anat_vol, _, _ = pipe._predict(models["anatomy"], ct, pipe.device_name(), "anatomy", [])
+        stage1 = bone_iou(nearest_onto(anat_vol, ct), anatomy_from_fragments(gt.array))
         m = evaluate_case(result.labels.array, gt.array, gt.spacing_zyx_mm)
         row = {
             "seed": int(seed), "shape": list(ct.shape), "spacing_zyx_mm": [round(s, 3) for s in ct.spacing_zyx_mm],
