@@ -326,16 +326,6 @@ def test_refining_anatomy_skips_refused_scans_and_given_maps(tmp_path):
     assert "refined_by" not in result.report["models"]["anatomy"]
 
 
-def test_refining_anatomy_none_and_auto(tmp_path):
-    coarse = OracleAnatomy((4.0, 4.0, 4.0))
-    assert Pipeline(anatomy=coarse, refine_anatomy="none").load_models(("anatomy_refine",))["anatomy_refine"] is None
-    # auto: the bundled refining model only after a coarser anatomy model
-    fine_first = Pipeline(anatomy=OracleAnatomy((1.0, 1.0, 1.0)), refine_anatomy="auto")
-    assert fine_first.load_models(("anatomy_refine",))["anatomy_refine"] is None
-    no_spacing = Pipeline(anatomy=OracleAnatomy(), refine_anatomy="auto")  # e.g. TotalSegmentator
-    assert no_spacing.load_models(("anatomy_refine",))["anatomy_refine"] is None
-
-
 def test_concurrent_runs_are_serialized(tmp_path):
     src = write_volume(phantom_ct(spacing=(2.0, 2.0, 2.0)), tmp_path / "ct.nii.gz")
     pipe = Pipeline(anatomy=OracleAnatomy(), fragments=OracleABBC())
@@ -408,6 +398,25 @@ def test_cli_segment_says_which_model_is_missing(tmp_path, capsys, option):
     assert rc == 2
     err = capsys.readouterr().err
     assert "model not found" in err and "missing_model" in err
+
+
+@needs_models
+def test_refining_anatomy_none_and_auto(monkeypatch):
+    import pengwin_demo.models as M
+
+    def refiner(anatomy, choice):
+        return Pipeline(anatomy=anatomy, refine_anatomy=choice).load_models(("anatomy_refine",))["anatomy_refine"]
+
+    assert refiner(OracleAnatomy((8.0, 8.0, 8.0)), "none") is None
+    # auto: a bundled refining model (here the 4 mm anatomy model stands in for one), only
+    # after an anatomy model that runs coarser; none when none is bundled
+    monkeypatch.setattr(M, "bundled_refine_path", lambda: M.bundled_model_path("anatomy"))
+    bundled = refiner(OracleAnatomy((8.0, 8.0, 8.0)), "auto")
+    assert bundled is not None and tuple(bundled.target_spacing_zyx_mm) == (4.0, 4.0, 4.0)
+    assert refiner(OracleAnatomy((2.0, 2.0, 2.0)), "auto") is None
+    assert refiner(OracleAnatomy(), "auto") is None  # a model that resamples by itself (TotalSegmentator)
+    monkeypatch.setattr(M, "bundled_refine_path", lambda: None)
+    assert refiner(OracleAnatomy((8.0, 8.0, 8.0)), "auto") is None
 
 
 # spacing ratios chosen so that no fine voxel centre lies exactly halfway between two
