@@ -225,3 +225,68 @@ def test_auto_uses_totalsegmentator_exactly_when_its_weights_are_installed(tmp_p
     pipe = Pipeline(device="cpu")  # "auto" is the default
     assert pipe.model_info["anatomy"]["backend"] == ("totalsegmentator" if weights else "bundled")
     assert pipe.model_warnings == []
+
+
+def test_class_probabilities_agree_with_the_labels(anatomy, phantom):
+    """``predict_probabilities``: one channel per class, summing to 1, argmax = ``predict``."""
+    ct, _ = phantom
+    probabilities = anatomy.predict_probabilities(ct)
+    assert probabilities.shape == (4, *ct.shape) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-3)
+    assert np.mean(np.argmax(probabilities, axis=0) == anatomy.predict(ct)) > 0.99
+
+
+class _BallModel:
+    """Class 1 with probability 0.9 inside a ball (world mm), else background 0.9; records
+    the grids it is given. A stand-in with exactly known outputs for the averaging."""
+
+    labels = {"background": 0, "bone": 1}
+
+    def __init__(self, centre_lps_mm, radius_mm, shift_mm=0.0):
+        self.centre, self.radius, self.shift = np.asarray(centre_lps_mm, float), radius_mm, shift_mm
+        self.seen: list[Volume] = []
+
+    def predict_probabilities(self, volume: Volume) -> np.ndarray:
+        self.seen.append(volume)
+        idx = np.indices(volume.shape).reshape(3, -1).T
+        # each finer grid draws the ball a little larger, as a finer grid draws a boundary
+        radius = self.radius + self.shift * (len(self.seen) - 1)
+        inside = (np.linalg.norm(volume.index_to_world(idx) - self.centre, axis=1) <= radius).reshape(volume.shape)
+        p1 = np.where(inside, 0.9, 0.1).astype(np.float32)
+        return np.stack([1 - p1, p1])
+
+
+def test_predict_at_spacings_averages_the_finer_runs_on_the_bone_box():
+    from pengwin_demo.models import predict_at_spacings
+
+    ct = Volume(np.zeros((40, 40, 40), np.int16), (2.0, 2.0, 2.0), (-40.0, -40.0, -40.0), np.eye(3))
+    model = _BallModel((0.0, 0.0, 0.0), 10.0, shift_mm=6.0)
+    labels, grid, foreground, used = predict_at_spacings(
+        model, ct, [(4.0, 4.0, 4.0), (3.0, 3.0, 3.0), (2.0, 2.0, 2.0)], box_margin_mm=8.0)
+    assert grid.spacing_zyx_mm == (4.0, 4.0, 4.0) and labels.shape == grid.shape == foreground.shape
+    assert used == [(3.0, 3.0, 3.0), (2.0, 2.0, 2.0)]
+    # the finer runs saw only the first run's ball box plus 8 mm, at their spacing
+    first_box = np.argwhere(_BallModel((0.0, 0.0, 0.0), 10.0).predict_probabilities(grid)[1] > 0.5)
+    lo_mm = grid.index_to_world(first_box.min(axis=0)[None])[0] - 8.0
+    for seen, spacing in zip(model.seen[1:3], (3.0, 2.0)):
+        assert seen.spacing_zyx_mm == (spacing,) * 3
+        corner = seen.index_to_world(np.zeros((1, 3)))[0]
+        assert np.all(np.abs(corner - lo_mm) <= 4.0) and max(seen.shape) < 40
+    # radii 10, 16 and 22 mm: a voxel inside the middle one only is bone by 2 votes of 3
+    centres = grid.index_to_world(np.indices(grid.shape).reshape(3, -1).T)
+    r = np.linalg.norm(centres, axis=1).reshape(grid.shape)
+    ring = (r > 11.0) & (r < 13.0)  # inside the 16 mm ball by more than a 3 mm voxel
+    assert ring.any() and np.all(labels.array[ring] == 1)
+    assert np.allclose(foreground[ring], (0.1 + 0.9 + 0.9) / 3, atol=0.05)
+    assert np.all(labels.array[r > 23.0] == 0)
+
+
+def test_predict_at_spacings_skips_runs_over_the_voxel_limit():
+    from pengwin_demo.models import predict_at_spacings
+
+    ct = Volume(np.zeros((40, 40, 40), np.int16), (2.0, 2.0, 2.0), (-40.0, -40.0, -40.0), np.eye(3))
+    model = _BallModel((0.0, 0.0, 0.0), 10.0)
+    labels, _, _, used = predict_at_spacings(model, ct, [(4.0,) * 3, (1.0,) * 3], box_margin_mm=8.0,
+                                             max_voxels=10_000)
+    assert used == [] and len(model.seen) == 1
+    assert np.array_equal(labels.array, (_BallModel((0.0, 0.0, 0.0), 10.0).predict_probabilities(labels)[1] > 0.5))
