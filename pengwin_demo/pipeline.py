@@ -88,14 +88,6 @@ ANATOMY_REFINE_MARGIN_MM = 30.0
 runs, mm: room for bone the coarse map missed at its edge, and context (the lowest lumbar
 vertebra, the femoral heads) for the refining model to tell the pelvis from."""
 
-ANATOMY_SCALES = (1.0, 0.875, 0.75)
-"""Spacings the anatomy model runs at, as factors of its own (e.g. 4, 3.5 and 3 mm for the
-bundled 4 mm model), its class probabilities averaged
-(:func:`pengwin_demo.models.predict_at_spacings`); the finer runs cover the bones' box
-plus :data:`ANATOMY_REFINE_MARGIN_MM`. On two real intact pelvic CTs and three
-synthetic bodies around a held-out real pelvis the mean of the three draws the sacrum's
-boundary with L5 closer to the reference than the 4 mm run alone."""
-
 _RUN_LOCK = threading.Lock()  # one run at a time per process (memory, CPU)
 
 
@@ -258,8 +250,6 @@ class _Stage1:
     foreground: np.ndarray | None = None
     """The anatomy model's foreground probability on ``grid``, or None (a user's map, or a
     model that offers none)."""
-    finer_spacings: list = field(default_factory=list)
-    """Spacings (z, y, x; mm) of the anatomy model's further runs on the bones' box."""
 
 
 @dataclass
@@ -337,11 +327,6 @@ class Pipeline:
         model; TotalSegmentator is not refined), "none", a path to an nnU-Net anatomy
         model folder, or an object with ``predict``. Not run on a user's anatomy map or a
         refused scan.
-    anatomy_scales : tuple of float
-        Spacings the anatomy model runs at, as factors of its own, its class probabilities
-        averaged (:data:`ANATOMY_SCALES`); the first gives Stage 1's grid, the others run
-        on the bones' box. ``(1.0,)``: one run. Only for nnU-Net models with a spacing of
-        their own (not TotalSegmentator, not the refining model).
 
     Notes
     -----
@@ -356,7 +341,6 @@ class Pipeline:
         fragments: Any = "bundled",
         *,
         refine_anatomy: Any = "auto",
-        anatomy_scales: tuple[float, ...] = ANATOMY_SCALES,
         cpu_max_voxels: int | None = DEFAULT_CPU_MAX_VOXELS,
         min_bone_ml: float = MIN_BONE_ML,
         recovery_kwargs: dict[str, Any] | None = None,
@@ -375,9 +359,6 @@ class Pipeline:
         self.anatomy = anatomy
         self.fragments = fragments
         self.refine_anatomy = refine_anatomy
-        self.anatomy_scales = tuple(float(f) for f in anatomy_scales)
-        if not self.anatomy_scales or min(self.anatomy_scales) <= 0:
-            raise ValueError(f"anatomy_scales must be one or more positive factors, got {anatomy_scales!r}")
         self.cpu_max_voxels = cpu_max_voxels
         self.min_bone_ml = float(min_bone_ml)
         self.recovery_kwargs = dict(recovery_kwargs or {})
@@ -586,10 +567,8 @@ class Pipeline:
     def _stage1(self, model, ct: Volume, anatomy_map, device: str, warnings: list[str]) -> _Stage1:
         """Sacrum and hips: the anatomy model (bone far from the pelvis dropped) or the user's
         map, then the plausibility check (its refusal or warnings go to ``warnings``)."""
-        finer: list = []
         if anatomy_map is None:
-            anatomy, grid, foreground, no_cortex_ml, dropped_ml = self._model_anatomy(
-                model, ct, device, warnings, scales=self.anatomy_scales, finer_used=finer)
+            anatomy, grid, foreground, no_cortex_ml, dropped_ml = self._model_anatomy(model, ct, device, warnings)
             info = self._info["anatomy"]
         else:
             anatomy, info = self._given_anatomy(anatomy_map, ct)
@@ -601,16 +580,14 @@ class Pipeline:
         else:
             warnings.extend(plausible.warnings)
         return _Stage1(anatomy, grid, info, dropped_ml, no_cortex_ml, plausible,
-                       int(np.count_nonzero(anatomy.array)), foreground, finer)
+                       int(np.count_nonzero(anatomy.array)), foreground)
 
-    def _model_anatomy(self, model, ct: Volume, device: str, warnings: list[str], what: str = "anatomy",
-                       scales: tuple[float, ...] = (1.0,), finer_used: list | None = None):
-        """An anatomy model's map of ``ct`` (at ``scales``, see :meth:`_predict`) without pieces
-        lacking a cortex or far from the pelvis: (map, the CT on the model grid, foreground or
-        None, mL dropped for want of a cortex, mL dropped as far away)."""
+    def _model_anatomy(self, model, ct: Volume, device: str, warnings: list[str], what: str = "anatomy"):
+        """An anatomy model's map of ``ct`` without pieces lacking a cortex or far from the
+        pelvis: (map, the CT on the model grid, foreground or None, mL dropped for want of a
+        cortex, mL dropped as far away)."""
         anatomy, grid, foreground = self._predict(model, ct, device, what, warnings,
-                                                  with_foreground=self.smooth_labels, scales=scales,
-                                                  finer_used=finer_used)
+                                                  with_foreground=self.smooth_labels)
         no_cortex_ml = 0.0
         if self.min_bone_ml > 0:  # 0: synthetic intensities, no HU evidence to judge by
             anatomy, no_cortex_ml = drop_pieces_without_cortex(anatomy, ct)
@@ -760,7 +737,6 @@ class Pipeline:
         return {
             "device": device,
             "anatomy_spacing_zyx_mm": _grid_spacing(stage1.grid),
-            "anatomy_finer_spacings_zyx_mm": [list(s) for s in stage1.finer_spacings],
             "abbc_spacing_zyx_mm": _grid_spacing(abbc_grid),
             "abbc_grid_shape_zyx": list(abbc_grid.shape) if abbc_grid is not None else None,
             "stage2_margin_mm": self.stage2_margin_mm,
@@ -836,7 +812,7 @@ class Pipeline:
         """
         box = bone_box_on(stage1.anatomy, ct, self.stage2_margin_mm)
         region = ct.crop(box) if box is not None else ct
-        abbc_grid = self._model_grid(region, self._inference_spacing(model, region, device, warnings))
+        abbc_grid = self._model_grid(model, region, device, warnings)
         anatomy_on_grid = abbc_grid.with_array(anatomy_onto(stage1.anatomy, abbc_grid, foreground=stage1.foreground,
                                                             smooth=self.smooth_labels))
         if self.stage2_mask_dilation_mm is not None:
@@ -871,36 +847,19 @@ class Pipeline:
         return tuple(float(s) for s in spacing)
 
     def _predict(self, model, ct: Volume, device: str, what: str, warnings: list[str],
-                 with_foreground: bool = False, scales: tuple[float, ...] = (1.0,),
-                 finer_used: list | None = None):
+                 with_foreground: bool = False):
         """Run a model on its own grid; return (label Volume on that grid, the CT on that grid,
         the model's foreground probability there or None).
 
         The probability is asked for only ``with_foreground`` and from models that offer it
-        (:meth:`pengwin_demo.models.SegmentationModel.predict_with_foreground`). With more
-        than one of ``scales`` (factors of the model's spacing) a model with a spacing and
-        ``predict_probabilities`` also runs at the others, on the box of what it found
-        (:func:`pengwin_demo.models.predict_at_spacings`); their spacings are appended to
-        ``finer_used``."""
-        spacing = self._inference_spacing(model, ct, device, warnings)
-        if len(scales) > 1 and spacing is not None and hasattr(model, "predict_probabilities"):
-            from .models import predict_at_spacings
-
-            limit = self.cpu_max_voxels if device.startswith("cpu") else None
-            labels, grid, foreground, used = predict_at_spacings(
-                model, ct, [tuple(np.asarray(spacing) * f) for f in scales],
-                box_margin_mm=ANATOMY_REFINE_MARGIN_MM, max_voxels=limit)
-            if finer_used is not None:
-                finer_used.extend(used)
-            return labels, grid, (foreground if with_foreground else None)
-        grid = self._model_grid(ct, spacing)
+        (:meth:`pengwin_demo.models.SegmentationModel.predict_with_foreground`)."""
+        grid = self._model_grid(model, ct, device, warnings)
         labels, foreground = self._predict_on(model, grid, what, with_foreground)
         return labels, grid, foreground
 
-    @staticmethod
-    def _model_grid(ct: Volume, spacing: tuple[float, float, float] | None) -> Volume:
-        """The CT resampled (linear) to the spacing a model runs at (see _inference_spacing;
-        None: the CT as it is)."""
+    def _model_grid(self, model, ct: Volume, device: str, warnings: list[str]) -> Volume:
+        """The CT resampled (linear) to the spacing the model runs at (see _inference_spacing)."""
+        spacing = self._inference_spacing(model, ct, device, warnings)
         if spacing is None or np.allclose(spacing, ct.spacing_zyx_mm, rtol=1e-3):
             return ct
         return resample_to_spacing(ct, spacing, "linear")

@@ -446,30 +446,3 @@ def test_totalsegmentator_without_weights_falls_back_with_a_warning():
     info = pipe.model_info
     assert info["anatomy"]["backend"] == "bundled" and info["anatomy"]["name"] == "anatomy"
     assert info["fragments"]["target_spacing_zyx_mm"] is not None
-
-
-@needs_models
-@pytest.mark.slow
-def test_anatomy_runs_at_finer_scales_on_the_bone_box(tmp_path, capsys):
-    """By default the 4 mm anatomy model also runs at 3.5 and 3 mm on the bones' box and the
-    report lists those runs; ``--anatomy-scales 1`` runs it once. Both find the phantom's
-    three bones."""
-    from pengwin_demo.__main__ import main
-    from pengwin_demo.phantom import make_phantom
-    from pengwin_demo.training.quality import bone_iou
-
-    ct, truth = make_phantom(424242, "small")
-    src = write_volume(ct, tmp_path / "ct.nii.gz")
-    reports = {}
-    for name, extra in (("default", []), ("once", ["--anatomy-scales", "1"])):
-        rc = main(["segment", str(src), "-o", str(tmp_path / name), "--device", "cpu", "--no-progress", *extra])
-        assert rc == 0
-        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
-        labels = read_volume(tmp_path / name / "labels.nii.gz", kind="label").array
-        iou = bone_iou(anatomy_from_fragments(labels), anatomy_from_fragments(truth.array))
-        assert min(iou["sacrum"], iou["left_hip"], iou["right_hip"]) > 0.7, (name, iou)
-    assert reports["default"]["inference"]["anatomy_finer_spacings_zyx_mm"] == [[3.5] * 3, [3.0] * 3]
-    assert reports["once"]["inference"]["anatomy_finer_spacings_zyx_mm"] == []
-    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
-        main(["segment", str(src), "-o", str(tmp_path / "bad"), "--anatomy-scales", "1,-2"])
-    assert exit_info.value.code == 2 and "positive factors" in capsys.readouterr().err

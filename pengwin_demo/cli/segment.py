@@ -30,11 +30,6 @@ def add_arguments(parser) -> None:
              "after TotalSegmentator), none, or an nnU-Net model folder",
     )
     parser.add_argument(
-        "--anatomy-scales", default=None, type=_scales, metavar="F,F,...",
-        help="spacings the anatomy model runs at, as factors of its own, its probabilities "
-             "averaged (default: 1,0.875,0.75; the finer runs cover the bones' box); 1: one run",
-    )
-    parser.add_argument(
         "--fragments", default="bundled",
         help="Stage 2 (ABBC) model: bundled (default) or an nnU-Net model folder/zip",
     )
@@ -53,18 +48,6 @@ def add_arguments(parser) -> None:
     add_allow_non_ct(parser)
 
 
-def _scales(text: str) -> tuple[float, ...]:
-    import argparse
-
-    try:
-        factors = tuple(float(t) for t in text.split(","))
-    except ValueError:
-        factors = ()
-    if not factors or min(factors) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive factors separated by commas, e.g. 1,0.75")
-    return factors
-
-
 def run(args) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -81,9 +64,8 @@ def run(args) -> int:
         bar.set_description(STAGES.get(stage, stage)[:48].ljust(48))
         bar.update(max(0, round(fraction * 100) - bar.n))
 
-    scales = {} if args.anatomy_scales is None else {"anatomy_scales": args.anatomy_scales}
     pipeline = Pipeline(device=args.device, anatomy=args.anatomy, fragments=args.fragments,
-                        refine_anatomy=args.refine_anatomy, **scales)
+                        refine_anatomy=args.refine_anatomy)
     try:
         with logging_redirect_tqdm():
             result = pipeline.run(

@@ -9,8 +9,6 @@ weights are not installed. Stage 2 (ABBC: 0 background, 1 boundary, 2 core, 3 bo
 - :mod:`.nnunet`: loading nnU-Net results folders and zips (:func:`load_model`).
 - :mod:`.totalsegmentator`: the TotalSegmentator backend.
 - :mod:`.devices`: "auto"/"cpu"/"cuda" -> ``torch.device``.
-- :mod:`.multiscale`: one model run at several spacings, its probabilities averaged
-  (:func:`predict_at_spacings`).
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .devices import resolve_device
-from .multiscale import predict_at_spacings
 from .nnunet import (
     EXPECTED_LABELS,
     MODEL_KINDS,
@@ -42,8 +39,8 @@ from .totalsegmentator import (
 __all__ = [
     "EXPECTED_LABELS", "MODEL_KINDS", "SegmentationModel", "TotalSegmentatorAnatomy",
     "abbc_model", "anatomy_model", "bundled_model_path", "bundled_models_dir", "bundled_refine_path",
-    "clear_model_cache", "export_model_zip", "extract_model_zip", "find_model_folder", "load_model",
-    "predict_at_spacings", "resolve_device", "totalsegmentator_missing_weights", "totalsegmentator_weights_dir",
+    "clear_model_cache", "export_model_zip", "extract_model_zip", "find_model_folder", "load_model", "resolve_device",
+    "totalsegmentator_missing_weights", "totalsegmentator_weights_dir",
 ]
 
 log = logging.getLogger(__name__)

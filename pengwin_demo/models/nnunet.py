@@ -194,21 +194,9 @@ class SegmentationModel:
             its 0.5 level places the bone surface between voxel centres
             (:func:`pengwin_demo.recovery.smooth_labels_onto` uses it).
         """
-        labels, probabilities = self._run(volume, True)
-        return labels, 1.0 - probabilities[0]
+        return self._run(volume, True)
 
-    def predict_probabilities(self, volume: Volume) -> np.ndarray:
-        """The network's softmax probability of every class, on the input grid.
-
-        Returns
-        -------
-        ndarray of float32, shape (C, Z, Y, X)
-            Channel c is the class with the c-th smallest id in ``labels`` (nnU-Net's order;
-            channel 0 is background), interpolated linearly back onto the input grid.
-        """
-        return self._run(volume, True)[1]
-
-    def _run(self, volume: Volume, with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, volume: Volume, with_foreground: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if volume.array.ndim != 3 or min(volume.shape) < 1:
             raise ValueError(f"the model needs a 3D CT, got an array of shape {volume.shape}")
         image = volume.to_sitk()
@@ -217,8 +205,8 @@ class SegmentationModel:
         spacing_zyx = [float(s) for s in oriented.GetSpacing()[::-1]]
         with self._lock:  # nnU-Net predictors are not thread safe
             out = self.predictor.predict_single_npy_array(array, {"spacing": spacing_zyx}, None, None,
-                                                          with_probabilities)
-        seg, probabilities = out if with_probabilities else (out, None)
+                                                          with_foreground)
+        seg, probabilities = out if with_foreground else (out, None)
         code = _orientation_code(image)
 
         def back_onto_input(arr: np.ndarray, interpolation: str) -> np.ndarray:
@@ -232,8 +220,8 @@ class SegmentationModel:
         labels = back_onto_input(np.asarray(seg).astype(np.uint8, copy=False), "nearest").astype(np.uint8, copy=False)
         if probabilities is None:
             return labels, None
-        back = [back_onto_input(np.asarray(p, dtype=np.float32), "linear") for p in probabilities]
-        return labels, np.stack(back).astype(np.float32, copy=False)
+        fg = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+        return labels, back_onto_input(fg.astype(np.float32, copy=False), "linear").astype(np.float32, copy=False)
 
     __call__ = predict
 
