@@ -301,35 +301,16 @@ def _s1_top_mm(cv: _Canvas, sacrum: np.ndarray, x_mid: float) -> np.ndarray:
     return top[None, :, None]
 
 
-def _l5_facets(cv: _Canvas, sacrum: np.ndarray, x_mid: float, y_canal: float, z_from: float,
-                rng) -> np.ndarray:
-    """L5's two inferior articular processes: columns from its arch down onto and beside
-    the sacrum's superior articular processes, one voxel (a facet joint) apart from the
-    sacrum, as in real scans, whose coarse grid shows no gap there."""
-    out = np.zeros(cv.shape, bool)
-    for side in (-1, 1):
-        x_c, y_c, r = x_mid + side * rng.uniform(14, 22), y_canal + rng.uniform(-4, 4), rng.uniform(4, 7)
-        column = (cv.x - x_c) ** 2 + (cv.y - y_c) ** 2 <= r**2
-        below = np.broadcast_to(sacrum & ((cv.x - x_c) ** 2 + (cv.y - y_c) ** 2 <= (r + 8) ** 2), cv.shape)
-        if not below.any():
-            continue
-        sacrum_top = float(np.broadcast_to(cv.z, cv.shape)[below].max())
-        out |= column & (cv.z >= sacrum_top - rng.uniform(4, 14)) & (cv.z <= z_from + 4)
-    return out & ~ndimage.binary_dilation(sacrum)
+def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> np.ndarray:
+    """Vertebrae (body, arch, spinous and transverse processes) stacked on the sacrum.
 
-
-def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Vertebrae (body, arch, spinous and transverse processes) stacked on the sacrum, and
-    the L5-S1 disc.
-
-    The lowest body (L5) sits on the S1 endplate across a disc of 3-10 mm, its base tilted
-    with the endplate, so that much of it lies below the sacrum's highest point as in real
-    scans (a real chest-to-pelvis CT: 43 % of L5, its base 27 mm below the sacrum's top);
-    higher bodies stack level on it. L5's inferior articular processes reach down beside
-    the sacrum (:func:`_l5_facets`). Returns (bone, disc) masks.
+    The lowest body (L5) sits on the S1 endplate across a disc, its base tilted with the
+    endplate, so that much of it lies below the sacrum's highest point as in real scans (a
+    real chest-to-pelvis CT: 43 % of L5, its base 27 mm below the sacrum's top); higher
+    bodies stack level on it.
     """
     if sacrum.sum() < 100:
-        return np.zeros(cv.shape, bool), np.zeros(cv.shape, bool)
+        return np.zeros(cv.shape, bool)
     idx = np.argwhere(sacrum)
     top = idx[:, 0].max()
     slab = idx[idx[:, 0] >= top - max(1, int(12 / cv.spacing[0]))]
@@ -338,8 +319,7 @@ def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> tuple[np.ndarray, np.
     y_front = cv.y.ravel()[central[:, 1].min() if len(central) else slab[:, 1].min()]
     rx, ry = rng.uniform(21, 27), rng.uniform(15, 19)
     y_body = y_front + ry + rng.uniform(-3, 5)
-    s1_top = _s1_top_mm(cv, sacrum, x_mid)
-    base = s1_top + rng.uniform(3, 10)  # the L5-S1 disc
+    base = _s1_top_mm(cv, sacrum, x_mid) + rng.uniform(6, 11)  # the L5-S1 disc
     footprint = ((cv.x - x_mid) / rx) ** 2 + ((cv.y - y_body) / ry) ** 2 <= 1
     spine = np.zeros(cv.shape, bool)
     zmax = cv.z.max()
@@ -364,15 +344,10 @@ def _lumbar_spine(cv: _Canvas, sacrum: np.ndarray, rng) -> tuple[np.ndarray, np.
         transverse = (np.abs(cv.x - x_mid) <= span) & (np.abs(cv.y - ring_c + 6) <= 6) & (
             np.abs(cv.z - zc) <= 6)
         spine |= body | arch | spinous | transverse
-        if level == 0:
-            spine |= _l5_facets(cv, sacrum, x_mid, ring_c, zc - h * 0.35, rng)
-            disc = ellipse & (cv.z > s1_top) & (cv.z < bottom)
         z += h + rng.uniform(7, 11)
         rx, ry = rx * rng.uniform(0.95, 1.0), ry * rng.uniform(0.95, 1.0)
         level += 1
-    if level == 0:
-        return spine, np.zeros(cv.shape, bool)
-    return spine, disc & ~sacrum & ~spine
+    return spine
 
 
 # -- the case -------------------------------------------------------------------------
@@ -408,9 +383,7 @@ def composite_case(ct: Volume, labels: Volume, rng: np.random.Generator,
     look = _bone_look(real[bone], rng)
     keep_off = ndimage.binary_dilation(bone, iterations=2)  # a joint space between bones
     sacrum = (lab >= 1) & (lab <= MAX_FRAGMENTS_PER_BONE)
-    spine, disc = _lumbar_spine(cv, sacrum, rng)
-    spine &= ~ndimage.binary_dilation(bone)  # facet joints are narrower than the hips'
-    hu[disc & ~bone] = rng.uniform(60, 110)  # annulus and nucleus, denser than fat and muscle
+    spine = _lumbar_spine(cv, sacrum, rng) & ~keep_off
     _paint_bone(cv, hu, spine, look, rng)
     for bone_id, side in ((2, +1), (3, -1)):
         first = first_label(bone_id)
@@ -422,10 +395,8 @@ def composite_case(ct: Volume, labels: Volume, rng: np.random.Generator,
         femur = femur & ~keep_off
         _paint_bone(cv, hu, femur, look, rng, hollow=canal)
     hu[bone] = real[bone]
-    # the marrow draws from its own stream: with or without it, the same body and noise
-    marrow_rng = np.random.default_rng(rng.integers(1 << 62))
-    if marrow_rng.random() < options.fatty_marrow_probability:
-        _fatty_marrow(cv, hu, bone, marrow_rng, options.marrow_hu)
+    if rng.random() < options.fatty_marrow_probability:
+        _fatty_marrow(cv, hu, bone, rng, options.marrow_hu)
     hu += rng.normal(0, rng.uniform(2, 15), hu.shape).astype(np.float32)
     out_ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return cv.geom.with_array(out_ct), cv.geom.with_array(lab.astype(np.uint8))

@@ -164,38 +164,11 @@ def test_lowest_vertebra_sits_on_the_tilted_endplate():
     # a sacrum block whose top slopes down anteriorly (small y) by 35 degrees
     top_mm = 90.0 - np.tan(np.radians(35)) * (120.0 - y)
     sacrum = (z <= top_mm) & (z >= 20) & (y >= 50) & (y <= 120) & (np.abs(x - 60) <= 40)
-    spine, disc = _lumbar_spine(cv, sacrum, np.random.default_rng(0))
+    spine = _lumbar_spine(cv, sacrum, np.random.default_rng(0))
     assert not (spine & sacrum).any()
-    body = spine & (np.abs(x - 60) <= 4)  # the mid-line: body, not the articular processes
-    body_rows = np.flatnonzero(body[: int(90 / step) + 1].any(axis=(0, 2)))  # rows reaching below the top
+    body_rows = np.flatnonzero(spine[: int(90 / step) + 1].any(axis=(0, 2)))  # rows reaching below the top
     assert body_rows.size, "part of the lowest vertebra lies below the sacrum's highest point"
-    lowest = [np.flatnonzero(body[:, r, :].any(axis=1)).min() * step for r in body_rows]
+    lowest = [np.flatnonzero(spine[:, r, :].any(axis=1)).min() * step for r in body_rows]
     gap = np.array(lowest) - np.broadcast_to(top_mm, (1, shape[1], 1))[0, body_rows, 0]
-    assert np.all(gap >= 3.0 - step), "a disc (3 mm or more, on this 2 mm grid) under the vertebra"
+    assert np.all(gap >= 5.0), "a disc between the endplate and the vertebra"
     assert lowest[0] < lowest[-1], "the base follows the endplate down anteriorly"
-    # the disc fills the gap under the body, over the endplate
-    under = disc[:, body_rows[0], :].any(axis=0) & (np.abs(x[0, 0] - 60) <= 4)
-    assert under.any() and not (disc & (spine | sacrum)).any()
-
-
-def test_l5_articular_processes_reach_down_beside_the_sacrum():
-    """L5's inferior articular processes come down onto the sacrum, a joint's width (one
-    voxel) apart from it: the contact a coarse grid blurs in real scans."""
-    from scipy import ndimage
-
-    from pengwin_demo.training.composite import _Canvas, _l5_facets
-    from pengwin_demo.volume import Volume
-
-    shape, step = (60, 60, 60), 2.0
-    geom = Volume(np.zeros(shape, np.uint8), (step,) * 3, (0.0, 0.0, 0.0), np.eye(3))
-    z = (step * np.arange(shape[0]))[:, None, None]
-    y = (step * np.arange(shape[1]))[None, :, None]
-    x = (step * np.arange(shape[2]))[None, None, :]
-    cv = _Canvas(geom, z, y, x)
-    sacrum = np.broadcast_to((z <= 60) & (z >= 10) & (np.abs(y - 60) <= 20) & (np.abs(x - 60) <= 40), shape)
-    facets = _l5_facets(cv, sacrum, 60.0, 60.0, 90.0, np.random.default_rng(1))
-    near = ndimage.binary_dilation(sacrum, iterations=2)
-    assert facets.any() and not (facets & ndimage.binary_dilation(sacrum)).any()
-    assert (facets & near).any(), "the processes reach to a joint's width of the sacrum"
-    left, right = facets[:, :, 30:].any(), facets[:, :, :30].any()
-    assert left and right, "one on each side of the mid-line"
