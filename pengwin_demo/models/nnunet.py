@@ -383,6 +383,11 @@ def _build(folder: Path, device, expected: str | None, use_mirroring: bool, tile
     return SegmentationModel(folder, device, labels, configuration, spacing, predictor)
 
 
+_OWN_TRAINERS = {"nnUNetTrainerDemo": "nnUNetTrainer"}
+"""Trainers of this package's training runs (:mod:`pengwin_demo.training`), built when a run
+starts, and the nnU-Net trainer that builds the same network: all inference asks of them.
+A checkpoint in a training work folder names them; exported models name the base one."""
+
 _TRAINER_MODULES = (
     "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
     "nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring",
@@ -399,6 +404,7 @@ def _trainer_class(name: str):
     """
     import importlib
 
+    name = _OWN_TRAINERS.get(name, name)
     for module_name in _TRAINER_MODULES:
         try:
             module = importlib.import_module(module_name)

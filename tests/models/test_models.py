@@ -140,6 +140,21 @@ def test_model_zip_round_trip(tmp_path, anatomy, phantom, monkeypatch):
     assert np.array_equal(from_zip.predict(ct), anatomy.predict(ct))
 
 
+def test_checkpoint_of_a_training_run_loads(tmp_path, anatomy, phantom):
+    """A checkpoint as this package's training writes it into its work folder names the demo
+    trainer (a class built when training starts); it loads and predicts as the exported model."""
+    import torch
+
+    folder = shutil.copytree(bundled_model_path("anatomy"), tmp_path / "work_model")
+    ckpt_path = folder / "fold_all" / "checkpoint_final.pth"
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint["trainer_name"] = "nnUNetTrainerDemo"
+    torch.save(checkpoint, ckpt_path)
+    model = load_model(folder, "cpu", expected="anatomy")
+    ct = phantom[0].crop((slice(40, 100), slice(40, 160), slice(20, 180)))
+    assert np.array_equal(model.predict(ct), anatomy.predict(ct))
+
+
 def test_missing_incomplete_incompatible_models(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "nope", "cpu")
