@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pengwin_demo.anatomy_map import read_anatomy_map  # noqa: E402
+from pengwin_demo.anatomy_map import read_bone_masks  # noqa: E402
 from pengwin_demo.training import composite_case  # noqa: E402
 from pengwin_demo.dicom import load_ct  # noqa: E402
 from pengwin_demo.labels import anatomy_from_fragments  # noqa: E402
@@ -52,18 +52,8 @@ from pengwin_demo.training.quality import bone_iou  # noqa: E402
 from pengwin_demo.volume import Volume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-MASK_FILES = {1: "sacrum", 2: "hip_left", 3: "hip_right"}
 HOLDOUT_SEED = 990_000
 """Body seeds of held-out composites (training uses small seeds)."""
-
-
-def read_reference_masks(mask_dir: Path, ct: Volume) -> Volume:
-    """TotalSegmentator-style bone masks -> one anatomy map on the CT's grid."""
-    out = np.zeros(ct.shape, np.uint8)
-    for bone, stem in MASK_FILES.items():
-        mask = read_anatomy_map(mask_dir / f"{stem}.nii.gz", ct)  # 0/1 masks are valid maps
-        out[mask.array > 0] = bone
-    return ct.with_array(out)
 
 
 def _rounded(ious: dict[str, float]) -> dict[str, float]:
@@ -91,7 +81,7 @@ def cases(args) -> list[tuple[str, Volume, Volume | None]]:
     out = []
     for ct_path, mask_dir in args.external:
         ct = load_ct(ct_path).volume
-        out.append((f"external:{Path(ct_path).name}", ct, read_reference_masks(Path(mask_dir), ct)))
+        out.append((f"external:{Path(ct_path).name}", ct, read_bone_masks(mask_dir, ct)))
     masked = {c.name: c for c in find_masked_cases(args.data)} if args.holdout else {}
     for name in args.holdout:
         ct, labels = read_masked_case(masked[name])

@@ -21,6 +21,11 @@ def add_arguments(parser) -> None:
                              "first one found")
     parser.add_argument("--phantoms", type=int, default=12,
                         help="small full-context phantoms added to the training set (default 12)")
+    parser.add_argument("--whole-ct", action="append", default=[], metavar="DIR",
+                        help="real whole CTs with bone masks to train with as well: a case folder "
+                             "(ct.nii.gz, segmentations/{sacrum,hip_left,hip_right}.nii.gz, as the "
+                             "TotalSegmentator data set) or a folder of them; repeatable; --holdout "
+                             "takes their folder names")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
     parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
                         help="share of bodies whose real bones get fatty marrow (default 0.5)")
@@ -40,7 +45,8 @@ def run(args) -> int:
         return 2
     if refine and args.init_weights == "bundled":  # the bundled refining model, else the first one
         inputs["init_weights"] = str(bundled_refine_path() or bundled_model_path("anatomy"))
-    out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, per_case=args.bodies_per_case,
+    out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, whole_ct=args.whole_ct,
+                             per_case=args.bodies_per_case,
                              phantoms=args.phantoms, seed=args.seed, view=view,
                              options=CompositeOptions(fatty_marrow_probability=args.fatty_marrow), **inputs)
     print(f"anatomy: {out}")

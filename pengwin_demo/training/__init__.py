@@ -9,6 +9,7 @@ Names load with their module on first use.
 - :mod:`.demo`: the bundled demo models from phantoms, end to end (``train-demo-models``).
 - :mod:`.real_abbc`: the ABBC model on real bone-masked pelves (``train-abbc``).
 - :mod:`.composite`: real masked pelves placed in synthetic bodies.
+- :mod:`.whole_ct`: real whole CTs with bone masks as further anatomy training cases.
 - :mod:`.real_anatomy`: the anatomy model on those composites (``train-anatomy``).
 - :mod:`.cards`: model cards and the training-log summary.
 - :mod:`.quality`: held-out phantom figures of a pair of models.
@@ -28,6 +29,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "composite": ["CompositeOptions", "composite_case", "mirror_case", "pelvis_box_crop", "pelvis_free_crop"],
         "real_anatomy": ["REAL_ANATOMY_CONFIG", "REFINE_ANATOMY_CONFIG", "AnatomyView", "train_real_anatomy",
                          "write_composite_cases"],
+        "whole_ct": ["find_whole_ct_cases", "read_whole_ct_case", "whole_ct_variant", "write_whole_ct_cases"],
         "cards": ["training_summary", "write_model_card"],
         "quality": ["evaluate_models"],
     },

@@ -27,6 +27,7 @@ from .composite import CompositeOptions, composite_case, mirror_case, pelvis_box
 from .datasets import prepare_datasets
 from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 from .real_abbc import LICENCE, checkpoint_file
+from .whole_ct import find_whole_ct_cases, write_whole_ct_cases
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,7 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
         The real case (patient) names used.
     """
     cases = [c for src in sources for c in find_masked_cases(src)]
-    unknown = sorted(set(holdout) - {c.name for c in cases})
-    if unknown:
-        raise InputError(f"held-out case(s) {unknown} are not among the cases {sorted(c.name for c in cases)}.")
+    _check_holdout(holdout, [c.name for c in cases])
     used = []
     for i, case in enumerate(cases):
         if case.name in holdout:
@@ -122,6 +121,12 @@ def write_composite_cases(sources: list[str | os.PathLike], out_dir: str | os.Pa
     return used
 
 
+def _check_holdout(holdout: tuple[str, ...], names: list[str]) -> None:
+    unknown = sorted(set(holdout) - set(names))
+    if unknown:
+        raise InputError(f"held-out case(s) {unknown} are not among the cases {sorted(names)}.")
+
+
 def _cut_to_pelvis_box(cases_dir: Path, names: list[str], rng: np.random.Generator) -> None:
     """Replace the PENGWIN-layout cases ``names`` in ``cases_dir`` by their pelvis-box crops."""
     from ..io import read_volume
@@ -137,6 +142,7 @@ def train_real_anatomy(
     out_dir: str | os.PathLike,
     sources: list[str | os.PathLike],
     *,
+    whole_ct: list[str | os.PathLike] = (),
     holdout: tuple[str, ...] = (),
     per_case: int = 8,
     phantoms: int = 12,
@@ -153,9 +159,12 @@ def train_real_anatomy(
 
     ``work_dir`` keeps the cases, nnU-Net folders and logs, so a second call resumes
     (or, with the same budget, continues) the training. See :func:`write_composite_cases`
-    for ``holdout``, ``per_case``, ``phantoms``, ``seed``, ``options`` and ``view``; the
-    network is ``config``, by default :data:`REAL_ANATOMY_CONFIG` for the whole-body view
-    and :data:`REFINE_ANATOMY_CONFIG` for the pelvis box.
+    for ``holdout``, ``per_case``, ``phantoms``, ``seed``, ``options`` and ``view``;
+    ``whole_ct`` adds real whole CTs with bone masks (folders of cases, or cases;
+    :func:`pengwin_demo.training.write_whole_ct_cases`, ``per_case`` variants each), whose
+    names ``holdout`` may also give. The network is ``config``, by default
+    :data:`REAL_ANATOMY_CONFIG` for the whole-body view and :data:`REFINE_ANATOMY_CONFIG`
+    for the pelvis box.
     """
     view = AnatomyView(view)
     if config is None:
@@ -164,12 +173,18 @@ def train_real_anatomy(
     record = work / "cases.json"
     if not record.is_file():
         cases_dir = work / "pengwin_cases"
-        names = write_composite_cases(list(sources), cases_dir, holdout=tuple(holdout), per_case=per_case,
-                                      phantoms=phantoms, seed=seed, options=options, view=view)
+        scans = [f.name for root in whole_ct for f in find_whole_ct_cases(root)]
+        masked = [c.name for src in sources for c in find_masked_cases(src)]
+        _check_holdout(tuple(holdout), masked + scans)
+        names = write_composite_cases(list(sources), cases_dir, holdout=tuple(h for h in holdout if h in masked),
+                                      per_case=per_case, phantoms=phantoms, seed=seed, options=options, view=view)
+        scans = write_whole_ct_cases(list(whole_ct), cases_dir, holdout=tuple(holdout), per_case=per_case,
+                                     seed=seed, box_view=view is AnatomyView.PELVIS_BOX)
         # a composite cut to its pelvis box may hold no air, which the CT check asks of a scan
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True,
                          allow_non_ct=view is AnatomyView.PELVIS_BOX)
-        record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), "per_case": per_case,
+        record.write_text(json.dumps({"training": names, "whole_ct_training": scans, "holdout": sorted(holdout),
+                                      "per_case": per_case,
                                       "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
     else:
@@ -208,13 +223,25 @@ def _warn_if_other_bodies(record: Path, seed: int, options: CompositeOptions) ->
                     kept_seed, kept_marrow, seed, options.fatty_marrow_probability)
 
 
+def _whole_ct_line(info: dict, box: bool) -> str:
+    """The card's sentence on the real whole CTs trained with, or ''."""
+    scans = info["whole_ct_training_cases"]
+    if not scans:
+        return ""
+    return (f"\n  Also {len(scans)} real whole CT(s) with sacrum and hip bones masked ({', '.join(scans)}; the"
+            " lumbar spine, femurs and all else background), "
+            f"{info['bodies_per_case']} variants each with 20-120 mm of scan below the bones and 40-250 mm"
+            f" above, half mirrored{', cut to the box' if box else ', plus the part above the pelvis as a negative'}.")
+
+
 def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
                        notes: str = "") -> Path:
     """``training.json`` and ``MODEL_CARD.md`` of a model from :func:`train_real_anatomy`."""
     summary = training_summary(train_log)
     seed, marrow = _bodies_drawn(cases)
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
-            "training_cases": cases["training"], "holdout_cases": cases["holdout"],
+            "training_cases": cases["training"], "whole_ct_training_cases": cases.get("whole_ct_training", []),
+            "holdout_cases": cases["holdout"],
             "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
             "fatty_marrow_probability": marrow, "view": cases.get("view", AnatomyView.WHOLE_BODY.value),
             "config": asdict(cfg),
@@ -238,7 +265,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   marrow, -80 to 30 HU; seed {seed}), half
   of them mirrored with the hip labels swapped, {
     "each cut to its pelvic bones' box plus 10-50 mm a side" if box else "plus crops above the pelvis as negatives"},
-  and {cases["phantoms"]} small phantoms{" cut the same way" if box else ""}. Held out (never in training):
+  and {cases["phantoms"]} small phantoms{" cut the same way" if box else ""}.{
+    _whole_ct_line(info, box)} Held out (never in training):
   {", ".join(cases["holdout"]) if cases["holdout"] else "none"}.
 - Configuration `3d_demo`: spacing {tuple(cfg.spacing_zyx_mm)} mm (z, y, x), patch
   {tuple(cfg.patch_size_vox)} voxels, features per stage {tuple(cfg.features_per_stage)},
@@ -249,7 +277,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
   pseudo-Dice per class {summary.get("last_pseudo_dice", [])}.
 - Files: inference only, {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
-  --max-minutes N --seed {seed} --fatty-marrow {marrow}{" --view pelvis-box" if box else ""}
+  --max-minutes N --seed {seed} --fatty-marrow {marrow}{" --view pelvis-box" if box else ""}{
+    " --whole-ct SCANS" if info["whole_ct_training_cases"] else ""}
   [--holdout CASES] [--init-weights PREVIOUS]`.
 """
     path = model_dir / "MODEL_CARD.md"

@@ -1,0 +1,156 @@
+"""Real whole CTs with bone masks as anatomy training cases.
+
+The composites (:mod:`pengwin_demo.training.composite`) place real pelvic bone in synthetic
+bodies, so the model never sees real surroundings: the lowest lumbar vertebra resting on
+the sacrum across a real disc and real facet joints, real muscle, bowel and vessels. A
+whole CT whose sacrum and hip bones are masked teaches those; every voxel outside the
+masks (the lumbar spine and femurs included) is background.
+
+A case is a folder as the TotalSegmentator data set lays them out:
+``CASE/ct.nii.gz`` and ``CASE/segmentations/{sacrum,hip_left,hip_right}.nii.gz``. The
+folder name is the patient's name for ``--holdout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..anatomy_map import BONE_MASK_FILES, read_bone_masks
+from ..errors import InputError
+from ..io import read_volume
+from ..labels import first_label
+from ..masked_cases import write_pengwin_cases
+from ..volume import Volume
+from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WHOLE_CT_IMAGE", "WHOLE_CT_MASKS", "find_whole_ct_cases", "read_whole_ct_case",
+           "whole_ct_variant", "write_whole_ct_cases"]
+
+WHOLE_CT_IMAGE = "ct.nii.gz"
+WHOLE_CT_MASKS = "segmentations"
+
+CONTEXT_BELOW_MM = (20.0, 120.0)
+"""Range of the scan kept below the pelvic bones in a variant, mm (the femurs)."""
+CONTEXT_ABOVE_MM = (40.0, 250.0)
+"""Range of the scan kept above the pelvic bones in a variant, mm (the lumbar spine, belly)."""
+
+
+def _is_case(folder: Path) -> bool:
+    return (folder / WHOLE_CT_IMAGE).is_file() and (folder / WHOLE_CT_MASKS).is_dir()
+
+
+def find_whole_ct_cases(root: str | os.PathLike) -> list[Path]:
+    """Case folders under ``root`` (``root`` itself when it is one), sorted by name.
+
+    Raises
+    ------
+    InputError
+        ``root`` is not a folder, or holds no case.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder of whole CTs with bone masks")
+    found = [root] if _is_case(root) else sorted(p for p in root.iterdir() if p.is_dir() and _is_case(p))
+    if not found:
+        raise InputError(
+            f"{root}: no whole-CT case found; each needs {WHOLE_CT_IMAGE} and {WHOLE_CT_MASKS}/ with "
+            + ", ".join(f"{s}.nii.gz" for s in BONE_MASK_FILES.values()))
+    return found
+
+
+def read_whole_ct_case(folder: str | os.PathLike) -> tuple[Volume, Volume]:
+    """A case folder -> (CT, PENGWIN label map: 1 sacrum, 11 left hip, 21 right hip), both
+    reoriented to LPS with an identity direction (so that :func:`mirror_case` applies).
+
+    Raises
+    ------
+    InputError
+        Unreadable files, masks missing or off the CT, an oblique scan, or a bone without voxels.
+    """
+    folder = Path(folder)
+    ct = _to_lps(read_volume(folder / WHOLE_CT_IMAGE), folder / WHOLE_CT_IMAGE)
+    anatomy = read_bone_masks(folder / WHOLE_CT_MASKS, ct).array
+    missing = [BONE_MASK_FILES[b] for b in BONE_MASK_FILES if not (anatomy == b).any()]
+    if missing:
+        raise InputError(f"{folder}: the mask(s) {missing} hold no voxel on the CT; a training case needs "
+                         "all three pelvic bones")
+    labels = np.zeros(anatomy.shape, np.uint8)
+    for bone in BONE_MASK_FILES:
+        labels[anatomy == bone] = first_label(bone)
+    return ct, ct.with_array(labels)
+
+
+def _to_lps(volume: Volume, path: Path) -> Volume:
+    """The volume with axes permuted and flipped to an identity (LPS) direction."""
+    if np.allclose(volume.direction, np.eye(3)):
+        return volume
+    oriented = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
+    if not np.allclose(oriented.direction, np.eye(3), atol=1e-4):
+        raise InputError(f"{path}: an oblique scan (direction {np.round(volume.direction, 3).tolist()}); "
+                         "resample it onto axis-aligned voxels first")
+    return oriented
+
+
+def whole_ct_variant(ct: Volume, labels: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:
+    """The scan cut to its pelvic bones' slices plus a random stretch above and below.
+
+    Varies how much spine, belly and thigh the model sees around the pelvis, as scans
+    from pelvis-only to chest-to-knees do.
+    """
+    z_bone = np.nonzero(labels.array.any(axis=(1, 2)))[0]
+    dz = ct.spacing_zyx_mm[0]
+    lo = max(0, int(z_bone.min()) - int(round(rng.uniform(*CONTEXT_BELOW_MM) / dz)))
+    hi = min(ct.shape[0], int(z_bone.max()) + 1 + int(round(rng.uniform(*CONTEXT_ABOVE_MM) / dz)))
+    box = (slice(lo, hi), slice(0, ct.shape[1]), slice(0, ct.shape[2]))
+    return ct.crop(box), labels.crop(box)
+
+
+def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathLike, *,
+                         holdout: tuple[str, ...] = (), per_case: int = 8, seed: int = 0,
+                         box_view: bool = False) -> list[str]:
+    """Write variants of every whole-CT case but ``holdout`` in PENGWIN layout.
+
+    Parameters
+    ----------
+    per_case : int
+        Variants per scan (:func:`whole_ct_variant`); every second one is mirrored with the
+        hip labels swapped. Unless ``box_view``, the scan's part above the pelvis is added
+        once as a negative (no pelvic bone, the lumbar spine in view).
+    seed : int
+        Seed of the variants.
+    box_view : bool
+        Cut each variant to its pelvic bones' box plus random margins (the refining model's view).
+
+    Returns
+    -------
+    list of str
+        The case (patient) names used.
+    """
+    used = []
+    for i, folder in enumerate(f for root in roots for f in find_whole_ct_cases(root)):
+        if folder.name in holdout:
+            continue
+        ct, labels = read_whole_ct_case(folder)
+        written = []
+        for k in range(per_case):
+            rng = np.random.default_rng([seed, 7919, i, k])
+            v_ct, v_lab = whole_ct_variant(ct, labels, rng)
+            if k % 2:
+                v_ct, v_lab = mirror_case(v_ct, v_lab)
+            if box_view:
+                v_ct, v_lab = pelvis_box_crop(v_ct, v_lab, rng)
+            written.append((f"{folder.name}_scan{k:02d}", v_ct, v_lab))
+        above = None if box_view else pelvis_free_crop(ct, labels)
+        if above is not None:
+            written.append((f"{folder.name}_above", *above))
+        write_pengwin_cases(written, out_dir)
+        log.info("whole CT %s: %d training cases written", folder.name, len(written))
+        used.append(folder.name)
+    return used
