@@ -19,6 +19,10 @@ same run:
 - ``--negative PATH``: scans without a pelvis (e.g. the real upper-abdomen DICOM series);
   the pipeline should find no fragment and say why.
 
+A model's ``training.json`` lists the digest of every whole CT it was trained with
+(``train-anatomy --whole-ct``); an external CT among them is marked ``"in_training": true``
+and said on stderr: its figures are not held-out figures.
+
 Printed per case and model: Stage-1 IoU per bone (the anatomy model alone, on the input
 grid; with a refining model also ``refined_stage1_iou``, the pipeline's refined bone map
 taken nearest onto the input grid),
@@ -49,6 +53,7 @@ from pengwin_demo.models import bundled_model_path, load_model  # noqa: E402
 from pengwin_demo.pipeline import Pipeline  # noqa: E402
 from pengwin_demo.recovery import nearest_onto  # noqa: E402
 from pengwin_demo.training.quality import bone_iou  # noqa: E402
+from pengwin_demo.training.whole_ct import scan_digest  # noqa: E402
 from pengwin_demo.volume import Volume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -93,6 +98,11 @@ def cases(args) -> list[tuple[str, Volume, Volume | None]]:
     return out
 
 
+def _training_info(folder: Path) -> dict:
+    path = folder / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anatomy", required=True, help="anatomy model folder under test, or 'bundled'")
@@ -116,8 +126,12 @@ def main(argv=None) -> int:
         folder = bundled_model_path("anatomy") if label == "bundled" else Path(label)
         pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine)
         model = load_model(folder, "cpu", expected="anatomy")
+        trained_on = set(_training_info(folder).get("whole_ct_digests", {}).values())
         for name, ct, truth in todo:
             row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, model, ct, truth)}
+            if name.startswith("external:") and scan_digest(ct) in trained_on:
+                row["in_training"] = True
+                print(f"{name}: {label} was trained with this scan; its figures are not held out", file=sys.stderr)
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.json:

@@ -183,7 +183,8 @@ def train_real_anatomy(
         # a composite cut to its pelvis box may hold no air, which the CT check asks of a scan
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True,
                          allow_non_ct=view is AnatomyView.PELVIS_BOX)
-        record.write_text(json.dumps({"training": names, "whole_ct_training": scans, "holdout": sorted(holdout),
+        record.write_text(json.dumps({"training": names, "whole_ct_training": list(scans),
+                                      "whole_ct_digests": scans, "holdout": sorted(holdout),
                                       "per_case": per_case,
                                       "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
@@ -241,6 +242,7 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
     seed, marrow = _bodies_drawn(cases)
     info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
             "training_cases": cases["training"], "whole_ct_training_cases": cases.get("whole_ct_training", []),
+            "whole_ct_digests": cases.get("whole_ct_digests", {}),
             "holdout_cases": cases["holdout"],
             "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
             "fatty_marrow_probability": marrow, "view": cases.get("view", AnatomyView.WHOLE_BODY.value),

@@ -13,6 +13,7 @@ folder name is the patient's name for ``--holdout``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -30,7 +31,7 @@ from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WHOLE_CT_IMAGE", "WHOLE_CT_MASKS", "find_whole_ct_cases", "read_whole_ct_case",
+__all__ = ["WHOLE_CT_IMAGE", "WHOLE_CT_MASKS", "find_whole_ct_cases", "read_whole_ct_case", "scan_digest",
            "whole_ct_variant", "write_whole_ct_cases"]
 
 WHOLE_CT_IMAGE = "ct.nii.gz"
@@ -87,6 +88,18 @@ def read_whole_ct_case(folder: str | os.PathLike) -> tuple[Volume, Volume]:
     return ct, ct.with_array(labels)
 
 
+def scan_digest(ct: Volume) -> str:
+    """SHA-256 of a scan's values (rounded to whole HU) and voxel spacing on its LPS grid.
+
+    Recorded for every whole CT a model is trained with, so that a benchmark can tell a
+    training scan from a new one, whatever its file is called.
+    """
+    ct = _to_lps(ct, Path("scan"))
+    digest = hashlib.sha256(np.round(ct.array).astype(np.int16).tobytes())
+    digest.update(np.round(np.asarray(ct.spacing_zyx_mm, float), 3).tobytes())
+    return digest.hexdigest()
+
+
 def _to_lps(volume: Volume, path: Path) -> Volume:
     """The volume with axes permuted and flipped to an identity (LPS) direction."""
     if np.allclose(volume.direction, np.eye(3)):
@@ -114,7 +127,7 @@ def whole_ct_variant(ct: Volume, labels: Volume, rng: np.random.Generator) -> tu
 
 def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathLike, *,
                          holdout: tuple[str, ...] = (), per_case: int = 8, seed: int = 0,
-                         box_view: bool = False) -> list[str]:
+                         box_view: bool = False) -> dict[str, str]:
     """Write variants of every whole-CT case but ``holdout`` in PENGWIN layout.
 
     Parameters
@@ -130,10 +143,10 @@ def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathL
 
     Returns
     -------
-    list of str
-        The case (patient) names used.
+    dict of str to str
+        The case (patient) names used, each with its :func:`scan_digest`.
     """
-    used = []
+    used = {}
     for i, folder in enumerate(f for root in roots for f in find_whole_ct_cases(root)):
         if folder.name in holdout:
             continue
@@ -152,5 +165,5 @@ def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathL
             written.append((f"{folder.name}_above", *above))
         write_pengwin_cases(written, out_dir)
         log.info("whole CT %s: %d training cases written", folder.name, len(written))
-        used.append(folder.name)
+        used[folder.name] = scan_digest(ct)
     return used

@@ -14,7 +14,7 @@ from _helpers.masked import write_masked_case
 from pengwin_demo.errors import InputError
 from pengwin_demo.io import read_volume, write_volume
 from pengwin_demo.training import (REAL_ANATOMY_CONFIG, CompositeOptions, find_whole_ct_cases, read_whole_ct_case,
-                                   train_real_anatomy, write_whole_ct_cases)
+                                   scan_digest, train_real_anatomy, write_whole_ct_cases)
 from pengwin_demo.volume import Volume
 
 SHAPE = (70, 40, 56)
@@ -66,6 +66,11 @@ def test_a_case_reads_as_pengwin_labels_in_lps(tmp_path):
             assert np.array_equal(labels.array == label, expected), (name, bone)
         assert not labels.array[VERTEBRA].any()  # unmasked bone is background
         assert _centre_x_mm(labels, 11) > _centre_x_mm(labels, 21)
+    # the digest names the scan, not its file or storage order
+    digests = {scan_digest(read_volume(tmp_path / name / "ct.nii.gz")) for name in ("s1", "s2")}
+    changed = grid.array.copy()
+    changed[0, 0, 0] += 1
+    assert digests == {scan_digest(grid)} and scan_digest(grid.with_array(changed)) not in digests
 
 
 def test_missing_or_empty_masks_are_named(tmp_path):
@@ -85,7 +90,7 @@ def test_variants_keep_the_bones_whole_and_mirror_every_second(tmp_path):
     write_whole_ct(tmp_path / "scans" / "s1")
     write_whole_ct(tmp_path / "scans" / "s2")
     used = write_whole_ct_cases([tmp_path / "scans"], tmp_path / "out", holdout=("s2",), per_case=4, seed=1)
-    assert used == ["s1"]
+    assert list(used) == ["s1"] and used["s1"] == scan_digest(read_whole_ct_case(tmp_path / "scans" / "s1")[0])
     names = sorted(p.name for p in (tmp_path / "out" / "labels").iterdir())
     assert names == ["s1_above.nii.gz"] + [f"s1_scan{k:02d}.nii.gz" for k in range(4)]
     _, original = read_whole_ct_case(tmp_path / "scans" / "s1")
@@ -130,6 +135,7 @@ def test_train_anatomy_with_a_whole_ct(tmp_path):
     assert not [n for n in names if n.startswith(("p2", "s2"))]
     info = json.loads((out / "training.json").read_text())
     assert info["training_cases"] == ["p1"] and info["whole_ct_training_cases"] == ["s1"]
+    assert list(info["whole_ct_digests"]) == ["s1"]
     assert info["holdout_cases"] == ["p2", "s2"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "1 real whole CT(s) with sacrum and hip bones masked (s1;" in card and "--whole-ct SCANS" in card
