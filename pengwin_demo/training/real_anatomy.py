@@ -229,10 +229,11 @@ def _whole_ct_line(info: dict, box: bool) -> str:
     scans = info["whole_ct_training_cases"]
     if not scans:
         return ""
-    return (f"\n  Also {len(scans)} real whole CT(s) with sacrum and hip bones masked ({', '.join(scans)}; the"
-            " lumbar spine, femurs and all else background), "
-            f"{info['bodies_per_case']} variants each with 20-120 mm of scan below the bones and 40-250 mm"
-            f" above, half mirrored{', cut to the box' if box else ', plus the part above the pelvis as a negative'}.")
+    return (f"\n  Also {len(scans)} real whole CT(s) with sacrum and hip bones masked ({', '.join(scans)};"
+            "\n  the lumbar spine, femurs and all else background), "
+            f"{info['bodies_per_case']} variants each with 20-120 mm of"
+            "\n  scan below the bones and 40-250 mm above, half mirrored"
+            f"{', cut to the box' if box else ', plus the part above the pelvis as a negative'}.")
 
 
 def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
