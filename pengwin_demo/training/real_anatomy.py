@@ -173,9 +173,9 @@ def train_real_anatomy(
     record = work / "cases.json"
     if not record.is_file():
         cases_dir = work / "pengwin_cases"
-        scans = [f.name for root in whole_ct for f in find_whole_ct_cases(root)]
+        scan_names = [f.name for root in whole_ct for f in find_whole_ct_cases(root)]
         masked = [c.name for src in sources for c in find_masked_cases(src)]
-        _check_holdout(tuple(holdout), masked + scans)
+        _check_holdout(tuple(holdout), masked + scan_names)
         names = write_composite_cases(list(sources), cases_dir, holdout=tuple(h for h in holdout if h in masked),
                                       per_case=per_case, phantoms=phantoms, seed=seed, options=options, view=view)
         scans = write_whole_ct_cases(list(whole_ct), cases_dir, holdout=tuple(holdout), per_case=per_case,
