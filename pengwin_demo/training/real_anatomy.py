@@ -241,7 +241,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
     """``training.json`` and ``MODEL_CARD.md`` of a model from :func:`train_real_anatomy`."""
     summary = training_summary(train_log)
     seed, marrow = _bodies_drawn(cases)
-    info = {"kind": "anatomy", "data": "real per-bone masked pelves in synthetic bodies, and phantoms",
+    whole = ", real whole CTs with bone masks" if cases.get("whole_ct_training") else ""
+    info = {"kind": "anatomy", "data": f"real per-bone masked pelves in synthetic bodies{whole}, and phantoms",
             "training_cases": cases["training"], "whole_ct_training_cases": cases.get("whole_ct_training", []),
             "whole_ct_digests": cases.get("whole_ct_digests", {}),
             "holdout_cases": cases["holdout"],

@@ -8,7 +8,8 @@ masks (the lumbar spine and femurs included) is background.
 
 A case is a folder as the TotalSegmentator data set lays them out:
 ``CASE/ct.nii.gz`` and ``CASE/segmentations/{sacrum,hip_left,hip_right}.nii.gz``. The
-folder name is the patient's name for ``--holdout``.
+folder name names the case in ``--holdout``, the logs and the model card: a neutral case
+name, never a patient's name or ID.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_train_anatomy_with_a_whole_ct(tmp_path):
     assert not [n for n in names if n.startswith(("p2", "s2"))]
     info = json.loads((out / "training.json").read_text())
     assert info["training_cases"] == ["p1"] and info["whole_ct_training_cases"] == ["s1"]
-    assert list(info["whole_ct_digests"]) == ["s1"]
+    assert list(info["whole_ct_digests"]) == ["s1"] and "real whole CTs with bone masks" in info["data"]
     assert info["holdout_cases"] == ["p2", "s2"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "1 real whole CT(s) with sacrum and hip bones masked (s1;" in card and "--whole-ct SCANS" in card
