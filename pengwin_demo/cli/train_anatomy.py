@@ -1,4 +1,4 @@
-"""``train-anatomy``: train the anatomy model on real pelves placed in synthetic bodies."""
+"""``train-anatomy``: train the anatomy model on real pelves placed in synthetic bodies (and real whole CTs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from ._options import add_real_training, real_training_inputs
 
 NAME = "train-anatomy"
-HELP = "train the anatomy (Stage 1) model on real per-bone masked pelves inside synthetic bodies"
+HELP = ("train the anatomy (Stage 1) model on real per-bone masked pelves inside synthetic bodies "
+        "and on real whole CTs with bone masks")
 
 
 def add_arguments(parser) -> None:
