@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.holdout = [h for h in args.holdout.split(",") if h]
     todo = cases(args)
+    digests = [scan_digest(ct) if name.startswith("external:") else None for name, ct, _ in todo]
     rows = []
     for label, refine in ((args.anatomy, args.refine), (args.reference, args.reference_refine)):
         if label is None:
@@ -127,9 +128,9 @@ def main(argv=None) -> int:
         pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine)
         model = load_model(folder, "cpu", expected="anatomy")
         trained_on = set(_training_info(folder).get("whole_ct_digests", {}).values())
-        for name, ct, truth in todo:
+        for (name, ct, truth), digest in zip(todo, digests):
             row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, model, ct, truth)}
-            if name.startswith("external:") and scan_digest(ct) in trained_on:
+            if digest in trained_on:
                 row["in_training"] = True
                 print(f"{name}: {label} was trained with this scan; its figures are not held out", file=sys.stderr)
             print(json.dumps(row), flush=True)

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..anatomy_map import BONE_MASK_FILES, read_bone_masks
 from ..errors import InputError
@@ -29,6 +28,7 @@ from ..labels import first_label
 from ..masked_cases import write_pengwin_cases
 from ..volume import Volume
 from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
+from .datasets import to_canonical
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,8 @@ def read_whole_ct_case(folder: str | os.PathLike) -> tuple[Volume, Volume]:
     if missing:
         raise InputError(f"{folder}: the mask(s) {missing} hold no voxel on the CT; a training case needs "
                          "all three pelvic bones")
-    labels = np.zeros(anatomy.shape, np.uint8)
-    for bone in BONE_MASK_FILES:
-        labels[anatomy == bone] = first_label(bone)
-    return ct, ct.with_array(labels)
+    to_fragment_label = np.array([0, *(first_label(b) for b in BONE_MASK_FILES)], np.uint8)
+    return ct, ct.with_array(to_fragment_label[anatomy])
 
 
 def scan_digest(ct: Volume) -> str:
@@ -105,7 +103,7 @@ def _to_lps(volume: Volume, path: Path) -> Volume:
     """The volume with axes permuted and flipped to an identity (LPS) direction."""
     if np.allclose(volume.direction, np.eye(3)):
         return volume
-    oriented = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
+    oriented = to_canonical(volume)
     if not np.allclose(oriented.direction, np.eye(3), atol=1e-4):
         raise InputError(f"{path}: an oblique scan (direction {np.round(volume.direction, 3).tolist()}); "
                          "resample it onto axis-aligned voxels first")
