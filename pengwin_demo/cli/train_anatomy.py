@@ -27,6 +27,10 @@ def add_arguments(parser) -> None:
                              "(ct.nii.gz, segmentations/{sacrum,hip_left,hip_right}.nii.gz, as the "
                              "TotalSegmentator data set) or a folder of them; repeatable; --holdout "
                              "takes their folder names")
+    parser.add_argument("--whole-ct-filled-canal", action="store_true",
+                        help="the --whole-ct sacrum masks include the sacral canal and foramina (as "
+                             "manual outlines often do; PENGWIN's labels do not): their sacrum voxels "
+                             "under 100 HU are left out of the loss")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
     parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
                         help="share of bodies whose real bones get fatty marrow (default 0.5)")
@@ -47,6 +51,7 @@ def run(args) -> int:
     if refine and args.init_weights == "bundled":  # the bundled refining model, else the first one
         inputs["init_weights"] = str(bundled_refine_path() or bundled_model_path("anatomy"))
     out = train_real_anatomy(args.work_dir, Path(args.out), args.sources, whole_ct=args.whole_ct,
+                             whole_ct_filled_canal=args.whole_ct_filled_canal,
                              per_case=args.bodies_per_case,
                              phantoms=args.phantoms, seed=args.seed, view=view,
                              options=CompositeOptions(fatty_marrow_probability=args.fatty_marrow), **inputs)

@@ -323,7 +323,9 @@ def _build(folder: Path, device, expected: str | None, use_mirroring: bool, tile
             f"{folder.name}: the model expects {len(channels)} input channels ({channels}); "
             "this pipeline feeds one CT channel. Use a single-channel CT model."
         )
-    labels = {str(k): int(v) for k, v in (dataset.get("labels") or {}).items() if not isinstance(v, list)}
+    # nnU-Net's "ignore" label marks training voxels left out of the loss; the network has no output for it
+    labels = {str(k): int(v) for k, v in (dataset.get("labels") or {}).items()
+              if not isinstance(v, list) and str(k).lower() != "ignore"}
     if expected is not None:
         _check_labels(folder.name, labels, expected)
     import contextlib

@@ -24,10 +24,10 @@ from ..errors import InputError
 from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
 from .cards import training_summary
 from .composite import CompositeOptions, composite_case, mirror_case, pelvis_box_crop, pelvis_free_crop
-from .datasets import prepare_datasets
+from .datasets import dataset_folder_name, prepare_datasets
 from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 from .real_abbc import LICENCE, checkpoint_file
-from .whole_ct import find_whole_ct_cases, write_whole_ct_cases
+from .whole_ct import FILLED_CANAL_BELOW_HU, find_whole_ct_cases, ignore_filled_canal, write_whole_ct_cases
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def train_real_anatomy(
     sources: list[str | os.PathLike],
     *,
     whole_ct: list[str | os.PathLike] = (),
+    whole_ct_filled_canal: bool = False,
     holdout: tuple[str, ...] = (),
     per_case: int = 8,
     phantoms: int = 12,
@@ -162,7 +163,10 @@ def train_real_anatomy(
     for ``holdout``, ``per_case``, ``phantoms``, ``seed``, ``options`` and ``view``;
     ``whole_ct`` adds real whole CTs with bone masks (folders of cases, or cases;
     :func:`pengwin_demo.training.write_whole_ct_cases`, ``per_case`` variants each), whose
-    names ``holdout`` may also give. The network is ``config``, by default
+    names ``holdout`` may also give. With ``whole_ct_filled_canal`` their sacrum masks are
+    taken to include the sacral canal and foramina, as manual outlines often do, unlike
+    PENGWIN's labels: their low-HU sacrum voxels are left out of the loss
+    (:func:`pengwin_demo.training.whole_ct.ignore_filled_canal`). The network is ``config``, by default
     :data:`REAL_ANATOMY_CONFIG` for the whole-body view and :data:`REFINE_ANATOMY_CONFIG`
     for the pelvis box.
     """
@@ -183,8 +187,15 @@ def train_real_anatomy(
         # a composite cut to its pelvis box may hold no air, which the CT check asks of a scan
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, ANATOMY_DATASET_ID, num_workers=1, overwrite=True,
                          allow_non_ct=view is AnatomyView.PELVIS_BOX)
+        ignored_ml = 0.0
+        if whole_ct_filled_canal and scans:
+            anatomy_raw = NnunetDirs.under(work).raw / dataset_folder_name("anatomy", ANATOMY_DATASET_ID)
+            ignored_ml = ignore_filled_canal(anatomy_raw, list(scans))
+            log.info("filled-canal sacrum masks: %.0f mL under %.0f HU left out of the loss", ignored_ml,
+                     FILLED_CANAL_BELOW_HU)
         record.write_text(json.dumps({"training": names, "whole_ct_training": list(scans),
-                                      "whole_ct_digests": scans, "holdout": sorted(holdout),
+                                      "whole_ct_digests": scans, "whole_ct_filled_canal": bool(whole_ct_filled_canal),
+                                      "whole_ct_ignored_ml": round(ignored_ml, 1), "holdout": sorted(holdout),
                                       "per_case": per_case,
                                       "phantoms": phantoms, "seed": seed, "view": view.value,
                                       "fatty_marrow_probability": options.fatty_marrow_probability}, indent=2))
@@ -233,7 +244,10 @@ def _whole_ct_line(info: dict, box: bool) -> str:
             "\n  the lumbar spine, femurs and all else background), "
             f"{info['bodies_per_case']} variants each with 20-120 mm of"
             "\n  scan below the bones and 40-250 mm above, half mirrored"
-            f"{', cut to the box' if box else ', plus the part above the pelvis as a negative'}.")
+            f"{', cut to the box' if box else ', plus the part above the pelvis as a negative'}."
+            + ("\n  Their sacrum masks include the canal and foramina: sacrum voxels under"
+               f"\n  {FILLED_CANAL_BELOW_HU:.0f} HU there are left out of the loss (nnU-Net's ignore label)."
+               if info["whole_ct_filled_canal"] else ""))
 
 
 def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: str, train_log: Path | None,
@@ -245,6 +259,7 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
     info = {"kind": "anatomy", "data": f"real per-bone masked pelves in synthetic bodies{whole}, and phantoms",
             "training_cases": cases["training"], "whole_ct_training_cases": cases.get("whole_ct_training", []),
             "whole_ct_digests": cases.get("whole_ct_digests", {}),
+            "whole_ct_filled_canal": bool(cases.get("whole_ct_filled_canal", False)),
             "holdout_cases": cases["holdout"],
             "bodies_per_case": cases["per_case"], "phantoms": cases["phantoms"], "seed": seed,
             "fatty_marrow_probability": marrow, "view": cases.get("view", AnatomyView.WHOLE_BODY.value),
@@ -282,7 +297,8 @@ def write_anatomy_card(model_dir: Path, cfg: DemoConfig, cases: dict, device: st
 - Files: inference only, {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-anatomy DATA_DIR --work-dir W --out OUT
   --max-minutes N --seed {seed} --fatty-marrow {marrow}{" --view pelvis-box" if box else ""}{
-    " --whole-ct SCANS" if info["whole_ct_training_cases"] else ""}
+    " --whole-ct SCANS" if info["whole_ct_training_cases"] else ""}{
+    " --whole-ct-filled-canal" if info["whole_ct_filled_canal"] else ""}
   [--holdout CASES] [--init-weights PREVIOUS]`.
 """
     path = model_dir / "MODEL_CARD.md"

@@ -15,6 +15,7 @@ name, never a patient's name or ID.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -23,8 +24,8 @@ import numpy as np
 
 from ..anatomy_map import BONE_MASK_FILES, read_bone_masks
 from ..errors import InputError
-from ..io import read_volume
-from ..labels import first_label
+from ..io import read_volume, write_volume
+from ..labels import Anatomy, first_label
 from ..masked_cases import write_pengwin_cases
 from ..volume import Volume
 from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
@@ -32,8 +33,9 @@ from .datasets import to_canonical
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WHOLE_CT_IMAGE", "WHOLE_CT_MASKS", "find_whole_ct_cases", "read_whole_ct_case", "scan_digest",
-           "whole_ct_variant", "write_whole_ct_cases"]
+__all__ = ["WHOLE_CT_IMAGE", "WHOLE_CT_MASKS", "FILLED_CANAL_BELOW_HU", "IGNORE_LABEL", "find_whole_ct_cases",
+           "read_whole_ct_case", "scan_digest", "whole_ct_variant", "write_whole_ct_cases", "filled_canal_voxels",
+           "ignore_filled_canal"]
 
 WHOLE_CT_IMAGE = "ct.nii.gz"
 WHOLE_CT_MASKS = "segmentations"
@@ -42,6 +44,12 @@ CONTEXT_BELOW_MM = (20.0, 120.0)
 """Range of the scan kept below the pelvic bones in a variant, mm (the femurs)."""
 CONTEXT_ABOVE_MM = (40.0, 250.0)
 """Range of the scan kept above the pelvic bones in a variant, mm (the lumbar spine, belly)."""
+FILLED_CANAL_BELOW_HU = 100.0
+"""Sacrum voxels of a filled-canal mask under this value are left out of the loss: the
+sacral canal and foramina (fat, nerve, CSF: -100 to 50 HU) and fatty marrow, which HU
+cannot tell apart."""
+IGNORE_LABEL = 4
+"""nnU-Net's ignore label in the anatomy data set: no loss there, no output class."""
 
 
 def _is_case(folder: Path) -> bool:
@@ -166,3 +174,59 @@ def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathL
         log.info("whole CT %s: %d training cases written", folder.name, len(written))
         used[folder.name] = scan_digest(ct)
     return used
+
+
+def filled_canal_voxels(sacrum_zyx: np.ndarray, ct_hu_zyx: np.ndarray,
+                        below_hu: float = FILLED_CANAL_BELOW_HU) -> np.ndarray:
+    """The sacrum voxels whose class a filled-canal mask leaves uncertain.
+
+    Manual outlines often draw the sacrum filled, its canal and foramina included; PENGWIN's
+    labels and TotalSegmentator's masks hold bone only. Inside such a mask, the canal's
+    soft tissue and fatty marrow have the same HU, so neither may be trusted as sacrum.
+
+    Parameters
+    ----------
+    sacrum_zyx : ndarray of bool, (z, y, x)
+        The sacrum mask.
+    ct_hu_zyx : ndarray, (z, y, x)
+        The CT in HU, on the mask's grid.
+    below_hu : float
+        Voxels of the mask under this value are returned.
+
+    Returns
+    -------
+    ndarray of bool, (z, y, x)
+    """
+    return np.asarray(sacrum_zyx, dtype=bool) & (np.asarray(ct_hu_zyx) < below_hu)
+
+
+def ignore_filled_canal(anatomy_raw: str | os.PathLike, case_prefixes: list[str],
+                        below_hu: float = FILLED_CANAL_BELOW_HU) -> float:
+    """Mark :func:`filled_canal_voxels` with :data:`IGNORE_LABEL` in an nnU-Net anatomy raw set.
+
+    Only the cases whose names start with one of ``case_prefixes`` (the whole CTs' variants)
+    change; the set's dataset.json gains the ``ignore`` label.
+
+    Returns
+    -------
+    float
+        The volume marked, mL, over all changed cases.
+    """
+    raw = Path(anatomy_raw)
+    marked_ml = 0.0
+    for label_path in sorted((raw / "labelsTr").glob("*.nii.gz")):
+        case = label_path.name[: -len(".nii.gz")]
+        if not any(case.startswith(f"{p}_") for p in case_prefixes):
+            continue
+        labels = read_volume(label_path, kind="label")
+        ct = read_volume(raw / "imagesTr" / f"{case}_0000.nii.gz")
+        uncertain = filled_canal_voxels(labels.array == Anatomy.SACRUM, ct.array, below_hu)
+        if uncertain.any():
+            write_volume(labels.with_array(np.where(uncertain, IGNORE_LABEL, labels.array).astype(np.uint8)),
+                         label_path)
+            marked_ml += float(uncertain.sum()) * float(np.prod(labels.spacing_zyx_mm)) / 1000.0
+    meta_path = raw / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta["labels"] = {**{k: v for k, v in meta["labels"].items() if k != "ignore"}, "ignore": IGNORE_LABEL}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return marked_ml
