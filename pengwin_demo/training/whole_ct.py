@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from ..anatomy_map import BONE_MASK_FILES, read_bone_masks
 from ..errors import InputError
 from ..io import read_volume, write_volume
-from ..labels import Anatomy, first_label
+from ..labels import ANATOMY_CLASSES, Anatomy, first_label
 from ..masked_cases import write_pengwin_cases
 from ..volume import Volume
 from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
@@ -48,8 +49,9 @@ FILLED_CANAL_BELOW_HU = 100.0
 """Sacrum voxels of a filled-canal mask under this value are left out of the loss: the
 sacral canal and foramina (fat, nerve, CSF: -100 to 50 HU) and fatty marrow, which HU
 cannot tell apart."""
-IGNORE_LABEL = 4
-"""nnU-Net's ignore label in the anatomy data set: no loss there, no output class."""
+IGNORE_LABEL = max(ANATOMY_CLASSES.values()) + 1
+"""nnU-Net's ignore label in the anatomy data set (it must follow the highest class): no
+loss there, no output class."""
 
 
 def _is_case(folder: Path) -> bool:
@@ -132,6 +134,20 @@ def whole_ct_variant(ct: Volume, labels: Volume, rng: np.random.Generator) -> tu
     return ct.crop(box), labels.crop(box)
 
 
+def _variant_name(scan: str, k: int) -> str:
+    return f"{scan}_scan{k:02d}"
+
+
+def _above_name(scan: str) -> str:
+    return f"{scan}_above"
+
+
+def _is_scan_case(case: str, scan: str) -> bool:
+    """Whether training case ``case`` was cut from whole CT ``scan`` (not a composite
+    whose patient name shares its start)."""
+    return case == _above_name(scan) or re.fullmatch(re.escape(scan) + r"_scan\d+", case) is not None
+
+
 def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathLike, *,
                          holdout: tuple[str, ...] = (), per_case: int = 8, seed: int = 0,
                          box_view: bool = False) -> dict[str, str]:
@@ -166,10 +182,10 @@ def write_whole_ct_cases(roots: list[str | os.PathLike], out_dir: str | os.PathL
                 v_ct, v_lab = mirror_case(v_ct, v_lab)
             if box_view:
                 v_ct, v_lab = pelvis_box_crop(v_ct, v_lab, rng)
-            written.append((f"{folder.name}_scan{k:02d}", v_ct, v_lab))
+            written.append((_variant_name(folder.name, k), v_ct, v_lab))
         above = None if box_view else pelvis_free_crop(ct, labels)
         if above is not None:
-            written.append((f"{folder.name}_above", *above))
+            written.append((_above_name(folder.name), *above))
         write_pengwin_cases(written, out_dir)
         log.info("whole CT %s: %d training cases written", folder.name, len(written))
         used[folder.name] = scan_digest(ct)
@@ -200,12 +216,12 @@ def filled_canal_voxels(sacrum_zyx: np.ndarray, ct_hu_zyx: np.ndarray,
     return np.asarray(sacrum_zyx, dtype=bool) & (np.asarray(ct_hu_zyx) < below_hu)
 
 
-def ignore_filled_canal(anatomy_raw: str | os.PathLike, case_prefixes: list[str],
+def ignore_filled_canal(anatomy_raw: str | os.PathLike, scans: list[str],
                         below_hu: float = FILLED_CANAL_BELOW_HU) -> float:
     """Mark :func:`filled_canal_voxels` with :data:`IGNORE_LABEL` in an nnU-Net anatomy raw set.
 
-    Only the cases whose names start with one of ``case_prefixes`` (the whole CTs' variants)
-    change; the set's dataset.json gains the ``ignore`` label.
+    Only the training cases cut from the whole CTs named ``scans``
+    (:func:`write_whole_ct_cases`) change; the set's dataset.json gains the ``ignore`` label.
 
     Returns
     -------
@@ -216,7 +232,7 @@ def ignore_filled_canal(anatomy_raw: str | os.PathLike, case_prefixes: list[str]
     marked_ml = 0.0
     for label_path in sorted((raw / "labelsTr").glob("*.nii.gz")):
         case = label_path.name[: -len(".nii.gz")]
-        if not any(case.startswith(f"{p}_") for p in case_prefixes):
+        if not any(_is_scan_case(case, scan) for scan in scans):
             continue
         labels = read_volume(label_path, kind="label")
         ct = read_volume(raw / "imagesTr" / f"{case}_0000.nii.gz")

@@ -147,7 +147,7 @@ def test_ignore_filled_canal_marks_only_the_whole_ct_cases(tmp_path):
     ct = np.where(labels > 0, 500, -1000).astype(np.int16)
     ct[1:4, 3:5, 2:3] = 30  # low values in the sacrum and in the hip
     ct[1:4, 3:5, 5] = 30
-    for name in ("s1_scan00", "s1_above", "p1_body00", "s10_scan00"):
+    for name in ("s1_scan00", "s1_above", "p1_body00", "s10_scan00", "s1_body00"):
         _raw_case(raw, name, ct, labels)
     (raw / "dataset.json").write_text(json.dumps({"labels": ANATOMY_CLASSES, "numTraining": 4}))
     marked_ml = ignore_filled_canal(raw, ["s1"])
@@ -156,7 +156,7 @@ def test_ignore_filled_canal_marks_only_the_whole_ct_cases(tmp_path):
     want = labels.copy()
     want[1:4, 3:5, 2:3] = IGNORE_LABEL  # the sacrum's low voxels only; the hip keeps its own
     np.testing.assert_array_equal(got, want)
-    for other in ("p1_body00", "s10_scan00"):
+    for other in ("p1_body00", "s10_scan00", "s1_body00"):  # composites and other scans keep theirs
         np.testing.assert_array_equal(read_volume(raw / "labelsTr" / f"{other}.nii.gz", kind="label").array, labels)
     meta = json.loads((raw / "dataset.json").read_text())
     assert meta["labels"] == {**ANATOMY_CLASSES, "ignore": IGNORE_LABEL} and meta["numTraining"] == 4
