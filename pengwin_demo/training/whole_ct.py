@@ -30,7 +30,7 @@ from ..labels import ANATOMY_CLASSES, Anatomy, first_label
 from ..masked_cases import write_pengwin_cases
 from ..volume import Volume
 from .composite import mirror_case, pelvis_box_crop, pelvis_free_crop
-from .datasets import to_canonical
+from .datasets import FILE_ENDING, to_canonical
 
 log = logging.getLogger(__name__)
 
@@ -230,19 +230,20 @@ def ignore_filled_canal(anatomy_raw: str | os.PathLike, scans: list[str],
     """
     raw = Path(anatomy_raw)
     marked_ml = 0.0
-    for label_path in sorted((raw / "labelsTr").glob("*.nii.gz")):
-        case = label_path.name[: -len(".nii.gz")]
+    for label_path in sorted((raw / "labelsTr").glob(f"*{FILE_ENDING}")):
+        case = label_path.name[: -len(FILE_ENDING)]
         if not any(_is_scan_case(case, scan) for scan in scans):
             continue
         labels = read_volume(label_path, kind="label")
-        ct = read_volume(raw / "imagesTr" / f"{case}_0000.nii.gz")
+        ct = read_volume(raw / "imagesTr" / f"{case}_0000{FILE_ENDING}")
         uncertain = filled_canal_voxels(labels.array == Anatomy.SACRUM, ct.array, below_hu)
         if uncertain.any():
-            write_volume(labels.with_array(np.where(uncertain, IGNORE_LABEL, labels.array).astype(np.uint8)),
-                         label_path)
+            marked = labels.array.copy()
+            marked[uncertain] = IGNORE_LABEL
+            write_volume(labels.with_array(marked), label_path)
             marked_ml += float(uncertain.sum()) * float(np.prod(labels.spacing_zyx_mm)) / 1000.0
     meta_path = raw / "dataset.json"
     meta = json.loads(meta_path.read_text())
-    meta["labels"] = {**{k: v for k, v in meta["labels"].items() if k != "ignore"}, "ignore": IGNORE_LABEL}
+    meta["labels"] = {**meta["labels"], "ignore": IGNORE_LABEL}
     meta_path.write_text(json.dumps(meta, indent=2))
     return marked_ml
