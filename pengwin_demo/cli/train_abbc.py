@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ._options import add_real_training, real_training_inputs
@@ -12,6 +13,10 @@ HELP = "train the ABBC (fragment) model on real per-bone masked pelves, holding 
 
 def add_arguments(parser) -> None:
     add_real_training(parser, "abbc")
+    parser.add_argument("--bodies-per-case", type=int, default=0,
+                        help="also train on each pelvis in this many synthetic bodies, cut and masked as "
+                             "Stage 2 masks a real scan (default 0: the masked cases only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of those bodies")
 
 
 def run(args) -> int:
@@ -20,6 +25,10 @@ def run(args) -> int:
     inputs = real_training_inputs(args, "abbc")
     if inputs is None:
         return 2
-    out = train_real_abbc(args.work_dir, Path(args.out), args.sources, **inputs)
+    if args.bodies_per_case < 0:
+        print("error: --bodies-per-case must be 0 or more", file=sys.stderr)
+        return 2
+    out = train_real_abbc(args.work_dir, Path(args.out), args.sources, bodies_per_case=args.bodies_per_case,
+                          seed=args.seed, **inputs)
     print(f"abbc: {out}")
     return 0

@@ -17,11 +17,14 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_cases
 from ..volume import bounding_box
 from .cards import training_summary
 from .datasets import prepare_datasets
+from .in_body import in_body_case
 from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 
 log = logging.getLogger(__name__)
@@ -48,11 +51,13 @@ is the bundled demo model's, so its weights start the training."""
 
 
 def write_training_cases(sources: list[str | os.PathLike], out_dir: str | os.PathLike,
-                         holdout: tuple[str, ...] = ()) -> list[str]:
+                         holdout: tuple[str, ...] = (), bodies_per_case: int = 0, seed: int = 0) -> list[str]:
     """Write every per-bone masked case of ``sources`` but ``holdout`` as PENGWIN layout.
 
     Each case is cropped to its bones plus :data:`CASE_MARGIN_VOX` (the masked CT is 0
-    outside them anyway). Returns the case names written.
+    outside them anyway). With ``bodies_per_case``, each also gives that many cases
+    ``<case>_bodyNN`` as Stage 2 sees a real scan (:func:`.in_body.in_body_case`, drawn
+    from ``seed``). Returns the (patient) case names used.
 
     Raises
     ------
@@ -67,12 +72,16 @@ def write_training_cases(sources: list[str | os.PathLike], out_dir: str | os.Pat
     if unknown:
         raise InputError(f"held-out case(s) {unknown} are not among the cases {sorted(names)}.")
     written = []
-    for case in cases:
+    for i, case in enumerate(cases):
         if case.name in holdout:
             continue
         ct, labels = read_masked_case(case)
         box = bounding_box(labels.array > 0, CASE_MARGIN_VOX)
         write_pengwin_cases([(case.name, ct.crop(box), labels.crop(box))], out_dir)
+        for k in range(bodies_per_case):
+            body = in_body_case(ct, labels, np.random.default_rng([seed, i, k]))
+            write_pengwin_cases([(f"{case.name}_body{k:02d}", *body)], out_dir)
+            log.info("%s: in-body case %d written", case.name, k)
         written.append(case.name)
     if not written:
         raise InputError("no training case left after holding out " + ", ".join(holdout))
@@ -87,6 +96,8 @@ def train_real_abbc(
     holdout: tuple[str, ...] = (),
     init_weights: str | os.PathLike | None = None,
     max_seconds: float | None = None,
+    bodies_per_case: int = 0,
+    seed: int = 0,
     config: DemoConfig = REAL_ABBC_CONFIG,
     device: str = "cpu",
     threads: int = 2,
@@ -107,37 +118,59 @@ def train_real_abbc(
         A model folder or checkpoint whose weights start the training.
     max_seconds : float, optional
         Training time budget, s (the learning rate decays over it).
+    bodies_per_case, seed : int
+        In-body cases per patient besides its masked case, and their seed
+        (:func:`write_training_cases`).
     """
     work = Path(work_dir)
     cases_dir = work / "pengwin_cases"
     record = work / "cases.json"
+    drawn = {"bodies_per_case": int(bodies_per_case), "seed": int(seed)}
     if not record.is_file():
-        names = write_training_cases(list(sources), cases_dir, tuple(holdout))
+        names = write_training_cases(list(sources), cases_dir, tuple(holdout), bodies_per_case, seed)
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
-        record.write_text(json.dumps({"training": names, "holdout": sorted(holdout)}, indent=2))
+        record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), **drawn}, indent=2))
+    _check_resumed(record, drawn)
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     train_log = train_and_export(work, out_dir, "abbc", REAL_DATASET_ID, cfg, device, threads)
     cases = json.loads(record.read_text())
-    write_real_card(Path(out_dir), cfg, cases["training"], cases["holdout"], device, train_log)
+    write_real_card(Path(out_dir), cfg, cases["training"], cases["holdout"], device, train_log,
+                    bodies_per_case=cases.get("bodies_per_case", 0), seed=cases.get("seed", 0))
     return Path(out_dir)
+
+
+def _check_resumed(record: Path, drawn: dict) -> None:
+    """Refuse to resume a work folder whose cases were drawn with other in-body options."""
+    cases = json.loads(record.read_text())
+    before = {key: cases.get(key, 0) for key in drawn}
+    if before != drawn:
+        raise InputError(
+            f"{record.parent}: its training cases were written with {before}, not {drawn}; "
+            "use a new --work-dir, or the options it was made with.")
 
 LICENCE = ("CC BY-NC-SA 4.0 (non-commercial, share alike), inherited from the real training "
            "data (PENGWIN / FracSegNet pelvic fracture CTs); the code is Apache-2.0")
 
 
 def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str], holdout: list[str],
-                    device: str, train_log: Path | None, notes: str = "") -> Path:
+                    device: str, train_log: Path | None, notes: str = "", *, bodies_per_case: int = 0,
+                    seed: int = 0) -> Path:
     """Write ``training.json`` and ``MODEL_CARD.md`` for a model from :func:`train_real_abbc`.
 
     ``notes`` (markdown) is appended, e.g. the measured quality and the training history.
     """
     summary = training_summary(train_log)
     info = {"kind": "abbc", "data": "real per-bone masked fractured pelves", "training_cases": training_cases,
-            "holdout_cases": holdout, "config": asdict(cfg), "device": device, "licence": LICENCE,
-            **summary}
+            "holdout_cases": holdout, "bodies_per_case": bodies_per_case, "seed": seed,
+            "config": asdict(cfg), "device": device, "licence": LICENCE, **summary}
     info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
+    in_body = reproduce = ""
+    if bodies_per_case:
+        in_body = (f"\n- Each pelvis also in {bodies_per_case} synthetic bodies (seed {seed}), cut to its bone box and "
+                   "masked\n  as Stage 2 masks a real scan, around a surface drawn off the expert one.")
+        reproduce = f" --bodies-per-case {bodies_per_case} --seed {seed}"
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
     card = f"""# ABBC model trained on real fractured pelves (nnU-Net v2, `3d_demo`)
 
@@ -147,7 +180,7 @@ def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str],
   of the pelvic bones, from a CT cropped to the bones and set to 0 HU outside them.
 - Data: {len(training_cases)} real fractured pelves, each bone masked separately, with
   expert fragment labels: {", ".join(training_cases)}. Held out (never in training):
-  {", ".join(holdout) if holdout else "none"}.
+  {", ".join(holdout) if holdout else "none"}.{in_body}
 - Configuration `3d_demo` (inherits nnU-Net's `3d_fullres` plans of these data): spacing
   {tuple(cfg.spacing_zyx_mm)} mm (z, y, x), patch {tuple(cfg.patch_size_vox)} voxels,
   features per stage {tuple(cfg.features_per_stage)}, batch {cfg.batch_size}; patches mirrored
@@ -159,7 +192,7 @@ def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str],
 - Files: inference only (dataset.json, plans.json, fingerprint, `fold_all/checkpoint_final.pth`
   with float16 weights), {weights_mb:.2f} MB of weights.
 - Reproduce: `python -m pengwin_demo train-abbc DATA_DIR --work-dir W --out OUT
-  --max-minutes N [--holdout CASES] [--init-weights MODEL]`.
+  --max-minutes N [--holdout CASES] [--init-weights MODEL]{reproduce}`.
 """
     path = model_dir / "MODEL_CARD.md"
     path.write_text(card + (f"\n{notes.strip()}\n" if notes.strip() else ""))
