@@ -9,6 +9,7 @@ Names load with their module on first use.
 - :mod:`.demo`: the bundled demo models from phantoms, end to end (``train-demo-models``).
 - :mod:`.real_abbc`: the ABBC model on real bone-masked pelves (``train-abbc``).
 - :mod:`.composite`: real masked pelves placed in synthetic bodies.
+- :mod:`.in_body`: those bodies cut and masked as Stage 2 sees a real scan (ABBC cases).
 - :mod:`.whole_ct`: real whole CTs with bone masks as further anatomy training cases.
 - :mod:`.real_anatomy`: the anatomy model on those composites (``train-anatomy``).
 - :mod:`.cards`: model cards and the training-log summary.
@@ -27,6 +28,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "demo": ["DEMO_CONFIGS", "TRAIN_SEED", "train_demo_models"],
         "real_abbc": ["REAL_ABBC_CONFIG", "train_real_abbc", "write_training_cases"],
         "composite": ["CompositeOptions", "composite_case", "mirror_case", "pelvis_box_crop", "pelvis_free_crop"],
+        "in_body": ["in_body_case", "stage1_like_mask"],
         "real_anatomy": ["REAL_ANATOMY_CONFIG", "REFINE_ANATOMY_CONFIG", "AnatomyView", "train_real_anatomy",
                          "write_composite_cases"],
         "whole_ct": ["find_whole_ct_cases", "read_whole_ct_case", "scan_digest", "whole_ct_variant",
