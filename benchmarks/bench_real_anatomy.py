@@ -2,12 +2,13 @@
 
     python benchmarks/bench_real_anatomy.py --anatomy MODEL_DIR [--refine auto|none|DIR]
         [--reference bundled [--reference-refine auto|none|DIR]]
+        [--fragments bundled|DIR] [--reference-fragments bundled|DIR]
         [--holdout case_005 --bodies 3] [--external CT.nii.gz MASK_DIR ...]
         [--negative PATH ...] [--json out.json]
 
 Three kinds of case, each run through the whole pipeline (Stage 1 from the model under
-test, the bundled ABBC model, recovery), for the model and the ``--reference`` model in the
-same run:
+test, the ABBC model of ``--fragments``, by default the bundled one, recovery), for the
+model and the ``--reference`` model in the same run:
 
 - ``--external CT MASK_DIR``: a real whole CT with reference bone masks
   ``MASK_DIR/{sacrum,hip_left,hip_right}.nii.gz`` (TotalSegmentator's file names; e.g. the
@@ -21,7 +22,9 @@ same run:
 
 A model's ``training.json`` lists the digest of every whole CT it was trained with
 (``train-anatomy --whole-ct``); an external CT among them is marked ``"in_training": true``
-and said on stderr: its figures are not held-out figures.
+and said on stderr: its figures are not held-out figures. A held-out patient whose bones
+the ABBC model was trained on is marked ``"fragments_model_saw_patient": true``: its
+Stage-1 figures are held out, its end-to-end figures only in part.
 
 Printed per case and model: Stage-1 IoU per bone (the anatomy model alone, on the input
 grid; with a refining model also ``refined_stage1_iou``, the pipeline's refined bone map
@@ -110,6 +113,8 @@ def main(argv=None) -> int:
                         help="refining anatomy model run after --anatomy: auto (the bundled one), none, or a folder")
     parser.add_argument("--reference", default=None, help="a second anatomy model scored in the same run")
     parser.add_argument("--reference-refine", default="auto", help="the refining model run after --reference")
+    parser.add_argument("--fragments", default="bundled", help="ABBC model run after --anatomy: 'bundled' or a folder")
+    parser.add_argument("--reference-fragments", default="bundled", help="ABBC model run after --reference")
     parser.add_argument("--data", default=str(DATA / "real_fractured_pelves"), help="per-bone masked cases")
     parser.add_argument("--holdout", default="", help="comma-separated held-out case names")
     parser.add_argument("--bodies", type=int, default=3, help="synthetic bodies per held-out case")
@@ -121,18 +126,25 @@ def main(argv=None) -> int:
     todo = cases(args)
     digests = [scan_digest(ct) if name.startswith("external:") else None for name, ct, _ in todo]
     rows = []
-    for label, refine in ((args.anatomy, args.refine), (args.reference, args.reference_refine)):
+    runs = ((args.anatomy, args.refine, args.fragments),
+            (args.reference, args.reference_refine, args.reference_fragments))
+    for label, refine, fragments in runs:
         if label is None:
             continue
         folder = bundled_model_path("anatomy") if label == "bundled" else Path(label)
-        pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine)
+        abbc = bundled_model_path("abbc") if fragments == "bundled" else Path(fragments)
+        pipeline = Pipeline(device="cpu", anatomy=str(folder), refine_anatomy=refine, fragments=str(abbc))
         model = load_model(folder, "cpu", expected="anatomy")
         trained_on = set(_training_info(folder).get("whole_ct_digests", {}).values())
+        abbc_patients = set(_training_info(abbc).get("training_cases", []))
         for (name, ct, truth), digest in zip(todo, digests):
-            row = {"model": label, "refine": refine, "case": name, **run_case(pipeline, model, ct, truth)}
+            row = {"model": label, "refine": refine, "fragments_model": fragments, "case": name,
+                   **run_case(pipeline, model, ct, truth)}
             if digest in trained_on:
                 row["in_training"] = True
                 print(f"{name}: {label} was trained with this scan; its figures are not held out", file=sys.stderr)
+            if name.split("_body")[0] in abbc_patients:
+                row["fragments_model_saw_patient"] = True  # Stage 1 held out, Stage 2 not
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.json:
