@@ -7,7 +7,8 @@ scan Stage 2 gets the CT masked outside the Stage-1 bones plus a rim
 or so off: soft tissue, the sacral canal and the foramina reach Stage 2 unmasked, and such
 a model calls them bone. :func:`in_body_case` makes the cases that teach it otherwise: one
 real pelvis in a synthetic body (:func:`pengwin_demo.training.composite.composite_case`),
-cut to its bone box plus Stage 2's margin, and masked the way the pipeline masks, around a
+cut to its bone box plus Stage 2's margin, fat put where a real scan has it between the
+bones' walls, and masked the way the pipeline masks, around a
 surface drawn to be off the expert one as much as a Stage-1 map is
 (:func:`stage1_like_mask`). The labels stay the expert fragments.
 """
@@ -21,12 +22,17 @@ from ..bone_region import MASK_FILL_HU, STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_M
 from ..volume import Volume, bounding_box
 from .composite import CompositeOptions, composite_case, mirror_case
 
-__all__ = ["IN_BODY_OPTIONS", "STAGE1_OFFSET_MM", "stage1_like_mask", "in_body_case"]
+__all__ = ["IN_BODY_OPTIONS", "GAP_FAT_HU", "STAGE1_OFFSET_MM", "fat_between_walls", "stage1_like_mask",
+           "in_body_case"]
 
 IN_BODY_OPTIONS = CompositeOptions(inplane_mm=(1.0, 1.6), slice_mm=(1.0, 2.5),
                                    below_mm=(10.0, 30.0), above_mm=(10.0, 30.0))
 """Bodies on a grid near Stage 2's 1.5 mm, short above and below the bones: the case is cut
 to the bone box anyway."""
+
+GAP_FAT_HU = (-110.0, 0.0)
+"""Range of the value given to what lies between the bones' walls (the sacral canal and
+foramina: epidural fat and nerves in a real scan), HU."""
 
 STAGE1_OFFSET_MM = (-3.0, 4.0)
 """Range of the drawn surface's offset from the expert surface, mm (negative: inside the
@@ -89,12 +95,47 @@ def stage1_like_mask(bones: np.ndarray, spacing_zyx_mm, rng: np.random.Generator
     return mask
 
 
+def fat_between_walls(ct: np.ndarray, bones: np.ndarray, spacing_zyx_mm, rng: np.random.Generator,
+                      value_hu: tuple[float, float] = GAP_FAT_HU) -> np.ndarray:
+    """A copy of ``ct`` whose voxels enclosed by bone walls but not bone read as fat.
+
+    The masked real data are 0 outside the bones, so a synthetic body puts muscle into the
+    sacral canal and the foramina; in a real scan they hold fat and nerves, which read like
+    fatty marrow. The voxels that a 6-10 mm closing of the bones adds get one value drawn
+    from ``value_hu`` plus noise.
+
+    Parameters
+    ----------
+    ct : ndarray, shape (Z, Y, X)
+        CT (HU).
+    bones : ndarray of bool, shape (Z, Y, X)
+        The expert bone mask.
+    spacing_zyx_mm : sequence of 3 float
+        Voxel size along (z, y, x), mm.
+    rng : numpy.random.Generator
+        Source of every random choice.
+    value_hu : (float, float)
+        Range of the fat's value, HU.
+
+    Returns
+    -------
+    ndarray, same shape and dtype as ``ct``
+    """
+    bones = np.asarray(bones, dtype=bool)
+    between = _close_mm(bones, spacing_zyx_mm, rng.uniform(6.0, 10.0)) & ~bones
+    out = np.array(ct, copy=True)
+    fat = rng.uniform(*value_hu) + rng.normal(0.0, 10.0, int(between.sum()))
+    out[between] = np.clip(np.rint(fat), -1024, 3071).astype(out.dtype)
+    return out
+
+
 def in_body_case(ct: Volume, labels: Volume, rng: np.random.Generator,
                  options: CompositeOptions = IN_BODY_OPTIONS) -> tuple[Volume, Volume]:
     """One real masked pelvis as Stage 2 would see it in a real scan.
 
     The pelvis is put in a synthetic body (mirrored left-right half the time), cut to its
-    bone box plus :data:`~pengwin_demo.bone_region.STAGE2_MARGIN_MM`, and every voxel
+    bone box plus :data:`~pengwin_demo.bone_region.STAGE2_MARGIN_MM`, given fat between
+    its walls (:func:`fat_between_walls`), and every voxel
     farther than :data:`~pengwin_demo.bone_region.STAGE2_MASK_DILATION_MM` from a
     :func:`stage1_like_mask` is set to :data:`~pengwin_demo.bone_region.MASK_FILL_HU`.
 
@@ -122,7 +163,8 @@ def in_body_case(ct: Volume, labels: Volume, rng: np.random.Generator,
     if box is None:
         raise ValueError("in_body_case needs labels with bone")
     body_ct, body_labels = body_ct.crop(box), body_labels.crop(box)
-    mask = stage1_like_mask(body_labels.array > 0, body_ct.spacing_zyx_mm, rng)
-    masked = mask_outside_bones(body_ct.array, mask, body_ct.spacing_zyx_mm, STAGE2_MASK_DILATION_MM,
-                                MASK_FILL_HU)
+    bones, spacing = body_labels.array > 0, body_ct.spacing_zyx_mm
+    filled = fat_between_walls(body_ct.array, bones, spacing, rng)
+    mask = stage1_like_mask(bones, spacing, rng)
+    masked = mask_outside_bones(filled, mask, spacing, STAGE2_MASK_DILATION_MM, MASK_FILL_HU)
     return body_ct.with_array(masked), body_labels

@@ -15,7 +15,8 @@ from pengwin_demo.bone_region import MASK_FILL_HU, STAGE2_MARGIN_MM, STAGE2_MASK
 from pengwin_demo.io import read_volume
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.training import CompositeOptions, train_real_abbc, write_training_cases
-from pengwin_demo.training.in_body import STAGE1_OFFSET_MM, in_body_case, stage1_like_mask
+from pengwin_demo.training.in_body import (GAP_FAT_HU, STAGE1_OFFSET_MM, fat_between_walls, in_body_case,
+                                          stage1_like_mask)
 
 SPACING_MM = (1.5, 1.5, 1.5)
 
@@ -64,6 +65,18 @@ def test_closing_fills_an_enclosed_canal():
     filled = stage1_like_mask(shell, SPACING_MM, np.random.default_rng(0), offset_mm=(0.0, 0.0),
                               close_probability=1.0)
     assert not kept[centre] and filled[centre]
+
+
+def test_fat_fills_the_space_between_bone_walls_only():
+    shell = _ball(20.0) & ~_ball(4.0)  # a wall around an 8 mm canal
+    ct = np.where(shell, 400, 50).astype(np.int16)
+    out = fat_between_walls(ct, shell, SPACING_MM, np.random.default_rng(0))
+    centre = (24, 24, 24)
+    lo, hi = GAP_FAT_HU
+    assert lo - 40 <= out[centre] <= hi + 40
+    np.testing.assert_array_equal(out[shell], ct[shell])  # the bone untouched
+    assert (out[~_ball(22.0)] == 50).all()  # and what lies outside it
+    assert out.dtype == ct.dtype
 
 
 @pytest.fixture(scope="module")
