@@ -1,7 +1,8 @@
 """Train the fragment (ABBC) model on real bone-masked fractured pelves.
 
 Per-bone masked cases (:mod:`pengwin_demo.masked_cases`) -> PENGWIN-layout cases cropped to
-their bones -> the nnU-Net ABBC raw dataset (:func:`pengwin_demo.training.prepare_datasets`)
+their bones, optionally with the same pelves as Stage 2 sees them in a real scan
+(:mod:`.in_body`) -> the nnU-Net ABBC raw dataset (:func:`pengwin_demo.training.prepare_datasets`)
 -> plans with the ``3d_demo`` configuration of :data:`REAL_ABBC_CONFIG` -> training that
 starts from another model's weights (by default the bundled ABBC model) -> an
 inference-only model folder. Held-out patients are named and never written into the
@@ -148,6 +149,7 @@ def _check_resumed(record: Path, drawn: dict) -> None:
         raise InputError(
             f"{record.parent}: its training cases were written with {before}, not {drawn}; "
             "use a new --work-dir, or the options it was made with.")
+
 
 LICENCE = ("CC BY-NC-SA 4.0 (non-commercial, share alike), inherited from the real training "
            "data (PENGWIN / FracSegNet pelvic fracture CTs); the code is Apache-2.0")
