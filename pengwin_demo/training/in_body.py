@@ -108,12 +108,8 @@ def fat_between_walls(ct: np.ndarray, bones: np.ndarray, spacing_zyx_mm, rng: np
     ----------
     ct : ndarray, shape (Z, Y, X)
         CT (HU).
-    bones : ndarray of bool, shape (Z, Y, X)
-        The expert bone mask.
-    spacing_zyx_mm : sequence of 3 float
-        Voxel size along (z, y, x), mm.
-    rng : numpy.random.Generator
-        Source of every random choice.
+    bones, spacing_zyx_mm, rng
+        As for :func:`stage1_like_mask`.
     value_hu : (float, float)
         Range of the fat's value, HU.
 
