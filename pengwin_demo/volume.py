@@ -277,6 +277,35 @@ def paste(target: np.ndarray, patch: np.ndarray, box: Box, where: np.ndarray | N
         region[where] = patch[where]
 
 
+def closing_mm(mask: np.ndarray, spacing_zyx_mm, radius_mm: float) -> np.ndarray:
+    """Morphological closing of ``mask`` with a ball of ``radius_mm``, as if background
+    continued beyond the array.
+
+    Distance transforms, not a structuring element, so anisotropic voxels are handled
+    exactly and large radii cost no more than small ones.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+    spacing_zyx_mm : sequence of 3 float
+        Voxel size along (z, y, x), mm.
+    radius_mm : float
+        Radius of the ball, mm.
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X)
+    """
+    import edt
+
+    spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
+    pad = int(np.ceil(radius_mm / spacing.min())) + 1
+    aniso = tuple(float(s) for s in spacing)
+    dilated = edt.edt(~np.pad(np.asarray(mask, dtype=bool), pad), anisotropy=aniso) <= radius_mm
+    closed = edt.edt(dilated, anisotropy=aniso, black_border=True) > radius_mm
+    return closed[(slice(pad, -pad),) * 3]
+
+
 def _interpolator(kind: str) -> int:
     if kind == "linear":
         return sitk.sitkLinear

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..labels import BONES, bone_of_labels
-from ..volume import bounding_box, check_label_array
+from ..volume import bounding_box, check_label_array, closing_mm
 
 __all__ = ["MARROW_CLOSE_MM", "fill_bone_cavities", "fill_marrow"]
 
@@ -101,23 +101,11 @@ def fill_marrow(labels: np.ndarray, anatomy: np.ndarray, spacing_zyx_mm,
         if box is None:
             continue
         bone_mask = bone_map[box] == bone
-        enclosed = ndimage.binary_fill_holes(_closed(bone_mask, spacing, close_mm))
+        enclosed = ndimage.binary_fill_holes(closing_mm(bone_mask, spacing, close_mm))
         marrow = enclosed & (labels[box] == 0) & (anatomy[box] == bone)
         if marrow.any():
             _give_to_nearest(out[box], marrow, bone_mask, margin_vox=margin + 1)
     return out
-
-
-def _closed(mask: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Morphological closing of ``mask`` with a ball of ``radius_mm`` (distance transforms,
-    so anisotropic voxels are handled exactly), as if background continued beyond the box."""
-    import edt
-
-    pad = int(np.ceil(radius_mm / spacing.min())) + 1
-    aniso = tuple(float(s) for s in spacing)
-    dilated = edt.edt(~np.pad(mask, pad), anisotropy=aniso) <= radius_mm
-    closed = edt.edt(dilated, anisotropy=aniso, black_border=True) > radius_mm
-    return closed[(slice(pad, -pad),) * 3]
 
 
 def _give_to_nearest(labels_box: np.ndarray, cavity: np.ndarray, bone_mask: np.ndarray,

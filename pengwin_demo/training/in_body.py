@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..bone_region import MASK_FILL_HU, STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM, mask_outside_bones
-from ..volume import Volume, bounding_box
+from ..volume import Volume, bounding_box, closing_mm
 from .composite import CompositeOptions, composite_case, mirror_case
 
 __all__ = ["IN_BODY_OPTIONS", "GAP_FAT_HU", "STAGE1_OFFSET_MM", "fat_between_walls", "stage1_like_mask",
@@ -49,11 +49,9 @@ def _signed_distance_mm(bones: np.ndarray, spacing_zyx_mm) -> np.ndarray:
     return (outside - inside).astype(np.float32)
 
 
-def _close_mm(mask: np.ndarray, spacing_zyx_mm, radius_mm: float) -> np.ndarray:
-    """Morphological closing of ``mask`` with a ball of ``radius_mm``, holes then filled."""
-    grown = _signed_distance_mm(mask, spacing_zyx_mm) <= radius_mm
-    closed = _signed_distance_mm(grown, spacing_zyx_mm) <= -radius_mm
-    return ndimage.binary_fill_holes(closed | mask)
+def _closed_and_filled(mask: np.ndarray, spacing_zyx_mm, radius_mm: float) -> np.ndarray:
+    """``mask`` closed with a ball of ``radius_mm``, its holes then filled."""
+    return ndimage.binary_fill_holes(closing_mm(mask, spacing_zyx_mm, radius_mm))
 
 
 def stage1_like_mask(bones: np.ndarray, spacing_zyx_mm, rng: np.random.Generator,
@@ -91,7 +89,7 @@ def stage1_like_mask(bones: np.ndarray, spacing_zyx_mm, rng: np.random.Generator
     offset = rng.uniform(lo / 2, hi / 2) + field * rng.uniform(0.5, 2.0)
     mask = _signed_distance_mm(bones, spacing) <= np.clip(offset, lo, hi)
     if rng.random() < close_probability:
-        mask = _close_mm(mask, spacing, rng.uniform(3.0, 8.0))
+        mask = _closed_and_filled(mask, spacing, rng.uniform(3.0, 8.0))
     return mask
 
 
@@ -118,7 +116,7 @@ def fat_between_walls(ct: np.ndarray, bones: np.ndarray, spacing_zyx_mm, rng: np
     ndarray, same shape and dtype as ``ct``
     """
     bones = np.asarray(bones, dtype=bool)
-    between = _close_mm(bones, spacing_zyx_mm, rng.uniform(6.0, 10.0)) & ~bones
+    between = _closed_and_filled(bones, spacing_zyx_mm, rng.uniform(6.0, 10.0)) & ~bones
     out = np.array(ct, copy=True)
     fat = rng.uniform(*value_hu) + rng.normal(0.0, 10.0, int(between.sum()))
     out[between] = np.clip(np.rint(fat), -1024, 3071).astype(out.dtype)
