@@ -131,23 +131,22 @@ def train_real_abbc(
         names = write_training_cases(list(sources), cases_dir, tuple(holdout), bodies_per_case, seed)
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), **drawn}, indent=2))
-    _check_resumed(record, drawn)
+    cases = json.loads(record.read_text())
+    _check_resumed(cases, drawn, work)
     cfg = replace(config, init_weights=checkpoint_file(init_weights),
                   max_seconds=max_seconds if max_seconds is not None else config.max_seconds)
     train_log = train_and_export(work, out_dir, "abbc", REAL_DATASET_ID, cfg, device, threads)
-    cases = json.loads(record.read_text())
-    write_real_card(Path(out_dir), cfg, cases["training"], cases["holdout"], device, train_log,
-                    bodies_per_case=cases.get("bodies_per_case", 0), seed=cases.get("seed", 0))
+    write_real_card(Path(out_dir), cfg, cases["training"], cases["holdout"], device, train_log, **drawn)
     return Path(out_dir)
 
 
-def _check_resumed(record: Path, drawn: dict) -> None:
-    """Refuse to resume a work folder whose cases were drawn with other in-body options."""
-    cases = json.loads(record.read_text())
+def _check_resumed(cases: dict, drawn: dict, work: Path) -> None:
+    """Refuse to resume a work folder whose cases (its ``cases.json``) were drawn with other
+    in-body options."""
     before = {key: cases.get(key, 0) for key in drawn}
     if before != drawn:
         raise InputError(
-            f"{record.parent}: its training cases were written with {before}, not {drawn}; "
+            f"{work}: its training cases were written with {before}, not {drawn}; "
             "use a new --work-dir, or the options it was made with.")
 
 
