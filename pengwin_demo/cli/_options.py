@@ -31,6 +31,22 @@ def add_real_training(parser, kind: str) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
 
 
+def add_fatty_marrow(parser, which: str) -> None:
+    """``--fatty-marrow P``: the share of ``which`` whose real bones get fatty marrow."""
+    parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
+                        help=f"share of {which} whose real bones get fatty marrow (default 0.5)")
+
+
+def fatty_marrow_ok(args) -> bool:
+    """False (after a message) when ``--fatty-marrow`` lies outside 0..1."""
+    import sys
+
+    if 0.0 <= args.fatty_marrow <= 1.0:
+        return True
+    print(f"error: --fatty-marrow must lie between 0 and 1, not {args.fatty_marrow}", file=sys.stderr)
+    return False
+
+
 def real_training_inputs(args, kind: str) -> dict | None:
     """Keyword arguments shared by the real-data trainers, or None (after a message) when
     the options are invalid."""

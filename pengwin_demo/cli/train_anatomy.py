@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from ._options import add_real_training, real_training_inputs
+from ._options import add_fatty_marrow, add_real_training, fatty_marrow_ok, real_training_inputs
 
 NAME = "train-anatomy"
 HELP = ("train the anatomy (Stage 1) model on real per-bone masked pelves inside synthetic bodies "
@@ -32,16 +31,14 @@ def add_arguments(parser) -> None:
                              "manual outlines often do; PENGWIN's labels do not): their sacrum voxels "
                              "under 100 HU are left out of the loss")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic bodies (default 0)")
-    parser.add_argument("--fatty-marrow", type=float, default=0.5, metavar="P",
-                        help="share of bodies whose real bones get fatty marrow (default 0.5)")
+    add_fatty_marrow(parser, "bodies")
 
 
 def run(args) -> int:
     from ..models import bundled_model_path, bundled_refine_path
     from ..training import AnatomyView, CompositeOptions, train_real_anatomy
 
-    if not 0.0 <= args.fatty_marrow <= 1.0:
-        print(f"error: --fatty-marrow must lie between 0 and 1, not {args.fatty_marrow}", file=sys.stderr)
+    if not fatty_marrow_ok(args):
         return 2
     view = AnatomyView(args.view)
     refine = view is AnatomyView.PELVIS_BOX

@@ -25,7 +25,7 @@ from ..masked_cases import find_masked_cases, read_masked_case, write_pengwin_ca
 from ..volume import bounding_box
 from .cards import training_summary
 from .datasets import prepare_datasets
-from .in_body import in_body_case
+from .in_body import IN_BODY_OPTIONS, in_body_case
 from .nnunet_run import DemoConfig, NnunetDirs, train_and_export
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,16 @@ is the bundled demo model's, so its weights start the training."""
 
 
 def write_training_cases(sources: list[str | os.PathLike], out_dir: str | os.PathLike,
-                         holdout: tuple[str, ...] = (), bodies_per_case: int = 0, seed: int = 0) -> list[str]:
+                         holdout: tuple[str, ...] = (), bodies_per_case: int = 0, seed: int = 0,
+                         fatty_marrow_probability: float = IN_BODY_OPTIONS.fatty_marrow_probability
+                         ) -> list[str]:
     """Write every per-bone masked case of ``sources`` but ``holdout`` as PENGWIN layout.
 
     Each case is cropped to its bones plus :data:`CASE_MARGIN_VOX` (the masked CT is 0
     outside them anyway). With ``bodies_per_case``, each also gives that many cases
     ``<case>_bodyNN`` as Stage 2 sees a real scan (:func:`.in_body.in_body_case`, drawn
-    from ``seed``). Returns the (patient) case names used.
+    from ``seed``; the bones get fatty marrow in a share ``fatty_marrow_probability`` of them).
+    Returns the (patient) case names used.
 
     Raises
     ------
@@ -72,6 +75,7 @@ def write_training_cases(sources: list[str | os.PathLike], out_dir: str | os.Pat
     unknown = sorted(set(holdout) - set(names))
     if unknown:
         raise InputError(f"held-out case(s) {unknown} are not among the cases {sorted(names)}.")
+    options = replace(IN_BODY_OPTIONS, fatty_marrow_probability=float(fatty_marrow_probability))
     written = []
     for i, case in enumerate(cases):
         if case.name in holdout:
@@ -80,7 +84,7 @@ def write_training_cases(sources: list[str | os.PathLike], out_dir: str | os.Pat
         box = bounding_box(labels.array > 0, CASE_MARGIN_VOX)
         write_pengwin_cases([(case.name, ct.crop(box), labels.crop(box))], out_dir)
         for k in range(bodies_per_case):
-            body = in_body_case(ct, labels, np.random.default_rng([seed, i, k]))
+            body = in_body_case(ct, labels, np.random.default_rng([seed, i, k]), options)
             write_pengwin_cases([(f"{case.name}_body{k:02d}", *body)], out_dir)
             log.info("%s: in-body case %d written", case.name, k)
         written.append(case.name)
@@ -99,6 +103,7 @@ def train_real_abbc(
     max_seconds: float | None = None,
     bodies_per_case: int = 0,
     seed: int = 0,
+    fatty_marrow_probability: float = IN_BODY_OPTIONS.fatty_marrow_probability,
     config: DemoConfig = REAL_ABBC_CONFIG,
     device: str = "cpu",
     threads: int = 2,
@@ -122,13 +127,18 @@ def train_real_abbc(
     bodies_per_case, seed : int
         In-body cases per patient besides its masked case, and their seed
         (:func:`write_training_cases`).
+    fatty_marrow_probability : float
+        Share of the in-body cases whose bones get fatty marrow, 0..1.
     """
     work = Path(work_dir)
     cases_dir = work / "pengwin_cases"
     record = work / "cases.json"
-    drawn = {"bodies_per_case": int(bodies_per_case), "seed": int(seed)}
+    if not 0.0 <= fatty_marrow_probability <= 1.0:
+        raise InputError(f"fatty_marrow_probability must lie between 0 and 1, not {fatty_marrow_probability}")
+    drawn = {"bodies_per_case": int(bodies_per_case), "seed": int(seed),
+             "fatty_marrow_probability": float(fatty_marrow_probability)}
     if not record.is_file():
-        names = write_training_cases(list(sources), cases_dir, tuple(holdout), bodies_per_case, seed)
+        names = write_training_cases(list(sources), cases_dir, tuple(holdout), **drawn)
         prepare_datasets(cases_dir, NnunetDirs.under(work).raw, REAL_DATASET_ID, num_workers=1, overwrite=True)
         record.write_text(json.dumps({"training": names, "holdout": sorted(holdout), **drawn}, indent=2))
     cases = json.loads(record.read_text())
@@ -140,10 +150,15 @@ def train_real_abbc(
     return Path(out_dir)
 
 
+RECORD_DEFAULTS = {"bodies_per_case": 0, "seed": 0,
+                   "fatty_marrow_probability": IN_BODY_OPTIONS.fatty_marrow_probability}
+"""In-body options of a ``cases.json`` that does not name them (written before they existed)."""
+
+
 def _check_resumed(cases: dict, drawn: dict, work: Path) -> None:
     """Refuse to resume a work folder whose cases (its ``cases.json``) were drawn with other
     in-body options."""
-    before = {key: cases.get(key, 0) for key in drawn}
+    before = {key: cases.get(key, RECORD_DEFAULTS[key]) for key in drawn}
     if before != drawn:
         raise InputError(
             f"{work}: its training cases were written with {before}, not {drawn}; "
@@ -156,7 +171,8 @@ LICENCE = ("CC BY-NC-SA 4.0 (non-commercial, share alike), inherited from the re
 
 def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str], holdout: list[str],
                     device: str, train_log: Path | None, notes: str = "", *, bodies_per_case: int = 0,
-                    seed: int = 0) -> Path:
+                    seed: int = 0,
+                    fatty_marrow_probability: float = IN_BODY_OPTIONS.fatty_marrow_probability) -> Path:
     """Write ``training.json`` and ``MODEL_CARD.md`` for a model from :func:`train_real_abbc`.
 
     ``notes`` (markdown) is appended, e.g. the measured quality and the training history.
@@ -164,14 +180,16 @@ def write_real_card(model_dir: Path, cfg: DemoConfig, training_cases: list[str],
     summary = training_summary(train_log)
     info = {"kind": "abbc", "data": "real per-bone masked fractured pelves", "training_cases": training_cases,
             "holdout_cases": holdout, "bodies_per_case": bodies_per_case, "seed": seed,
+            "fatty_marrow_probability": fatty_marrow_probability if bodies_per_case else None,
             "config": asdict(cfg), "device": device, "licence": LICENCE, **summary}
     info["config"]["init_weights"] = Path(cfg.init_weights).parent.parent.name if cfg.init_weights else None
     (model_dir / "training.json").write_text(json.dumps(info, indent=2))
     in_body = reproduce = ""
     if bodies_per_case:
-        in_body = (f"\n- Each pelvis also in {bodies_per_case} synthetic bodies (seed {seed}), cut to its bone box and "
-                   "masked\n  as Stage 2 masks a real scan, around a surface drawn off the expert one.")
-        reproduce = f" --bodies-per-case {bodies_per_case} --seed {seed}"
+        in_body = (f"\n- Each pelvis also in {bodies_per_case} synthetic bodies (seed {seed}; fatty marrow in "
+                   f"about {fatty_marrow_probability:.0%} of them),\n  cut to its bone box and masked as Stage 2 "
+                   "masks a real scan, around a surface drawn off the expert one.")
+        reproduce = f" --bodies-per-case {bodies_per_case} --seed {seed} --fatty-marrow {fatty_marrow_probability:g}"
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("fold_*/*.pth")) / 1e6
     card = f"""# ABBC model trained on real fractured pelves (nnU-Net v2, `3d_demo`)
 

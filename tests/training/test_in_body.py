@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ from _helpers.masked import write_masked_case
 from pengwin_demo.errors import InputError
 from pengwin_demo.bone_region import MASK_FILL_HU, STAGE2_MARGIN_MM, STAGE2_MASK_DILATION_MM
 from pengwin_demo.io import read_volume
+from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.training import CompositeOptions, train_real_abbc, write_training_cases
-from pengwin_demo.training.in_body import (GAP_FAT_HU, STAGE1_OFFSET_MM, fat_between_walls, in_body_case,
-                                          stage1_like_mask)
+from pengwin_demo.training.in_body import (GAP_FAT_HU, IN_BODY_OPTIONS, STAGE1_OFFSET_MM, fat_between_walls,
+                                          in_body_case, stage1_like_mask)
+from pengwin_demo.training.real_abbc import _check_resumed
 
 SPACING_MM = (1.5, 1.5, 1.5)
 
@@ -138,3 +141,52 @@ def test_a_work_folder_is_not_resumed_with_other_bodies(tmp_path):
     (work / "cases.json").write_text(json.dumps({"training": ["p1"], "holdout": []}))
     with pytest.raises(InputError, match="bodies_per_case.*use a new --work-dir"):
         train_real_abbc(work, tmp_path / "model", [tmp_path / "src"], bodies_per_case=2)
+
+
+def test_the_share_of_bodies_with_fatty_marrow_is_an_option(tmp_path):
+    write_masked_case(tmp_path / "src" / "p1", 0)
+    written = {}
+    for share in (0.0, 1.0):
+        out = tmp_path / f"share{share:g}"
+        write_training_cases([tmp_path / "src"], out, bodies_per_case=1, seed=3, fatty_marrow_probability=share)
+        written[share] = read_volume(out / "images" / "p1_body00.nii.gz").array
+    # each is the in-body case of that share, drawn as the first body of the first patient
+    ct, labels = read_masked_case(find_masked_cases(tmp_path / "src")[0])
+    options = replace(IN_BODY_OPTIONS, fatty_marrow_probability=1.0)
+    expected, _ = in_body_case(ct, labels, np.random.default_rng([3, 0, 0]), options)
+    np.testing.assert_array_equal(written[1.0], expected.array)
+    assert written[0.0].shape != written[1.0].shape or not np.array_equal(written[0.0], written[1.0])
+
+
+def test_a_work_folder_is_not_resumed_with_another_fatty_marrow_share(tmp_path):
+    work = tmp_path / "work"
+    drawn = {"bodies_per_case": 2, "seed": 1, "fatty_marrow_probability": 1.0}
+    with pytest.raises(InputError, match="fatty_marrow_probability.*use a new --work-dir"):
+        _check_resumed({"training": ["p1"], "bodies_per_case": 2, "seed": 1, "fatty_marrow_probability": 0.5},
+                       drawn, work)
+    # a record from before the option was drawn with the default share, 0.5
+    _check_resumed({"training": ["p1"], "bodies_per_case": 2, "seed": 1}, {**drawn, "fatty_marrow_probability": 0.5},
+                   work)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        train_real_abbc(work, tmp_path / "model", [tmp_path / "src"], bodies_per_case=2, fatty_marrow_probability=1.5)
+
+
+def test_train_abbc_refuses_a_fatty_marrow_share_outside_0_1(tmp_path, capsys):
+    from pengwin_demo.__main__ import main
+
+    write_masked_case(tmp_path / "src" / "p1", 0)
+    code = main(["train-abbc", str(tmp_path / "src"), "--work-dir", str(tmp_path / "work"), "--out",
+                 str(tmp_path / "model"), "--max-minutes", "1", "--bodies-per-case", "1", "--fatty-marrow", "-0.1"])
+    assert code == 2 and "--fatty-marrow must lie between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()
+
+
+def test_the_card_records_the_in_body_options(tmp_path):
+    from pengwin_demo.training import REAL_ABBC_CONFIG
+    from pengwin_demo.training.real_abbc import write_real_card
+
+    card = write_real_card(tmp_path, REAL_ABBC_CONFIG, ["p1"], ["p2"], "cpu", None, bodies_per_case=2, seed=4,
+                           fatty_marrow_probability=1.0).read_text()
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert (info["bodies_per_case"], info["seed"], info["fatty_marrow_probability"]) == (2, 4, 1.0)
+    assert "--bodies-per-case 2 --seed 4 --fatty-marrow 1" in card and "fatty marrow in about 100%" in card
