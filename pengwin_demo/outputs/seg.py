@@ -13,12 +13,21 @@ a Left/Right laterality modifier, and carries its palette colour.
 Real series are not always complete: when a source header lacks SOP Class / SOP Instance
 UID, they are taken from its file meta information; when the Study or Series Instance UID
 is empty, a new one is made and a warning says the SEG will not link to the study.
+
+highdicom quotes header values while it builds the SEG: a warning repeats a one-part
+patient name, its log names every source data set by UID. None of that reaches a log or
+the console: its log is held back below ERROR during the build, and its Python warnings
+are logged at DEBUG by category and place only.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import threading
+import warnings as py_warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import highdicom as hd
@@ -34,6 +43,8 @@ from ..volume import Volume
 from .report import labels_present
 
 __all__ = ["labels_to_seg", "write_dicom_seg", "segment_label"]
+
+log = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9100
 """Series number given to the SEG (high, so PACS lists it after the CT)."""
@@ -131,7 +142,14 @@ def labels_to_seg(
         coordinate_system="PATIENT",
         frame_of_reference_uid=str(sources[0].FrameOfReferenceUID),
     )
-    seg = hd.seg.Segmentation(
+    with _without_header_echo():
+        seg = _segmentation(sources, volume, descriptions, series_number, series_description)
+    return seg, warnings
+
+
+def _segmentation(sources, volume, descriptions, series_number: int, series_description: str):
+    """highdicom's SEG of ``volume`` (BINARY, empty frames omitted) on ``sources``."""
+    return hd.seg.Segmentation(
         source_images=sources,  # the SEG copies patient and study from them: that is how PACS link it
         pixel_array=volume,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -150,7 +168,36 @@ def labels_to_seg(
         omit_empty_frames=True,
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
     )
-    return seg, warnings
+
+
+_quiet_lock = threading.Lock()
+_quiet_builds = 0
+_saved_level = logging.NOTSET
+
+
+@contextmanager
+def _without_header_echo():
+    """Build a SEG without highdicom echoing header values (see the module docstring): its
+    logger (the level its child loggers inherit) is held at ERROR while any build runs."""
+    global _quiet_builds, _saved_level
+    hd_log = logging.getLogger("highdicom")
+    with _quiet_lock:
+        if _quiet_builds == 0:
+            _saved_level = hd_log.level
+            hd_log.setLevel(logging.ERROR)
+        _quiet_builds += 1
+    try:
+        with py_warnings.catch_warnings(record=True) as caught:
+            py_warnings.simplefilter("always")
+            yield
+    finally:
+        with _quiet_lock:
+            _quiet_builds -= 1
+            if _quiet_builds == 0:
+                hd_log.setLevel(_saved_level)
+    for w in caught:
+        log.debug("%s from %s:%d while building a DICOM SEG (text withheld)",
+                  w.category.__name__, Path(w.filename).name, w.lineno)
 
 
 def _segment_description(number: int, label: int, algorithm) -> hd.seg.SegmentDescription:

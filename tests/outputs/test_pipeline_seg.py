@@ -1,5 +1,8 @@
 """DICOM SEG export: one segment per fragment, referencing the source series, on the CT grid."""
 
+import logging
+import warnings
+
 import highdicom as hd
 import numpy as np
 import pytest
@@ -87,3 +90,21 @@ def test_seg_from_real_siemens_headers_with_missing_uids(tmp_path, siemens_serie
     assert referenced == {h.file_meta.MediaStorageSOPInstanceUID for h in ct.dicom_headers}
     np.testing.assert_array_equal(_seg_on_grid(seg, labels), np.where(a == 12, 2, a))
     assert "PatientName" not in ct.dicom_headers[0] or not str(seg.PatientName)
+
+
+def test_seg_export_echoes_no_patient_name_or_uid(tmp_path, caplog):
+    # highdicom warns about a one-part name by quoting it, and logs the UIDs of the data sets
+    # it copies from: neither may reach a log or the console
+    caplog.set_level(logging.DEBUG)
+    dss = fac.make_series(n_slices=12, rows=32, columns=32, patient_name="Doe")
+    fac.write_files(dss, tmp_path / "in")
+    ct = load_ct(tmp_path / "in")
+    labels = ct.volume.with_array(_fragments(ct.volume.shape))
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path, _ = write_dicom_seg(labels, ct.dicom_headers, tmp_path / "segmentation.dcm")
+    assert hd.seg.segread(path).PatientName == "Doe"  # the SEG itself keeps the patient
+    text = caplog.text + " ".join(str(w.message) for w in caught)
+    for identifier in ["Doe", fac.PATIENT_ID] + [ds.SOPInstanceUID for ds in dss]:
+        assert identifier not in text, f"{identifier!r} echoed: {text!r}"
