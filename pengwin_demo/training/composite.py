@@ -54,6 +54,19 @@ class CompositeOptions:
     fatty_marrow_probability: float = 0.5
     marrow_hu: tuple[float, float] = (-80.0, 30.0)
 
+    def __post_init__(self) -> None:
+        # a range the wrong way round or a share outside [0, 1] would draw wrong bodies silently
+        lowest = {"inplane_mm": 1e-6, "slice_mm": 1e-6, "below_mm": 0.0, "above_mm": 0.0,
+                  "fov_mm": 1e-6, "marrow_hu": -1024.0}
+        for name, floor in lowest.items():
+            low, high = getattr(self, name)
+            if not floor <= low <= high:
+                raise ValueError(f"CompositeOptions.{name} must be a range (low, high) with "
+                                 f"{floor:g} <= low <= high, not {(low, high)}")
+        if not 0.0 <= self.fatty_marrow_probability <= 1.0:
+            raise ValueError("CompositeOptions.fatty_marrow_probability must lie between 0 and 1, "
+                             f"not {self.fatty_marrow_probability}")
+
 
 @dataclass
 class _Canvas:

@@ -172,3 +172,12 @@ def test_lowest_vertebra_sits_on_the_tilted_endplate():
     gap = np.array(lowest) - np.broadcast_to(top_mm, (1, shape[1], 1))[0, body_rows, 0]
     assert np.all(gap >= 5.0), "a disc between the endplate and the vertebra"
     assert lowest[0] < lowest[-1], "the base follows the endplate down anteriorly"
+
+
+@pytest.mark.parametrize("wrong", [{"fatty_marrow_probability": 1.5}, {"fatty_marrow_probability": -0.1},
+                                   {"slice_mm": (3.0, 2.0)}, {"inplane_mm": (0.0, 2.0)},
+                                   {"below_mm": (-10.0, 20.0)}, {"marrow_hu": (30.0, -80.0)}])
+def test_composite_options_refuse_impossible_ranges(wrong):
+    name = next(iter(wrong))
+    with pytest.raises(ValueError, match=f"CompositeOptions.{name}"):
+        CompositeOptions(**wrong)
