@@ -21,12 +21,14 @@ import threading
 import time
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 from pengwin_demo.errors import InputError, ModelError
+from pengwin_demo.io import volume_suffix
 from pengwin_demo.pipeline import get_pipeline
 from pengwin_demo.outputs import AXES, WINDOWS_HU, n_slices, render_slice, to_lps_orientation
 
@@ -78,7 +80,28 @@ def _cleanup_session(request: gr.Request) -> None:
         shutil.rmtree(_work_root() / safe, ignore_errors=True)
 
 
-def stage_upload(files: list[str] | str | None, dest: Path) -> Path:
+@dataclass
+class Upload:
+    """Uploaded file(s) staged for the pipeline under neutral names.
+
+    A file name can carry a patient's name, and a path in a server log or traceback would
+    repeat it, so the staged copies are named ``uploaded_ct<suffix>`` or
+    ``file00000<suffix>``, ``file00001<suffix>``... (the suffix kept: it tells a volume file
+    from a zip); ``names`` maps each staged name back to the user's, for messages shown to
+    that user.
+    """
+
+    path: Path
+    names: dict[str, str]
+
+    def shown(self, text: str) -> str:
+        """``text`` with every staged file name replaced by the name the user uploaded."""
+        for staged in sorted(self.names, key=len, reverse=True):
+            text = text.replace(staged, self.names[staged])
+        return text
+
+
+def stage_upload(files: list[str] | str | None, dest: Path) -> Upload:
     """Put the uploaded file(s) where :func:`pengwin_demo.dicom.load_ct` can read them.
 
     One volume file or zip is used as is (copied into the request folder); several files
@@ -91,15 +114,24 @@ def stage_upload(files: list[str] | str | None, dest: Path) -> Path:
     # gradio gives str paths; older versions gave tempfile wrappers with .name
     paths = [Path(f if isinstance(f, (str, os.PathLike)) else f.name) for f in items]
     if len(paths) == 1:
-        target = dest / "input" / _safe_name(paths[0].name)
+        target = dest / "input" / f"uploaded_ct{_suffix(paths[0].name)}"
         target.parent.mkdir(parents=True)
         shutil.copyfile(paths[0], target)
-        return target
+        return Upload(target, {target.name: _safe_name(paths[0].name)})
     folder = dest / "input_dicom"
     folder.mkdir(parents=True)
+    names = {}
     for i, p in enumerate(paths):
-        shutil.copyfile(p, folder / f"{i:05d}_{_safe_name(p.name)}")
-    return folder
+        staged = folder / f"file{i:05d}{_suffix(p.name)}"
+        shutil.copyfile(p, staged)
+        names[staged.name] = _safe_name(p.name)
+    return Upload(folder, names)
+
+
+def _suffix(name: str) -> str:
+    """The file type ending of ``name`` (``.nii.gz`` counts as one), made safe; "" if none."""
+    suffix = volume_suffix(name) or Path(_safe_name(name)).suffix.lower()
+    return suffix if len(suffix) <= 10 else ""
 
 
 def _safe_name(name: str) -> str:
@@ -127,12 +159,13 @@ def run_segmentation(files, device, backend, detail, request: gr.Request,
                      progress=gr.Progress()):
     """Gradio handler: stage upload -> shared pipeline -> viewer state and downloads."""
     work = _new_request_dir(getattr(request, "session_hash", None) or "anon")
+    upload = None
     try:
-        source = stage_upload(files, work)
-        return _run(source, work, device, backend, detail, progress)
+        upload = stage_upload(files, work)
+        return _run(upload, work, device, backend, detail, progress)
     except (InputError, ModelError) as err:
         shutil.rmtree(work, ignore_errors=True)
-        raise gr.Error(str(err), duration=None) from None
+        raise gr.Error(upload.shown(str(err)) if upload else str(err), duration=None) from None
     except gr.Error:
         raise
     except Exception as err:  # noqa: BLE001 - a service must answer, not crash
@@ -151,7 +184,7 @@ def run_example(device, backend, detail, request: gr.Request, progress=gr.Progre
     return run_segmentation([str(EXAMPLE_CASE)], device, backend, detail, request, progress)
 
 
-def _run(source: Path, work: Path, device: str, backend: str, detail: str, progress):
+def _run(upload: Upload, work: Path, device: str, backend: str, detail: str, progress):
     progress(0.0, desc="loading models")
     pipeline = get_pipeline(device, backend)
     out = work / "result"
@@ -159,7 +192,7 @@ def _run(source: Path, work: Path, device: str, backend: str, detail: str, progr
     def on_progress(stage: str, fraction: float) -> None:
         progress(float(np.clip(fraction, 0, 1)), desc=stage)
 
-    result = pipeline.run(source, out, progress=on_progress, dicom_seg=True, mesh_detail=detail)
+    result = pipeline.run(upload.path, out, progress=on_progress, dicom_seg=True, mesh_detail=detail)
     paths = result.paths
     downloads = []
     stls = [Path(p) for p in paths.get("stl", [])]
@@ -177,7 +210,7 @@ def _run(source: Path, work: Path, device: str, backend: str, detail: str, progr
     axis = "axial"
     mid = _default_slice(labels.array, axis)
     image = _render(viewer, axis, mid, "bone", True)
-    warnings = result.warnings or []
+    warnings = [upload.shown(w) for w in result.warnings or []]
     summary = _summary_markdown(result.report, warnings)
     glb = str(paths["glb"]) if paths.get("glb") else None
     slider = gr.Slider(minimum=0, maximum=n_slices(ct.shape, axis) - 1, value=mid, step=1)

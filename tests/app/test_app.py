@@ -95,17 +95,38 @@ def test_bad_upload_gives_clear_message(served, tmp_path):
     assert "Traceback" not in text
 
 
-def test_stage_upload_keeps_names_inside_request_folder(tmp_path):
+def test_stage_upload_keeps_files_inside_request_folder(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.dcm").write_bytes(b"x")
     (src / "b.dcm").write_bytes(b"y")
     dest = tmp_path / "req"
     dest.mkdir()
-    folder = app.stage_upload([str(src / "a.dcm"), str(src / "b.dcm")], dest)
-    assert folder.parent == dest and len(list(folder.iterdir())) == 2
+    upload = app.stage_upload([str(src / "a.dcm"), str(src / "b.dcm")], dest)
+    assert upload.path.parent == dest and len(list(upload.path.iterdir())) == 2
     assert app._safe_name("../../etc/passwd") == "passwd"
     assert app._safe_name("a b;rm -rf.nii.gz") == "a_b_rm_-rf.nii.gz"
+
+
+def test_stage_upload_names_no_patient_and_shows_the_users_names(tmp_path):
+    # a file named after the patient is staged under a neutral name (a traceback in the server
+    # log shows staged paths); a message to the user names the file as they uploaded it
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Doe Jane pelvis.nii.gz").write_bytes(b"x")
+    (src / "DOE_JANE_0001.dcm").write_bytes(b"y")
+    (src / "IM0002").write_bytes(b"z")
+    for sub, files in (("one", ["Doe Jane pelvis.nii.gz"]), ("many", ["DOE_JANE_0001.dcm", "IM0002"])):
+        dest = tmp_path / sub
+        dest.mkdir()
+        upload = app.stage_upload([str(src / f) for f in files], dest)
+        staged = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+        assert not any("doe" in p.lower() or "jane" in p.lower() for p in staged), staged
+        message = upload.shown(f"{upload.path}: " + ", ".join(p.rsplit("/", 1)[-1] for p in staged) + " unreadable")
+        assert all(app._safe_name(f) in message for f in files), message
+    assert staged == ["input_dicom/file00000.dcm", "input_dicom/file00001"]
+    single = app.stage_upload([str(src / "Doe Jane pelvis.nii.gz")], tmp_path / "again")
+    assert single.path.name == "uploaded_ct.nii.gz"
 
 
 @pytest.mark.browser
