@@ -87,6 +87,13 @@ def read_volume(path: str | os.PathLike, kind: str = "ct", *, allow_non_ct: bool
         )
     if path.stat().st_size == 0:
         raise InputError(f"{name}: the file is empty (0 bytes). Copy or export it again.")
+    missing = _missing_data_file(path)
+    if missing:
+        raise InputError(
+            f"{name}: its pixel data are in a separate file, {missing!r}, which is not beside it. "
+            "Keep the two files together (in the web app: upload both in one zip), or save the "
+            "scan as a single .mha or .nii.gz file."
+        )
     try:
         if volume_suffix(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
@@ -97,6 +104,32 @@ def read_volume(path: str | os.PathLike, kind: str = "ct", *, allow_non_ct: bool
             f"{volume_suffix(path)} file ({_first_line(err)}). Export or copy it again."
         ) from None
     return validate_image(image, name, kind, allow_non_ct=allow_non_ct)
+
+
+_DATA_FILE_KEYS = {".mhd": "elementdatafile", ".nhdr": "data file"}
+"""Header key naming the separate pixel data file, per detached-header format (lower case;
+NRRD also spells it ``datafile``)."""
+
+
+def _missing_data_file(path: Path) -> str | None:
+    """The data file a detached header (.mhd, .nhdr) names and that is not beside it, or
+    None (not such a header, data kept in the header's own file, or a file list/pattern,
+    which ITK resolves itself)."""
+    key = _DATA_FILE_KEYS.get(volume_suffix(path) or "")
+    if key is None:
+        return None
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16).decode("latin-1")
+    nrrd = key == "data file"
+    for line in head.splitlines():
+        field, sep, value = line.partition(":" if nrrd else "=")
+        field = field.strip().lower()
+        if sep and (field == key or (nrrd and field == "datafile")):
+            value = value.strip()
+            if value.upper().startswith(("LOCAL", "LIST")) or "%" in value or " " in value:
+                return None
+            return None if (path.parent / value).is_file() else value
+    return None
 
 
 def _check_nifti_complete(path: Path) -> None:

@@ -117,6 +117,19 @@ def test_empty_and_truncated_files(tmp_path):
         read_volume(tmp_path / "junk.mha")
 
 
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_detached_header_without_its_data_file_names_that_file(tmp_path, suffix):
+    image = _ct().to_sitk()
+    sitk.WriteImage(image, str(tmp_path / f"scan{suffix}"))
+    data = [p for p in tmp_path.iterdir() if p.suffix != suffix]
+    assert len(data) == 1  # the separate pixel data file ITK wrote beside the header
+    assert read_volume(tmp_path / f"scan{suffix}").same_grid(_ct())
+    data[0].rename(tmp_path / "elsewhere.bin")
+    with pytest.raises(InputError, match=rf"scan\{suffix}: its pixel data are in a separate file, "
+                                         rf"'{data[0].name}', which is not beside it"):
+        read_volume(tmp_path / f"scan{suffix}")
+
+
 def test_unknown_suffix_and_folder(tmp_path):
     (tmp_path / "scan.txt").write_text("x")
     with pytest.raises(InputError, match="unknown file type"):

@@ -202,6 +202,15 @@ def _non_ascii(folder: Path) -> Path:
     return _write(folder / "Ärztin_Müller_日本_µ.nii.gz", _random_bytes())
 
 
+def _header_without_data(folder: Path) -> Path:
+    """A MetaImage header copied without the pixel data file it names."""
+    header = _volume(folder, "scan.mhd", _ct_like())
+    for other in folder.iterdir():
+        if other != header:
+            other.unlink()
+    return header
+
+
 def _missing_slices(folder: Path) -> Path:
     dss = factory.make_series(n_slices=24)
     del dss[8:14]  # six consecutive slices gone: more than may be filled in
@@ -255,6 +264,7 @@ CASES: list[Case] = [
     Case("0..1 floats", _unit_floats, NOT_CT + r".*0\.\.1"),
     Case("label map as CT", _label_map, NOT_CT + r".*label map"),
     Case("non-ASCII name", _non_ascii, NOT_READABLE),
+    Case(".mhd without its data file", _header_without_data, r"separate file, 'scan\.z?raw', which is not beside it"),
     Case("missing slices", _missing_slices, r"missing|gap"),
     Case("localizer only", _localizer_only, r"localizer"),
     Case("DICOM SEG", _seg_object, r"modality SEG"),
