@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from _helpers.paths import REAL_DATA
+from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 
 
 def real_data(name: str) -> Path:
@@ -38,6 +39,19 @@ def real_sacrum_dir() -> Path:
 def real_pelves_dir() -> Path:
     """Five real fractured pelves, each bone masked separately (``case_00N/{LI,RI,SA}_*``)."""
     return real_data("real_fractured_pelves")
+
+
+@pytest.fixture(scope="session")
+def real_pelves(real_pelves_dir) -> list:
+    """(name, CT, expert labels) of the five real fractured pelves, read once (about a minute
+    on 2 cores) for every test that needs them; their arrays are read-only, so that no test
+    can change what the next one sees."""
+    cases = []
+    for case in find_masked_cases(real_pelves_dir):
+        ct, labels = read_masked_case(case)
+        ct.array.flags.writeable = labels.array.flags.writeable = False
+        cases.append((case.name, ct, labels))
+    return cases
 
 
 @pytest.fixture(scope="session")

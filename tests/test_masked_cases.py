@@ -91,9 +91,9 @@ def test_single_bone_layout_needs_the_bone(tmp_path):
         masked_to_pengwin(src, tmp_path / "out2", bone="femur")
 
 
-def test_real_case_sums_the_bones_and_keeps_every_expert_voxel(real_pelves_dir):
+def test_real_case_sums_the_bones_and_keeps_every_expert_voxel(real_pelves_dir, real_pelves):
     case = next(c for c in find_masked_cases(real_pelves_dir) if c.name == "case_001")
-    ct, labels = read_masked_case(case)
+    ct, labels = next((ct, labels) for name, ct, labels in real_pelves if name == "case_001")
     # case_001: intact sacrum and right hip; left hip in two pieces with source ids 1 and 3
     counts = {int(v): int(n) for v, n in zip(*np.unique(labels.array, return_counts=True))}
     assert counts == {0: counts[0], 1: 288871, 11: 298565, 12: 108672, 21: 424031}

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from pengwin_demo.labels import anatomy_from_fragments
-from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.plausibility import (MAX_GAP_MM, MAX_HIPS_ACROSS_MIDLINE, MIN_HIP_SEPARATION_MM, check_anatomy,
                                       drop_pieces_without_cortex, hips_across_midline, keep_near_pelvis)
@@ -19,11 +18,10 @@ def phantom():
 
 
 @pytest.mark.slow
-def test_real_pelves_with_expert_bones_pass_without_warnings(real_pelves_dir):
-    for case in find_masked_cases(real_pelves_dir):
-        ct, labels = read_masked_case(case)
+def test_real_pelves_with_expert_bones_pass_without_warnings(real_pelves):
+    for name, ct, labels in real_pelves:
         check = check_anatomy(labels.with_array(anatomy_from_fragments(labels.array)), ct.array)
-        assert check.refusal is None and check.warnings == [], (case.name, check)
+        assert check.refusal is None and check.warnings == [], (name, check)
         assert all(b["dense_ml"] > 100 for b in check.bones.values())
 
 
@@ -110,17 +108,16 @@ def test_specks_do_not_bridge_to_far_bone():
 
 
 @pytest.mark.slow
-def test_every_real_expert_fragment_has_a_cortex(real_pelves_dir):
+def test_every_real_expert_fragment_has_a_cortex(real_pelves):
     """Each fragment of the real pelves, alone as a Stage-1 piece, is kept."""
     n = 0
-    for case in find_masked_cases(real_pelves_dir):
-        ct, labels = read_masked_case(case)
+    for name, ct, labels in real_pelves:
         for label in np.unique(labels.array)[1:]:
             box = tuple(slice(max(int(i.min()) - 2, 0), int(i.max()) + 3) for i in np.nonzero(labels.array == label))
             piece = (labels.array[box] == label).astype(np.uint8)
             anatomy = Volume(piece, labels.spacing_zyx_mm)
             kept, dropped_ml = drop_pieces_without_cortex(anatomy, Volume(ct.array[box], ct.spacing_zyx_mm))
-            assert dropped_ml == 0 and np.array_equal(kept.array, piece), (case.name, int(label))
+            assert dropped_ml == 0 and np.array_equal(kept.array, piece), (name, int(label))
             n += 1
     assert n >= 20
 

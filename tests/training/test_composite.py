@@ -7,7 +7,6 @@ import pytest
 
 from pengwin_demo.training import (CompositeOptions, composite_case, mirror_case, pelvis_box_crop,
                                    pelvis_free_crop)
-from pengwin_demo.masked_cases import find_masked_cases, read_masked_case
 from pengwin_demo.phantom import make_phantom
 from pengwin_demo.training import to_canonical
 
@@ -142,9 +141,8 @@ def test_fatty_marrow_lowers_the_interior_and_keeps_the_cortex(masked_phantom):
 
 
 @pytest.mark.slow
-def test_composite_of_real_pelvis(real_pelves_dir):
-    case = find_masked_cases(real_pelves_dir)[0]
-    ct, labels = read_masked_case(case)
+def test_composite_of_real_pelvis(real_pelves):
+    _, ct, labels = real_pelves[0]
     c_ct, c_lab = composite_case(ct, labels, np.random.default_rng(5), CompositeOptions(fatty_marrow_probability=0.0))
     _check_composite(to_canonical(ct), to_canonical(labels), c_ct, c_lab)
 
