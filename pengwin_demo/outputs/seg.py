@@ -16,8 +16,8 @@ is empty, a new one is made and a warning says the SEG will not link to the stud
 
 highdicom quotes header values while it builds the SEG: a warning repeats a one-part
 patient name, its log names every source data set by UID. None of that reaches a log or
-the console: its log is held back below ERROR during the build, and its Python warnings
-are logged at DEBUG by category and place only.
+the console: its log is held back below ERROR during the build, and pydicom's log and
+Python warnings are silenced as while headers are read.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import copy
 import logging
 import os
 import threading
-import warnings as py_warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,14 +36,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
 from .. import __version__
+from ..dicom import quiet_pydicom
 from ..errors import InputError
 from ..labels import PALETTE_RGB, Anatomy, bone_name, bone_of_label, rank_in_bone
 from ..volume import Volume
 from .report import labels_present
 
 __all__ = ["labels_to_seg", "write_dicom_seg", "segment_label"]
-
-log = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9100
 """Series number given to the SEG (high, so PACS lists it after the CT)."""
@@ -170,34 +168,32 @@ def _segmentation(sources, volume, descriptions, series_number: int, series_desc
     )
 
 
-_quiet_lock = threading.Lock()
-_quiet_builds = 0
+_held_lock = threading.Lock()
+_held_builds = 0
 _saved_level = logging.NOTSET
 
 
 @contextmanager
 def _without_header_echo():
-    """Build a SEG without highdicom echoing header values (see the module docstring): its
-    logger (the level its child loggers inherit) is held at ERROR while any build runs."""
-    global _quiet_builds, _saved_level
+    """Build a SEG without highdicom or pydicom echoing header values (see the module
+    docstring): pydicom and Python warnings quiet as while headers are read
+    (:func:`~pengwin_demo.dicom.quiet_pydicom`), and highdicom's logger (the level its child
+    loggers inherit) held at ERROR while any build runs."""
+    global _held_builds, _saved_level
     hd_log = logging.getLogger("highdicom")
-    with _quiet_lock:
-        if _quiet_builds == 0:
+    with _held_lock:
+        if _held_builds == 0:
             _saved_level = hd_log.level
             hd_log.setLevel(logging.ERROR)
-        _quiet_builds += 1
+        _held_builds += 1
     try:
-        with py_warnings.catch_warnings(record=True) as caught:
-            py_warnings.simplefilter("always")
+        with quiet_pydicom():
             yield
     finally:
-        with _quiet_lock:
-            _quiet_builds -= 1
-            if _quiet_builds == 0:
+        with _held_lock:
+            _held_builds -= 1
+            if _held_builds == 0:
                 hd_log.setLevel(_saved_level)
-    for w in caught:
-        log.debug("%s from %s:%d while building a DICOM SEG (text withheld)",
-                  w.category.__name__, Path(w.filename).name, w.lineno)
 
 
 def _segment_description(number: int, label: int, algorithm) -> hd.seg.SegmentDescription:
