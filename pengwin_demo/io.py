@@ -106,25 +106,24 @@ def read_volume(path: str | os.PathLike, kind: str = "ct", *, allow_non_ct: bool
     return validate_image(image, name, kind, allow_non_ct=allow_non_ct)
 
 
-_DATA_FILE_KEYS = {".mhd": "elementdatafile", ".nhdr": "data file"}
-"""Header key naming the separate pixel data file, per detached-header format (lower case;
-NRRD also spells it ``datafile``)."""
+_DATA_FILE_FIELDS = {".mhd": ("=", ("elementdatafile",)), ".nhdr": (":", ("data file", "datafile"))}
+"""Per detached-header format: the separator and the (lower-case) names of the header field
+that names the separate pixel data file."""
 
 
 def _missing_data_file(path: Path) -> str | None:
     """The data file a detached header (.mhd, .nhdr) names and that is not beside it, or
     None (not such a header, data kept in the header's own file, or a file list/pattern,
     which ITK resolves itself)."""
-    key = _DATA_FILE_KEYS.get(volume_suffix(path) or "")
-    if key is None:
+    fields = _DATA_FILE_FIELDS.get(volume_suffix(path) or "")
+    if fields is None:
         return None
+    separator, names = fields
     with open(path, "rb") as stream:
         head = stream.read(1 << 16).decode("latin-1")
-    nrrd = key == "data file"
     for line in head.splitlines():
-        field, sep, value = line.partition(":" if nrrd else "=")
-        field = field.strip().lower()
-        if sep and (field == key or (nrrd and field == "datafile")):
+        field, sep, value = line.partition(separator)
+        if sep and field.strip().lower() in names:
             value = value.strip()
             if value.upper().startswith(("LOCAL", "LIST")) or "%" in value or " " in value:
                 return None
